@@ -1,0 +1,147 @@
+"""Run one golden case end to end: recipe weights -> official file -> our
+converter -> our port, compared with what the official code computed.
+
+Also runnable as ``python -m tests.golden_harness NAME CASE`` (prints JSON),
+which the float64 cases use to get a process of their own.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN_DIR = Path(os.environ.get("LEAT_GOLDEN_DIR", REPO.parent / "shared" / "golden"))
+OUT_TOL = 1e-4   # max|port - golden| <= OUT_TOL * max|golden|
+GRAD_TOL = 5e-3  # ||port - golden||_2 <= GRAD_TOL * ||golden||_2
+
+
+def recipe():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("golden_recipe", GOLDEN_DIR / "recipe.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def case_seed(case_path: Path) -> int:
+    m = re.fullmatch(r"case_(\d+)\.npz", case_path.name)
+    if not m:
+        raise ValueError(f"{case_path}: golden case names are case_<seed>.npz")
+    return int(m.group(1))
+
+
+def nchw_to_nhwc(a):
+    return np.transpose(a, (0, 2, 3, 1))
+
+
+def nhwc_to_nchw(a):
+    return np.transpose(np.asarray(a), (0, 3, 1, 2))
+
+
+def run_case(name: str, case_path, workdir=None, x64: bool = False) -> dict:
+    """Errors of our port on one case: {'out_err', 'grad_err', ...}."""
+    import jax
+    import jax.numpy as jnp
+
+    import converters
+    from leat_jax import victims
+    from leat_jax.models.base import cast_floating
+    from tests import golden_cases
+
+    if x64:
+        jax.config.update("jax_enable_x64", True)
+    sup = golden_cases.support(name)
+    case_path = Path(case_path)
+    case = dict(np.load(case_path))
+    layout = json.loads((case_path.parent / "layout.json").read_text())
+    seed = case_seed(case_path)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        src = Path(tmp) / sup.CHECKPOINT_NAME
+        sup.write_checkpoint(src, layout, seed, case)
+        converters.convert(name, src, Path(tmp) / "flax")
+        victim, params = victims.load(name, Path(tmp) / "flax")
+
+    dtype = jnp.float64 if x64 else jnp.float32
+    params = cast_floating(params, dtype)
+    apply = getattr(sup, "apply", None)
+    to_golden = getattr(sup, "to_golden", lambda z: np.asarray(z))
+
+    def forward(p, x):
+        return apply(victim, p, x, case) if apply else victim.apply(p, x)
+
+    @jax.jit
+    def out_and_grad(p, x, xe):
+        clean = jax.lax.stop_gradient(forward(p, x))
+
+        def loss(z):
+            diff = jax.tree.map(lambda a, b: jnp.sum((a - b) ** 2), forward(p, z), clean)
+            n = sum(np.size(a) for a in jax.tree.leaves(clean))
+            return sum(jax.tree.leaves(diff)) / n
+
+        return clean, jax.grad(loss)(xe)
+
+    x = jnp.asarray(nchw_to_nhwc(case["x"]), dtype)
+    xe = x + jnp.asarray(nchw_to_nhwc(case["eta"]), dtype)
+    t0 = time.perf_counter()
+    out, grad = jax.block_until_ready(out_and_grad(params, x, xe))
+    seconds = time.perf_counter() - t0
+
+    golden_out = case[f"out_{sup.OUTPUT}"].astype(np.float64)
+    golden_grad = case[f"grad_{sup.OUTPUT}"].astype(np.float64)
+    ours_out = np.asarray(to_golden(out), np.float64)
+    ours_grad = nhwc_to_nchw(grad).astype(np.float64)
+    if ours_out.shape != golden_out.shape:
+        raise AssertionError(f"{name}: output shape {ours_out.shape}, golden {golden_out.shape}")
+    return {
+        "name": name,
+        "case": case_path.name,
+        "dtype": "float64" if x64 else "float32",
+        "out_err": float(np.max(np.abs(ours_out - golden_out)) / np.max(np.abs(golden_out))),
+        "grad_err": float(np.linalg.norm(ours_grad - golden_grad) / np.linalg.norm(golden_grad)),
+        "seconds_compile_and_run": seconds,
+    }
+
+
+def run_torch_reference(name: str, case_path) -> dict | None:
+    """Errors of the torch reference in ``benchmarks/`` on the same case, if it has one."""
+    import torch
+
+    from tests import golden_cases
+
+    sup = golden_cases.support(name)
+    if not hasattr(sup, "torch_forward"):
+        return None
+    case_path = Path(case_path)
+    case = dict(np.load(case_path))
+    layout = json.loads((case_path.parent / "layout.json").read_text())
+    seed = case_seed(case_path)
+    sd = recipe().make_state_dict(layout["state_dict"], seed)
+    x = torch.from_numpy(case["x"]).requires_grad_(False)
+    xe = (torch.from_numpy(case["x"]) + torch.from_numpy(case["eta"])).requires_grad_(True)
+    with torch.no_grad():
+        clean = sup.torch_forward(sd, x, case)
+    out = sup.torch_forward(sd, xe, case)
+    loss = ((out - clean) ** 2).mean()
+    (g,) = torch.autograd.grad(loss, xe)
+    golden_out = case[f"out_{sup.OUTPUT}"].astype(np.float64)
+    golden_grad = case[f"grad_{sup.OUTPUT}"].astype(np.float64)
+    return {
+        "name": name,
+        "case": case_path.name,
+        "out_err": float(np.max(np.abs(clean.double().numpy() - golden_out)) / np.max(np.abs(golden_out))),
+        "grad_err": float(np.linalg.norm(g.double().numpy() - golden_grad) / np.linalg.norm(golden_grad)),
+    }
+
+
+if __name__ == "__main__":
+    name, case = sys.argv[1], sys.argv[2]
+    x64 = os.environ.get("JAX_ENABLE_X64", "0") in ("1", "true", "True")
+    print("GOLDEN_RESULT " + json.dumps(run_case(name, case, x64=x64)))

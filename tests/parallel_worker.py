@@ -1,0 +1,49 @@
+"""A child process for the device tests: runs the toy attack, saves the result.
+
+Usage: python -m tests.parallel_worker OUT.npz [--devices N] [--coordinator HOST:PORT --num-processes P --process-id I]
+Host device count comes from XLA_FLAGS, set by the parent before JAX starts.
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+
+def inputs(n=7, size=32):
+    rng = np.random.default_rng(42)
+    return rng.uniform(-0.9, 0.9, (n, size, size, 3)).astype(np.float32), np.arange(100, 100 + n, dtype=np.uint32)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--devices", type=int)
+    ap.add_argument("--coordinator")
+    ap.add_argument("--num-processes", type=int)
+    ap.add_argument("--process-id", type=int)
+    args = ap.parse_args()
+
+    from leat_jax import parallel
+
+    if args.coordinator:
+        parallel.initialize(parallel.DistributedConfig(args.coordinator, args.num_processes, args.process_id))
+    import jax
+
+    from leat_jax.attack import AttackConfig
+    from tests.toys import toy_victim
+
+    victims = (toy_victim("weak", 1.0), toy_victim("strong", 1000.0**0.5))
+    params = (victims[0].init_params(1), victims[1].init_params(2))
+    x, ids = inputs()
+    index = np.arange(len(ids))
+    if args.coordinator:
+        index = np.asarray(parallel.process_share(list(index)))
+    mesh = parallel.data_mesh(args.devices)
+    out = parallel.sharded_attack(victims, AttackConfig(iterations=4), mesh, params, x[index], ids[index], 3)
+    np.savez(args.out, index=index, protected=np.asarray(out.protected), dist_end=np.asarray(out.dist_end),
+             n_devices=mesh.devices.size, process_count=jax.process_count())
+
+
+if __name__ == "__main__":
+    main()
