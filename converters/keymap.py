@@ -104,6 +104,7 @@ def convert_state_dict(
     out: dict[str, np.ndarray] = {}
     unexpected: list[str] = []
     bad_shape: list[str] = []
+    seen_bad: set[str] = set()
     for key, value in state_dict.items():
         if key.endswith("num_batches_tracked") or any(r.fullmatch(key) for r in ignore_re):
             continue
@@ -115,6 +116,7 @@ def convert_state_dict(
                 direct = rule.transform
                 break
         parts = path.split(".")
+        torch_shape = tuple(value.shape)
         if direct is not None:
             flat_key = "/".join(parts)
             value = direct(value)
@@ -133,10 +135,11 @@ def convert_state_dict(
             unexpected.append(key)
             continue
         if tuple(value.shape) != want[flat_key]:
-            bad_shape.append(f"{key} {tuple(value.shape)} -> {flat_key} {want[flat_key]}")
+            bad_shape.append(f"{key} {torch_shape} -> {flat_key} {want[flat_key]}")
+            seen_bad.add(flat_key)
             continue
         out[flat_key] = np.ascontiguousarray(value, dtype=np.float32)
-    missing = sorted(set(want) - set(out))
+    missing = sorted(set(want) - set(out) - seen_bad)
     problems = []
     if unexpected:
         problems.append(f"unexpected keys {_few(unexpected)}")
