@@ -1,6 +1,18 @@
 """The attack: losses, ensembles and the PGD loop, as pure functions."""
 from leat_jax.attack.config import ENSEMBLES, AttackConfig
 from leat_jax.attack.losses import latent_mse
-from leat_jax.attack.pgd import AttackResult, attack_image, image_key, make_attack, run
+from leat_jax.attack.pgd import (
+    AttackResult,
+    attack_image,
+    clean_latents,
+    ensemble_direction,
+    image_key,
+    latent_distances,
+    make_attack,
+    run,
+)
 
-__all__ = ["ENSEMBLES", "AttackConfig", "AttackResult", "attack_image", "image_key", "latent_mse", "make_attack", "run"]
+__all__ = [
+    "ENSEMBLES", "AttackConfig", "AttackResult", "attack_image", "clean_latents", "ensemble_direction",
+    "image_key", "latent_distances", "latent_mse", "make_attack", "run",
+]

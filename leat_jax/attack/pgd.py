@@ -45,6 +45,55 @@ def _project(x, eta, eps):
     return jnp.clip(x + eta, -1.0, 1.0) - x
 
 
+def _compute(config: AttackConfig, params: Sequence):
+    dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
+    if dtype != jnp.float32:
+        params = [cast_floating(p, dtype) for p in params]
+    return dtype, list(params)
+
+
+def _encode(victim: Victim, params, image, dtype):
+    """One image's latent, float32 whatever the compute dtype."""
+    latent = victim.encode(params, image[None].astype(dtype))
+    return jax.tree.map(lambda a: a.astype(jnp.float32), latent)
+
+
+def clean_latents(victims: Sequence[Victim], config: AttackConfig, params: Sequence, x: jax.Array):
+    """E_k(x) for every victim, held constant through the attack."""
+    dtype, params = _compute(config, params)
+    return [jax.lax.stop_gradient(_encode(v, p, x, dtype)) for v, p in zip(victims, params)]
+
+
+def ensemble_direction(victims: Sequence[Victim], config: AttackConfig, params: Sequence, x, eta, clean):
+    """One image's ascent direction at ``x + eta`` and the (K,) losses there.
+
+    This is one attack iteration's work: a forward and an input gradient per
+    victim, combined as ``config.ensemble`` says.
+    """
+    dtype, params = _compute(config, params)
+
+    def loss(k, e):
+        return latent_mse(_encode(victims[k], params[k], x + e, dtype), clean[k])
+
+    if config.ensemble == "mean_loss":
+        def mean_loss(e):
+            ls = jnp.stack([loss(k, e) for k in range(len(victims))])
+            return jnp.mean(ls), ls
+
+        (_, losses), g = jax.value_and_grad(mean_loss, has_aux=True)(eta)
+        return g, losses
+    values, grads = zip(*(jax.value_and_grad(functools.partial(loss, k))(eta) for k in range(len(victims))))
+    if config.ensemble == "normalized":
+        return ensembles.normalized(grads, config.norm_floor), jnp.stack(values)
+    return ensembles.summed(grads), jnp.stack(values)
+
+
+def latent_distances(victims: Sequence[Victim], config: AttackConfig, params: Sequence, x, eta, clean):
+    """(K,) latent distance of each victim at ``x + eta``."""
+    dtype, params = _compute(config, params)
+    return jnp.stack([latent_mse(_encode(v, p, x + eta, dtype), c) for v, p, c in zip(victims, params, clean)])
+
+
 def attack_image(
     victims: Sequence[Victim],
     config: AttackConfig,
@@ -53,33 +102,7 @@ def attack_image(
     key: jax.Array,
 ):
     """LEAT on one image ``x`` (H, W, C) in [-1, 1]; see ``AttackResult``."""
-    dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
-    params = [cast_floating(p, dtype) if dtype != jnp.float32 else p for p in params]
-
-    def encode(k, image):
-        latent = victims[k].encode(params[k], image[None].astype(dtype))
-        return jax.tree.map(lambda a: a.astype(jnp.float32), latent)
-
-    clean = [jax.lax.stop_gradient(encode(k, x)) for k in range(len(victims))]
-
-    def loss(k, eta):
-        return latent_mse(encode(k, x + eta), clean[k])
-
-    def direction(eta):
-        """(ascent direction, per-victim losses at eta)."""
-        if config.ensemble == "mean_loss":
-            def mean_loss(e):
-                ls = jnp.stack([loss(k, e) for k in range(len(victims))])
-                return jnp.mean(ls), ls
-
-            (_, losses), g = jax.value_and_grad(mean_loss, has_aux=True)(eta)
-            return g, losses
-        values, grads = zip(*(jax.value_and_grad(functools.partial(loss, k))(eta) for k in range(len(victims))))
-        losses = jnp.stack(values)
-        if config.ensemble == "normalized":
-            return ensembles.normalized(grads, config.norm_floor), losses
-        return ensembles.summed(grads), losses
-
+    clean = clean_latents(victims, config, params, x)
     if config.random_start:
         eta0 = jax.random.uniform(key, x.shape, jnp.float32, -config.eps, config.eps)
     else:
@@ -87,24 +110,17 @@ def attack_image(
     eta0 = _project(x, eta0, config.eps)
 
     def step(eta):
-        g, losses = direction(eta)
+        g, losses = ensemble_direction(victims, config, params, x, eta, clean)
         return _project(x, eta + config.step * jnp.sign(g), config.eps), losses
 
-    def distances(eta):
-        return jnp.stack([loss(k, eta) for k in range(len(victims))])
-
     if config.record_history:
-        def body(eta, _):
-            eta, losses = step(eta)
-            return eta, losses
-
-        eta, history = jax.lax.scan(body, eta0, None, length=config.iterations)
-        dist_start = history[0] if config.iterations else distances(eta0)
+        eta, history = jax.lax.scan(lambda e, _: step(e), eta0, None, length=config.iterations)
+        dist_start = history[0] if config.iterations else latent_distances(victims, config, params, x, eta0, clean)
     else:
         eta = jax.lax.fori_loop(0, config.iterations, lambda _, e: step(e)[0], eta0)
         history = None
-        dist_start = distances(eta0)
-    return x + eta, dist_start, distances(eta), history
+        dist_start = latent_distances(victims, config, params, x, eta0, clean)
+    return x + eta, dist_start, latent_distances(victims, config, params, x, eta, clean), history
 
 
 def make_attack(victims: Sequence[Victim], config: AttackConfig):
