@@ -205,4 +205,6 @@ def module_state_dict(module: Stub, prefix: str = "") -> dict[str, np.ndarray]:
 
 
 def stub_class_name(obj) -> str | None:
-    return getattr(type(obj), "_stub_name", None)
+    """The dotted name a stand-in (instance or class) replaces; None for real objects."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    return getattr(cls, "_stub_name", None) if issubclass(cls, Stub) else None
