@@ -116,9 +116,13 @@ def attack_image(
     if config.record_history:
         eta, history = jax.lax.scan(lambda e, _: step(e), eta0, None, length=config.iterations)
         dist_start = history[0] if config.iterations else latent_distances(victims, config, params, x, eta0, clean)
-    else:
-        eta = jax.lax.fori_loop(0, config.iterations, lambda _, e: step(e)[0], eta0)
+    elif config.iterations:
+        # The first step's losses are the start distances: no extra forward.
+        eta, dist_start = step(eta0)
+        eta = jax.lax.fori_loop(1, config.iterations, lambda _, e: step(e)[0], eta)
         history = None
+    else:
+        eta, history = eta0, None
         dist_start = latent_distances(victims, config, params, x, eta0, clean)
     return x + eta, dist_start, latent_distances(victims, config, params, x, eta, clean), history
 
