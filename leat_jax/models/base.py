@@ -28,8 +28,13 @@ class Functional:
         return nnx.merge(self.graphdef, params)(*args, **kwargs)
 
     def init(self, seed: int = 0) -> Params:
-        """Stand-in weights: the module's own initialisers, deterministic in seed."""
-        return nnx.to_pure_dict(nnx.state(self._factory(nnx.Rngs(seed))))
+        """Stand-in weights: the module's own initialisers, deterministic in seed.
+
+        Jitted: one XLA program instead of hundreds of eager initialiser calls
+        (a minute for e4e's 267 M parameters when eager).
+        """
+        factory = self._factory
+        return jax.jit(lambda key: nnx.to_pure_dict(nnx.state(factory(nnx.Rngs(key)))))(jax.random.key(seed))
 
 
 def cast_floating(params: Params, dtype) -> Params:

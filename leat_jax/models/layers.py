@@ -57,7 +57,7 @@ class PReLU(nnx.Module):
         self.weight = nnx.Param(jnp.full((num_parameters,), init, jnp.float32))
 
     def __call__(self, x):
-        return jnp.where(x >= 0, x, self.weight.value * x)
+        return jnp.where(x >= 0, x, self.weight[...] * x)
 
 
 def reflection_pad(x: jax.Array, pad: int) -> jax.Array:
