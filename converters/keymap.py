@@ -139,7 +139,7 @@ def convert_state_dict(
             seen_bad.add(flat_key)
             continue
         out[flat_key] = np.ascontiguousarray(value, dtype=np.float32)
-    missing = sorted(set(want) - set(out) - seen_bad)
+    missing = sorted(_torch_name(k) for k in set(want) - set(out) - seen_bad)
     problems = []
     if unexpected:
         problems.append(f"unexpected keys {_few(unexpected)}")
@@ -150,6 +150,15 @@ def convert_state_dict(
     if problems:
         raise ConversionError(f"{source}: does not fit the model: " + "; ".join(problems))
     return unflatten(out)
+
+
+_TORCH_LEAF = {"kernel": "weight", "scale": "weight", "mean": "running_mean", "var": "running_var"}
+
+
+def _torch_name(flat_key: str) -> str:
+    """A Flax path as the torch key it most likely comes from (for messages)."""
+    *mods, leaf = flat_key.split("/")
+    return ".".join([*mods, _TORCH_LEAF.get(leaf, leaf)])
 
 
 def _few(items: list[str], n: int = 6) -> str:

@@ -130,7 +130,7 @@ def test_key_table_maps_by_position_and_matches_torch():
 def test_missing_unexpected_and_misshapen_keys_are_named():
     sd = _toy_state_dict()
     missing = {k: v for k, v in sd.items() if k != "conv2.bias"}
-    with pytest.raises(keymap.ConversionError, match=r"missing parameters \[conv2/bias\]"):
+    with pytest.raises(keymap.ConversionError, match=r"missing parameters \[conv2.bias\]"):
         keymap.convert_state_dict(missing, TOY.template, source="f.pth")
     with pytest.raises(keymap.ConversionError, match=r"unexpected keys \[conv3.weight\]"):
         keymap.convert_state_dict({**sd, "conv3.weight": np.zeros((1, 1, 1, 1))}, TOY.template)

@@ -114,7 +114,7 @@ def test_converter_names_missing_unexpected_and_misshapen_keys(encoder_sd):
     with pytest.raises(ConversionError) as err:
         diffae_converter.to_params(ckpt, "last.ckpt")
     msg = str(err.value)
-    assert "input_blocks/13/1/qkv/bias" in msg  # missing
+    assert "input_blocks.13.1.qkv.bias" in msg  # missing
     assert "input_blocks.1.0.out_layers.3.weight" in msg  # unexpected
     assert "out.3.weight (512, 256, 1, 1)" in msg  # shape
     assert "middle_block.1.qkv.weight (1536, 512)" in msg

@@ -214,7 +214,7 @@ def test_converter_names_missing_key_and_wrong_shape():
     with pytest.raises(ConversionError) as err:
         convert(ckpt, _small_template(), "e4e_ffhq_encode.pt")
     msg = str(err.value)
-    assert "encoder/latlayer2/bias" in msg and "missing" in msg
+    assert "encoder.latlayer2.bias" in msg and "missing" in msg
     assert "shape mismatch [encoder.body.3.res_layer.5.fc1.weight" in msg
     ckpt = _small_checkpoint(decoder=False)
     ckpt["state_dict"]["encoder.styles.1.extra.weight"] = np.zeros(3, np.float32)
