@@ -12,6 +12,7 @@ from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from leat_jax.attack import ensembles
 from leat_jax.attack.config import AttackConfig
@@ -41,8 +42,9 @@ def image_key(seed, image_id) -> jax.Array:
 
 
 def _project(x, eta, eps):
-    eta = jnp.clip(eta, -eps, eps)
-    return jnp.clip(x + eta, -1.0, 1.0) - x
+    """Back onto the eps-ball, then x + eta back into the image range."""
+    eta = optax.projections.projection_linf_ball(eta, eps)
+    return optax.projections.projection_box(x + eta, -1.0, 1.0) - x
 
 
 def _compute(config: AttackConfig, params: Sequence):
