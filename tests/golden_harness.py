@@ -1,8 +1,8 @@
 """Run one golden case end to end: recipe weights -> official file -> our
 converter -> our port, compared with what the official code computed.
 
-Also runnable as ``python -m tests.golden_harness NAME CASE`` (prints JSON),
-which the float64 cases use to get a process of their own.
+Also runnable as ``python -m tests.golden_harness NAME CASE [DTYPES]`` (prints
+JSON), which the float64 cases use to get a process of their own.
 """
 from __future__ import annotations
 
@@ -46,8 +46,12 @@ def nhwc_to_nchw(a):
     return np.transpose(np.asarray(a), (0, 3, 1, 2))
 
 
-def run_case(name: str, case_path, workdir=None, x64: bool = False) -> dict:
-    """Errors of our port on one case: {'out_err', 'grad_err', ...}."""
+def run_case(name: str, case_path, workdir=None, dtypes=("float32",)) -> list[dict]:
+    """Errors of our port on one case, per dtype: [{'out_err', 'grad_err', ...}].
+
+    The file is written and converted once; each dtype in ``dtypes`` is then
+    compared (float64 needs JAX's x64 mode, switched on here).
+    """
     import jax
     import jax.numpy as jnp
 
@@ -56,7 +60,7 @@ def run_case(name: str, case_path, workdir=None, x64: bool = False) -> dict:
     from leat_jax.models.base import cast_floating
     from tests import golden_cases
 
-    if x64:
+    if "float64" in dtypes:
         jax.config.update("jax_enable_x64", True)
     sup = golden_cases.support(name)
     case_path = Path(case_path)
@@ -67,10 +71,8 @@ def run_case(name: str, case_path, workdir=None, x64: bool = False) -> dict:
         src = Path(tmp) / sup.CHECKPOINT_NAME
         sup.write_checkpoint(src, layout, seed, case)
         converters.convert(name, src, Path(tmp) / "flax")
-        victim, params = victims.load(name, Path(tmp) / "flax")
+        victim, params0 = victims.load(name, Path(tmp) / "flax")
 
-    dtype = jnp.float64 if x64 else jnp.float32
-    params = cast_floating(params, dtype)
     apply = getattr(sup, "apply", None)
     to_golden = getattr(sup, "to_golden", lambda z: np.asarray(z))
 
@@ -88,26 +90,31 @@ def run_case(name: str, case_path, workdir=None, x64: bool = False) -> dict:
 
         return clean, jax.grad(loss)(xe)
 
-    x = jnp.asarray(nchw_to_nhwc(case["x"]), dtype)
-    xe = x + jnp.asarray(nchw_to_nhwc(case["eta"]), dtype)
-    t0 = time.perf_counter()
-    out, grad = jax.block_until_ready(out_and_grad(params, x, xe))
-    seconds = time.perf_counter() - t0
-
     golden_out = case[f"out_{sup.OUTPUT}"].astype(np.float64)
     golden_grad = case[f"grad_{sup.OUTPUT}"].astype(np.float64)
-    ours_out = np.asarray(to_golden(out), np.float64)
-    ours_grad = nhwc_to_nchw(grad).astype(np.float64)
-    if ours_out.shape != golden_out.shape:
-        raise AssertionError(f"{name}: output shape {ours_out.shape}, golden {golden_out.shape}")
-    return {
-        "name": name,
-        "case": case_path.name,
-        "dtype": "float64" if x64 else "float32",
-        "out_err": float(np.max(np.abs(ours_out - golden_out)) / np.max(np.abs(golden_out))),
-        "grad_err": float(np.linalg.norm(ours_grad - golden_grad) / np.linalg.norm(golden_grad)),
-        "seconds_compile_and_run": seconds,
-    }
+    results = []
+    for dtype_name in dtypes:
+        dtype = jnp.dtype(dtype_name)
+        params = cast_floating(params0, dtype)
+        # x + eta formed in the compute precision, as the official float64 run did.
+        x = jnp.asarray(nchw_to_nhwc(case["x"]).astype(dtype_name))
+        xe = x + jnp.asarray(nchw_to_nhwc(case["eta"]).astype(dtype_name))
+        t0 = time.perf_counter()
+        out, grad = jax.block_until_ready(out_and_grad(params, x, xe))
+        seconds = time.perf_counter() - t0
+        ours_out = np.asarray(to_golden(out), np.float64)
+        ours_grad = nhwc_to_nchw(grad).astype(np.float64)
+        if ours_out.shape != golden_out.shape:
+            raise AssertionError(f"{name}: output shape {ours_out.shape}, golden {golden_out.shape}")
+        results.append({
+            "name": name,
+            "case": case_path.name,
+            "dtype": dtype_name,
+            "out_err": float(np.max(np.abs(ours_out - golden_out)) / np.max(np.abs(golden_out))),
+            "grad_err": float(np.linalg.norm(ours_grad - golden_grad) / np.linalg.norm(golden_grad)),
+            "seconds_compile_and_run": seconds,
+        })
+    return results
 
 
 def run_torch_reference(name: str, case_path) -> dict | None:
@@ -124,8 +131,9 @@ def run_torch_reference(name: str, case_path) -> dict | None:
     layout = json.loads((case_path.parent / "layout.json").read_text())
     seed = case_seed(case_path)
     sd = recipe().make_state_dict(layout["state_dict"], seed)
-    x = torch.from_numpy(case["x"]).requires_grad_(False)
-    xe = (torch.from_numpy(case["x"]) + torch.from_numpy(case["eta"])).requires_grad_(True)
+    dtype = torch.float64 if getattr(sup, "X64", False) else torch.float32
+    x = torch.from_numpy(case["x"]).to(dtype)
+    xe = (x + torch.from_numpy(case["eta"]).to(dtype)).requires_grad_(True)
     with torch.no_grad():
         clean = sup.torch_forward(sd, x, case)
     out = sup.torch_forward(sd, xe, case)
@@ -143,5 +151,5 @@ def run_torch_reference(name: str, case_path) -> dict | None:
 
 if __name__ == "__main__":
     name, case = sys.argv[1], sys.argv[2]
-    x64 = os.environ.get("JAX_ENABLE_X64", "0") in ("1", "true", "True")
-    print("GOLDEN_RESULT " + json.dumps(run_case(name, case, x64=x64)))
+    dtypes = tuple(sys.argv[3].split(",")) if len(sys.argv) > 3 else ("float32",)
+    print("GOLDEN_RESULT " + json.dumps(run_case(name, case, dtypes=dtypes)))
