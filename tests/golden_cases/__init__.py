@@ -14,6 +14,12 @@ One module per golden folder, named as the folder, exposing:
 - optional ``X64 = True``: compare in float64 (JAX x64 mode, own process);
 - optional ``torch_forward(state_dict, x_nchw, case) -> torch output``: the
   torch reference of ``benchmarks/``, checked on the same case.
+
+A pipeline (whose inputs are not one image) instead defines
+``check(case_path, workdir) -> [{"what", "dtype", "out_err", "grad_err"
+(or None), optional "out_tol", "grad_tol"}]``: it writes the official file,
+converts it with our converter, runs our port and measures the errors; the
+test asserts them (default tolerances from the golden README).
 """
 import importlib
 import pkgutil
