@@ -1,0 +1,196 @@
+"""The ``leat-jax`` command: argument parsing only; the work is in ``leat_jax.pipeline``.
+
+Subcommands: ``immunize`` (protect a folder of face images) and ``convert``
+(official PyTorch checkpoint -> converted Flax weights). Expected failures
+end with a one-line message and a non-zero exit code, never a traceback:
+1 when some images failed, 2 when the job could not start, 130 on Ctrl-C.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from leat_jax import __version__
+
+EXIT_FAILED_IMAGES = 1
+EXIT_SETUP = 2
+EXIT_INTERRUPTED = 130
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _attack_defaults():
+    # Read lazily so `--help` text shows the attack core's defaults without importing JAX here.
+    from leat_jax.attack import ENSEMBLES, AttackConfig
+    from leat_jax.attack.config import COMPUTE_DTYPES
+
+    return AttackConfig(), ENSEMBLES, COMPUTE_DTYPES
+
+
+def _add_immunize(sub) -> None:
+    d, ensembles, dtypes = _attack_defaults()
+    p = sub.add_parser(
+        "immunize",
+        help="protect every image under SRC, writing each to the same relative path under DST",
+        usage="leat-jax immunize [options] SRC DST\n       leat-jax immunize [options] --samples DST",
+        description=(
+            "Protect every image under SRC (a folder, walked recursively; one image; or a text file listing "
+            "paths) against the victims' latent encoders, writing each result to the same relative path "
+            "under DST (as PNG by default). Resumable: a manifest in DST records what is done; a rerun "
+            "skips it. Exit code 0: all done; 1: some images failed; 2: the job could not start."
+        ),
+        epilog=(
+            "Victims: --victims e4e=DIR,diffae=DIR (folders made by `leat-jax convert`), or --config "
+            "FILE.toml. For a demo without checkpoints: --stand-in-weights with bare names "
+            "(--victims diffae,simswap_G); such output protects against nothing. "
+            "LEAT_EXTRA_VICTIMS=module:function[,...] adds victims (a function returning {name: Victim}), "
+            "for tests and experiments."
+        ),
+    )
+    p.add_argument("paths", nargs="+", metavar="SRC DST", help=argparse.SUPPRESS)
+    g = p.add_argument_group("what to protect")
+    g.add_argument("--samples", action="store_true", help="protect the bundled sample faces (then give DST only)")
+    g.add_argument("--max-size", type=_positive_int, metavar="N", help="refuse images with a side longer than this (default 2048)")
+    g = p.add_argument_group("victims")
+    g.add_argument("--victims", metavar="NAME=DIR,...", help="victims and their converted checkpoints")
+    g.add_argument("--config", metavar="FILE.toml", help="settings file ([victims], [attack], run settings)")
+    g.add_argument("--stand-in-weights", action="store_true", default=None,
+                   help="allow bare victim names: random weights of the real architectures (no protection; "
+                        "default victims diffae,simswap_G)")
+    g = p.add_argument_group("attack (defaults from the attack core)")
+    g.add_argument("--eps", type=float, metavar="X", help=f"L-inf bound in the [-1, 1] convention (default {d.eps})")
+    g.add_argument("--step", type=float, metavar="X", help=f"PGD step (default {d.step})")
+    g.add_argument("--iterations", type=int, metavar="N", help=f"PGD steps (default {d.iterations})")
+    g.add_argument("--ensemble", choices=ensembles, help=f"gradient ensemble (default {d.ensemble})")
+    g.add_argument("--compute-dtype", choices=dtypes, help=f"weights and activations (default {d.compute_dtype})")
+    g.add_argument("--seed", type=int, metavar="N", help="seed of the random starts (default 0)")
+    g = p.add_argument_group("running")
+    g.add_argument("--batch-size", type=_positive_int, metavar="N",
+                   help="images per device per step (default 1 on CPU, 8 on accelerators); results do not change")
+    g.add_argument("--devices", type=_positive_int, metavar="N", help="use the first N local devices (default all)")
+    g.add_argument("--workers", type=_positive_int, metavar="N", help="threads decoding and writing images (default 4)")
+    g.add_argument("--format", choices=("png", "jpeg"), help="output format (default png, lossless; "
+                   "jpeg weakens the protection)")
+    g.add_argument("--jpeg-quality", type=int, metavar="N", help="quality of --format jpeg (default 95)")
+    g.add_argument("--force", action="store_true", default=None, help="redo images already done")
+    g.add_argument("--quiet", action="store_true", default=None, help="no progress bar or summary")
+    g.add_argument("--contact-sheet", type=int, metavar="N", help="images on the contact sheet (default 4; 0: none)")
+    g = p.add_argument_group("multi-host")
+    g.add_argument("--distributed", action="store_true",
+                   help="join a jax.distributed job; each process takes a disjoint share of the files")
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (default $LEAT_COORDINATOR)")
+    g.add_argument("--num-processes", type=_positive_int, metavar="N", help="processes in the job (default $LEAT_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, metavar="N", help="this process's index (default $LEAT_PROCESS_ID)")
+    p.set_defaults(run=_immunize)
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert an official PyTorch checkpoint into a leat-jax weights folder",
+        description="Convert the official checkpoint SRC of victim MODEL into the folder DST (replaced if present).",
+    )
+    p.add_argument("model", metavar="MODEL", help="e4e, diffae, simswap_id, simswap_G or icface")
+    p.add_argument("src", metavar="SRC", help="the official checkpoint file")
+    p.add_argument("dst", metavar="DST", help="the folder to write")
+    p.set_defaults(run=_convert)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="leat-jax",
+        description="LEAT (Latent Ensemble Attack) in JAX: protect face photos against several deepfake models.",
+    )
+    parser.add_argument("--version", action="version", version=f"leat-jax {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_immunize(sub)
+    _add_convert(sub)
+    return parser
+
+
+def _error(message: str) -> None:
+    print(f"leat-jax: error: {message}", file=sys.stderr, flush=True)
+
+
+def _immunize(args, parser) -> int:
+    from leat_jax.parallel import DistributedConfig
+    from leat_jax.pipeline import config as settings, immunize
+    from leat_jax.pipeline.victimset import EXTRA_VICTIMS_ENV, SetupError, parse
+
+    if args.samples:
+        if len(args.paths) != 1:
+            parser.error("immunize --samples takes DST only")
+        src, dst = None, args.paths[0]
+    else:
+        if len(args.paths) != 2:
+            parser.error("immunize takes SRC and DST (or --samples DST)")
+        src, dst = args.paths
+    if not args.distributed and any(v is not None for v in (args.coordinator, args.num_processes, args.process_id)):
+        parser.error("--coordinator, --num-processes and --process-id need --distributed")
+    extra = tuple(e for e in os.environ.get(EXTRA_VICTIMS_ENV, "").split(",") if e.strip())
+    try:
+        toml = settings.read_toml(args.config) if args.config else {}
+        cfg = settings.build(
+            src, dst, toml,
+            victims=parse(args.victims) if args.victims else None,
+            eps=args.eps, step=args.step, iterations=args.iterations, ensemble=args.ensemble,
+            compute_dtype=args.compute_dtype, seed=args.seed, stand_in_weights=args.stand_in_weights,
+            batch_size=args.batch_size, devices=args.devices, workers=args.workers, format=args.format,
+            jpeg_quality=args.jpeg_quality, max_size=args.max_size, force=args.force, quiet=args.quiet,
+            contact_sheet=args.contact_sheet,
+            distributed=DistributedConfig.from_env(
+                coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id
+            ) if args.distributed else None,
+            extra_victims=extra or None,
+        )
+        summary = immunize.run(cfg)
+    except SetupError as e:
+        _error(str(e))
+        return EXIT_SETUP
+    if summary.failed:
+        _error(f"{summary.failed} image(s) failed (listed above and in the report); the rest are done")
+        return EXIT_FAILED_IMAGES
+    return 0
+
+
+def _convert(args, parser) -> int:
+    # Only this command reaches converters/ (and through it torch).
+    try:
+        import converters
+        from converters import torch_io
+        from converters.keymap import ConversionError
+    except ImportError as e:
+        _error(f"convert needs the converters and torch (pip install 'leat-jax[torch]'): {e}")
+        return EXIT_SETUP
+    from leat_jax.checkpoints import CheckpointError
+
+    try:
+        meta = converters.convert(args.model, args.src, args.dst)
+    except (ConversionError, torch_io.CheckpointReadError, CheckpointError) as e:
+        _error(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return 1
+    except OSError as e:
+        _error(f"{e.filename or args.src}: {e.strerror or e}")
+        return 1
+    print(json.dumps(meta, indent=2, sort_keys=True))
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args, parser)
+    except KeyboardInterrupt:
+        _error("interrupted; finished images are kept, run the same command again to finish the job")
+        return EXIT_INTERRUPTED

@@ -1,0 +1,151 @@
+"""Settings of an immunize run: one frozen dataclass, from defaults, a TOML file and flags.
+
+Precedence: the defaults here (the attack's from ``AttackConfig``), then
+``--config FILE.toml``, then flags. The TOML file::
+
+    seed = 0                  # top level: the run's settings (fields below)
+    batch_size = 4
+    format = "png"
+
+    [attack]                  # any AttackConfig field
+    eps = 0.05
+    iterations = 50
+
+    [victims]                 # name = converted checkpoint folder, or "stand-in"
+    e4e = "ckpt/e4e"          # relative to the TOML file's folder
+    simswap_G = "stand-in"
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+from leat_jax.attack import AttackConfig
+from leat_jax.parallel import DistributedConfig
+from leat_jax.pipeline.images import OUTPUT_FORMATS
+from leat_jax.pipeline.victimset import SetupError, VictimSpec
+
+# Victims of the demo on stand-in weights when none are named: the issue's
+# example pair, which together fit a few minutes on two CPU cores.
+DEMO_VICTIMS = (VictimSpec("diffae"), VictimSpec("simswap_G"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ImmunizeConfig:
+    """Everything an immunize run needs.
+
+    Attributes:
+      src: folder, image or list of paths; None: the bundled sample faces.
+      dst: output folder (created).
+      victims: what to attack; empty with ``stand_in_weights``: ``DEMO_VICTIMS``.
+      attack: the attack's settings (eps, step, iterations, ensemble, ...).
+      seed: the attack's seed; with the image's path it keys its random start.
+      stand_in_weights: allow bare victim names (stand-in weights; no protection).
+      batch_size: images per device per step; None: 1 on CPU (XLA gains nothing
+        from batching there), 8 on accelerators. Does not change results.
+      devices: local devices to use; None: all.
+      format: ``png`` (lossless) or ``jpeg`` (weakens the protection).
+      jpeg_quality: quality of ``jpeg`` output.
+      max_size: largest accepted image side in pixels; larger ones are refused.
+      workers: threads decoding, encoding and writing while devices compute.
+      force: redo images the manifest has as done.
+      quiet: no progress bar or summary (errors are still printed).
+      distributed: join a ``jax.distributed`` job with these settings; None: single process.
+      extra_victims: ``module:function`` entries adding victims (``LEAT_EXTRA_VICTIMS``).
+      contact_sheet: images shown on the contact sheet (0: none).
+    """
+
+    src: str | None
+    dst: str
+    victims: tuple[VictimSpec, ...] = ()
+    attack: AttackConfig = AttackConfig()
+    seed: int = 0
+    stand_in_weights: bool = False
+    batch_size: int | None = None
+    devices: int | None = None
+    format: str = "png"
+    jpeg_quality: int = 95
+    max_size: int = 2048
+    workers: int = 4
+    force: bool = False
+    quiet: bool = False
+    distributed: DistributedConfig | None = None
+    extra_victims: tuple[str, ...] = ()
+    contact_sheet: int = 4
+
+    def __post_init__(self):
+        # Values may come from a TOML file: check types, not just ranges.
+        if not isinstance(self.format, str) or self.format not in OUTPUT_FORMATS:
+            raise SetupError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.format!r}")
+        for name in ("batch_size", "devices", "max_size", "workers"):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or value < 1):
+                raise SetupError(f"{name} must be a positive integer, got {value!r}")
+        if type(self.jpeg_quality) is not int or not 1 <= self.jpeg_quality <= 100:
+            raise SetupError(f"jpeg_quality must be an integer within 1..100, got {self.jpeg_quality!r}")
+        if type(self.contact_sheet) is not int or self.contact_sheet < 0:
+            raise SetupError(f"contact_sheet must be a non-negative integer, got {self.contact_sheet!r}")
+        if type(self.seed) is not int or not 0 <= self.seed < 2**32:
+            raise SetupError(f"seed must be an integer in 0..2**32-1, got {self.seed!r}")
+        for name in ("stand_in_weights", "force", "quiet"):
+            if type(getattr(self, name)) is not bool:
+                raise SetupError(f"{name} must be true or false, got {getattr(self, name)!r}")
+
+    def victim_specs(self) -> tuple[VictimSpec, ...]:
+        if not self.victims and self.stand_in_weights:
+            return DEMO_VICTIMS
+        return self.victims
+
+
+_RUN_KEYS = {f.name for f in dataclasses.fields(ImmunizeConfig)} - {"src", "dst", "victims", "attack", "distributed", "extra_victims"}
+_ATTACK_KEYS = {f.name for f in dataclasses.fields(AttackConfig)}
+
+
+def read_toml(path) -> dict[str, Any]:
+    """A TOML settings file -> overrides for ``build`` (one-line ``SetupError`` when wrong)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise SetupError(f"{path}: cannot read ({e.strerror or e})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise SetupError(f"{path}: not valid TOML ({e})") from None
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "attack":
+            if not isinstance(value, dict) or set(value) - _ATTACK_KEYS:
+                bad = sorted(set(value) - _ATTACK_KEYS) if isinstance(value, dict) else value
+                raise SetupError(f"{path}: unknown [attack] settings {bad}; known: {', '.join(sorted(_ATTACK_KEYS))}")
+            out["attack"] = dict(value)
+        elif key == "victims":
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                raise SetupError(f'{path}: [victims] must map names to checkpoint folders or "stand-in"')
+            out["victims"] = tuple(
+                VictimSpec(n, None if d == "stand-in" else str(path.parent / d)) for n, d in value.items()
+            )
+        elif key in _RUN_KEYS:
+            out[key] = value
+        else:
+            raise SetupError(f"{path}: unknown setting {key!r}; known: attack, victims, {', '.join(sorted(_RUN_KEYS))}")
+    return out
+
+
+def build(src, dst, toml: Mapping[str, Any] | None = None, **flags) -> ImmunizeConfig:
+    """Defaults < ``toml`` (from ``read_toml``) < ``flags`` (None means not given).
+
+    Attack settings among ``flags`` are the ``AttackConfig`` field names.
+    """
+    toml = dict(toml or {})
+    flags = {k: v for k, v in flags.items() if v is not None}
+    attack = {**toml.pop("attack", {}), **{k: flags.pop(k) for k in list(flags) if k in _ATTACK_KEYS}}
+    try:
+        attack_config = AttackConfig(**attack)
+    except (TypeError, ValueError) as e:
+        raise SetupError(f"attack settings: {e}") from None
+    values = {**toml, **flags}
+    unknown = set(values) - _RUN_KEYS - {"victims", "distributed", "extra_victims"}
+    if unknown:
+        raise SetupError(f"unknown settings {sorted(unknown)}")
+    return ImmunizeConfig(src=src, dst=dst, attack=attack_config, **values)

@@ -1,0 +1,162 @@
+"""The JSON report and the contact sheet, written at the end of a run.
+
+Both are built from the manifest (all processes' records), so they cover the
+whole job, including images finished by earlier, interrupted runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from leat_jax.pipeline import images, inputs
+
+TILE = 192  # contact sheet: largest side of each picture, in pixels
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def build(items: Sequence[inputs.Item], records: Mapping[str, dict], settings: dict, runs: Sequence[dict],
+          src, dst, warning: str | None) -> dict:
+    """The report as a dict (see ``write``)."""
+    done, failures, missing = [], [], []
+    for item in items:
+        rec = records.get(item.rel)
+        if rec is None:
+            missing.append(item.rel)
+        elif rec.get("status") == "done":
+            done.append({k: rec.get(k) for k in ("path", "output", "distances", "linf", "size", "image", "settings")})
+        else:
+            failures.append({"path": item.rel, "error": rec.get("error")})
+    stale = [d["path"] for d in done if d.get("settings") != settings["settings_hash"]]
+    names = [v["name"] for v in settings["victims"]]
+    current = [d for d in done if d.get("settings") == settings["settings_hash"]]
+    mean = {
+        n: {
+            "start": _mean([(d["distances"] or {}).get(n, {}).get("start") for d in current]),
+            "end": _mean([(d["distances"] or {}).get(n, {}).get("end") for d in current]),
+        }
+        for n in names
+    }
+    seconds = max((r["seconds"] for r in runs), default=0.0)
+    protected = sum(r["protected"] for r in runs)
+    return {
+        "warning": warning,
+        "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "src": str(src),
+        "dst": str(dst),
+        "settings": settings,
+        "run": {
+            "processes": len(runs),
+            "devices": sum(r["devices"] for r in runs),
+            "platform": runs[0]["platform"] if runs else None,
+            "seconds": seconds,
+            "protected": protected,
+            "already_done": sum(r["skipped"] for r in runs),
+            "failed": sum(r["failed"] for r in runs),
+            "images_per_second": protected / seconds if seconds and protected else None,
+            "per_process": list(runs),
+        },
+        "totals": {"images": len(items), "done": len(done), "failed": len(failures), "missing": len(missing),
+                   "done_with_other_settings": len(stale)},
+        "mean_distance": mean,
+        "images": done,
+        "failures": failures,
+        "missing": missing,
+    }
+
+
+def _display(image: images.Decoded) -> np.ndarray:
+    """8-bit RGB of an image's colour samples (alpha dropped), for viewing."""
+    levels = image.levels
+    if image.bits == 16:
+        levels = (levels >> 8).astype(np.uint8)
+    if levels.shape[-1] == 1:
+        levels = np.repeat(levels, 3, axis=-1)
+    return levels
+
+
+def _fit(a: np.ndarray, resample) -> Image.Image:
+    im = Image.fromarray(a)
+    scale = TILE / max(im.size)
+    if scale < 1:
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), resample)
+    return im
+
+
+def contact_sheet(rows: Sequence[tuple[Path, Path]], eps: float, warning: str | None) -> Image.Image | None:
+    """Originals, protected images and the perturbation (scaled so +-eps spans black to white)."""
+    tiles = []
+    for original, protected in rows:
+        try:
+            a = images.decode(original.read_bytes(), 1 << 30)
+            b = images.decode(protected.read_bytes(), 1 << 30)
+        except (OSError, images.ImageError):
+            continue
+        if a.levels.shape != b.levels.shape:
+            continue
+        diff = (b.levels.astype(np.float64) - a.levels.astype(np.float64)) * 2.0 / a.maxval
+        if diff.shape[-1] == 1:
+            diff = np.repeat(diff, 3, axis=-1)
+        amplified = np.clip(127.5 + diff / eps * 127.5, 0, 255).astype(np.uint8)
+        tiles.append((_fit(_display(a), Image.LANCZOS), _fit(_display(b), Image.LANCZOS),
+                      _fit(amplified, Image.NEAREST), original.name))
+    if not tiles:
+        return None
+    pad, head, label = 8, 44, 14
+    width = 3 * TILE + 4 * pad
+    height = head + len(tiles) * (TILE + label + pad) + pad
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    titles = ("original", "protected", f"perturbation (+-{eps:g} = black..white)")
+    for c, t in enumerate(titles):
+        draw.text((pad + c * (TILE + pad), head - 16), t, fill=(0, 0, 0))
+    if warning:
+        draw.text((pad, 6), "STAND-IN WEIGHTS: this output protects against nothing", fill=(200, 0, 0))
+    y = head
+    for a, b, d, name in tiles:
+        for c, im in enumerate((a, b, d)):
+            sheet.paste(im, (pad + c * (TILE + pad), y))
+        draw.text((pad, y + TILE + 1), name, fill=(80, 80, 80))
+        y += TILE + label + pad
+    return sheet
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write(dst, src, items, records, settings, runs, warning, sheet_images: int, eps: float):
+    """Write ``leat-jax-report.json`` and the contact sheet into ``dst``; returns their paths.
+
+    The report: ``warning`` (stand-in weights), ``settings``, ``run`` (devices,
+    time, counts of this run), ``totals``, ``mean_distance`` per victim,
+    ``images`` (per image: output, latent distance per victim at the random
+    start and at the end, L-inf change measured on the written file),
+    ``failures`` (path, error) and ``missing`` (not processed by any process).
+    """
+    dst = Path(dst)
+    data = build(items, records, settings, runs, src, dst, warning)
+    report_path = dst / inputs.REPORT
+    _atomic_bytes(report_path, (json.dumps(data, indent=2) + "\n").encode())
+    sheet_path = None
+    if sheet_images:
+        by_rel = {i.rel: i for i in items}
+        rows = [(by_rel[d["path"]].path, dst / d["output"]) for d in data["images"][:sheet_images]]
+        sheet = contact_sheet(rows, eps, warning)
+        if sheet is not None:
+            sheet_path = dst / inputs.CONTACT_SHEET
+            tmp = sheet_path.with_name(f".{sheet_path.name}.{os.getpid()}.part")
+            sheet.save(tmp, "PNG")
+            os.replace(tmp, sheet_path)
+    return report_path, sheet_path

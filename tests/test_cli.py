@@ -1,0 +1,85 @@
+"""The `leat-jax` command line: entry points, usage errors, `convert`'s one-line errors."""
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+
+from leat_jax import cli
+from tests.golden_harness import REPO
+
+
+def _python(*args, timeout=300, env=None):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_python_m_leat_jax_runs_the_command():
+    proc = _python("-m", "leat_jax", "immunize", "--help")
+    assert proc.returncode == 0
+    for flag in ("--victims", "--stand-in-weights", "--samples", "--eps", "--iterations", "--batch-size",
+                 "--devices", "--format", "--force", "--quiet", "--distributed", "--config"):
+        assert flag in proc.stdout
+    assert _python("-m", "leat_jax", "--version").stdout.startswith("leat-jax ")
+
+
+def test_immunize_keeps_torch_out_and_setup_errors_are_one_line(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "src").mkdir()
+    Image.new("RGB", (8, 8), (200, 100, 50)).save(tmp_path / "src" / "face.png")
+    code = (
+        "import sys; from leat_jax import cli; "
+        f"bad = cli.main(['immunize', {str(tmp_path / 'nothing')!r}, {str(tmp_path / 'out')!r}, '--stand-in-weights']); "
+        f"good = cli.main(['immunize', {str(tmp_path / 'src')!r}, {str(tmp_path / 'out')!r}, '--stand-in-weights', "
+        "'--victims', 'toy_a', '--iterations', '1', '--quiet']); "
+        "print('torch' in sys.modules, bad, good)"
+    )
+    proc = _python("-c", code, env={"LEAT_EXTRA_VICTIMS": "tests.pipeline_toys:victims"})
+    assert proc.stdout.split() == ["False", "2", "0"], proc.stderr
+    assert (tmp_path / "out" / "face.png").is_file()
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert errors == [f"leat-jax: error: {tmp_path / 'nothing'}: no such file or folder"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["immunize"], "SRC"),
+        (["immunize", "only-dst"], "SRC and DST"),
+        (["immunize", "--samples", "a", "b"], "DST only"),
+        (["immunize", "a", "b", "--coordinator", "h:1"], "need --distributed"),
+        (["immunize", "a", "b", "--batch-size", "0"], "at least 1"),
+        (["immunize", "a", "b", "--format", "gif"], "invalid choice"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_usage_errors_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo should-never-run",))
+
+
+def test_convert_errors_are_one_line(tmp_path):
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps(_Evil()))
+    cases = [
+        (["nomodel", str(evil)], "no converter for 'nomodel'"),
+        (["e4e", str(tmp_path / "missing.pt")], "no such file"),
+        (["e4e", str(evil)], "refused and nothing ran"),
+    ]
+    for (model, src), message in cases:
+        proc = _python("-m", "leat_jax", "convert", model, src, str(tmp_path / "out"))
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1 and message in lines[0], proc.stderr
+        assert "should-never-run" not in proc.stdout
+        assert not (tmp_path / "out").exists()
