@@ -27,11 +27,4 @@ class ToyEncoder(nnx.Module):
 @functools.cache
 def toy_victim(name: str = "toy", scale: float = 1.0, size: int = 32) -> Victim:
     fn = Functional(lambda rngs: ToyEncoder(scale, rngs=rngs))
-    return Victim(
-        name=name,
-        input_size=(size, size),
-        preprocess=lambda images: resize(images, (size, size)),
-        apply=fn.apply,
-        init_params=fn.init,
-        template=fn.template,
-    )
+    return Victim.of(fn, name=name, input_size=(size, size), preprocess=lambda images: resize(images, (size, size)))

@@ -40,6 +40,12 @@ class Victim:
     def encode(self, params: Params, images: jax.Array) -> Latent:
         return self.apply(params, self.preprocess(images))
 
+    @classmethod
+    def of(cls, network, *, name: str, input_size: tuple[int, int], preprocess, apply=None) -> "Victim":
+        """A victim around a ``models.base.Functional`` network (``apply`` defaults to its own)."""
+        return cls(name=name, input_size=input_size, preprocess=preprocess, apply=apply or network.apply,
+                   init_params=network.init, template=network.template)
+
 
 def resize(images: jax.Array, size: tuple[int, int]) -> jax.Array:
     """Differentiable bilinear resize of NHWC images, antialiased when shrinking.

@@ -46,11 +46,4 @@ def preprocess(images: jax.Array) -> jax.Array:
 
 def victim() -> Victim:
     f = _functional()
-    return Victim(
-        name=NAME,
-        input_size=INPUT_SIZE,
-        preprocess=preprocess,
-        apply=f.apply,
-        init_params=f.init,
-        template=f.template,
-    )
+    return Victim.of(f, name=NAME, input_size=INPUT_SIZE, preprocess=preprocess)

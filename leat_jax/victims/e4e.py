@@ -34,11 +34,4 @@ def apply(params, x):
 
 def victim() -> Victim:
     fn = _functional()
-    return Victim(
-        name="e4e",
-        input_size=(INPUT_SIZE, INPUT_SIZE),
-        preprocess=preprocess,
-        apply=apply,
-        init_params=fn.init,
-        template=fn.template,
-    )
+    return Victim.of(fn, name="e4e", input_size=(INPUT_SIZE, INPUT_SIZE), preprocess=preprocess, apply=apply)

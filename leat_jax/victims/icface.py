@@ -58,14 +58,7 @@ def apply(params, x, attr=NEUTRAL_ATTR):
 
 def victim() -> Victim:
     fn = network()
-    return Victim(
-        name="icface",
-        input_size=INPUT_SIZE,
-        preprocess=preprocess,
-        apply=apply,
-        init_params=fn.init,
-        template=fn.template,
-    )
+    return Victim.of(fn, name="icface", input_size=INPUT_SIZE, preprocess=preprocess, apply=apply)
 
 
 def reenact(params_g, neutral, attr):

@@ -54,14 +54,7 @@ def identity_apply(params, x):
 
 def identity_victim() -> Victim:
     f = arcface()
-    return Victim(
-        name="simswap_id",
-        input_size=INPUT_SIZE,
-        preprocess=identity_preprocess,
-        apply=identity_apply,
-        init_params=f.init,
-        template=f.template,
-    )
+    return Victim.of(f, name="simswap_id", input_size=INPUT_SIZE, preprocess=identity_preprocess, apply=identity_apply)
 
 
 def generator_preprocess(images):
@@ -76,11 +69,4 @@ def generator_apply(params, x):
 
 def generator_victim() -> Victim:
     f = generator_encoder()
-    return Victim(
-        name="simswap_G",
-        input_size=INPUT_SIZE,
-        preprocess=generator_preprocess,
-        apply=generator_apply,
-        init_params=f.init,
-        template=f.template,
-    )
+    return Victim.of(f, name="simswap_G", input_size=INPUT_SIZE, preprocess=generator_preprocess, apply=generator_apply)
