@@ -4,7 +4,7 @@
 maps it through the family's key table (``keymap``), checks it against the
 victim's parameter tree and writes it with ``leat_jax.checkpoints``.
 
-Each family module exposes, per victim name, ``to_params(ckpt, source) ->
+Each family module exposes, per network, a ``*_to_params(ckpt, source) ->
 params``: the loaded checkpoint object (numpy arrays, stand-ins for pickled
 classes) to the Flax parameter tree.
 """
@@ -16,14 +16,36 @@ from pathlib import Path
 
 CONVERTER_VERSION = "1"
 
-# victim name -> (module, function)
-CONVERTERS: dict[str, tuple[str, str]] = {
-    "e4e": ("converters.e4e", "to_params"),
-    "diffae": ("converters.diffae", "to_params"),
-    "simswap_id": ("converters.simswap", "identity_to_params"),
-    "simswap_G": ("converters.simswap", "generator_to_params"),
-    "icface": ("converters.icface", "to_params"),
+# name -> (converter "module:function", template "module:function" or None).
+# The converter maps a loaded checkpoint object to Flax parameters; the
+# template (a ``Functional``'s, or the victim's of that name when None) is
+# what the result is checked against.
+CONVERTERS: dict[str, tuple[str, str | None]] = {
+    # the victims: the latent encoders LEAT attacks
+    "e4e": ("converters.e4e:to_params", None),
+    "diffae": ("converters.diffae:to_params", None),
+    "simswap_id": ("converters.simswap:identity_to_params", None),
+    "simswap_G": ("converters.simswap:generator_to_params", None),
+    "icface": ("converters.icface:to_params", None),
+    # the rest of the deepfake pipelines, for evaluation
+    "stylegan2": ("converters.stylegan2:generator_to_params", "leat_jax.deepfakes.styleclip:generator"),
+    "styleclip_mapper": ("converters.stylegan2:mapper_to_params", "leat_jax.deepfakes.styleclip:mapper"),
+    "simswap_full": ("converters.simswap:full_generator_to_params", "leat_jax.victims.simswap:generator"),
+    "icface_full": ("converters.icface:generator_to_params", "leat_jax.victims.icface:network"),
 }
+
+
+def _resolve(spec: str):
+    module, attr = spec.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def template(name: str):
+    """The parameter tree (shapes) a converted ``name`` must have."""
+    from leat_jax import victims
+
+    spec = CONVERTERS[name][1]
+    return victims.get(name).template if spec is None else _resolve(spec)().template
 
 
 def sha256(path) -> str:
@@ -38,15 +60,14 @@ def to_params(name: str, src):
     """The Flax parameters of victim ``name`` from the official file ``src``."""
     from converters import torch_io
     from converters.keymap import ConversionError
-    from leat_jax import checkpoints, victims
+    from leat_jax import checkpoints
 
     if name not in CONVERTERS:
         raise ConversionError(f"no converter for {name!r}; known: {', '.join(CONVERTERS)}")
-    module, fn = CONVERTERS[name]
     ckpt = torch_io.load(src)
-    params = getattr(importlib.import_module(module), fn)(ckpt, str(src))
+    params = _resolve(CONVERTERS[name][0])(ckpt, str(src))
     try:
-        checkpoints.check_against_template(params, victims.get(name).template, str(src))
+        checkpoints.check_against_template(params, template(name), str(src))
     except checkpoints.CheckpointError as e:
         raise ConversionError(str(e)) from None
     return params

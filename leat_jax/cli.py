@@ -98,9 +98,10 @@ def _add_convert(sub) -> None:
     p = sub.add_parser(
         "convert",
         help="convert an official PyTorch checkpoint into a leat-jax weights folder",
-        description="Convert the official checkpoint SRC of victim MODEL into the folder DST (replaced if present).",
+        description="Convert the official checkpoint SRC of network MODEL into the folder DST (replaced if present).",
     )
-    p.add_argument("model", metavar="MODEL", help="e4e, diffae, simswap_id, simswap_G or icface")
+    p.add_argument("model", metavar="MODEL", help="a victim (e4e, diffae, simswap_id, simswap_G, icface) or a "
+                   "pipeline network (stylegan2, styleclip_mapper, simswap_full, icface_full, ...)")
     p.add_argument("src", metavar="SRC", help="the official checkpoint file")
     p.add_argument("dst", metavar="DST", help="the folder to write")
     p.set_defaults(run=_convert)

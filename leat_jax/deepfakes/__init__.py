@@ -1,0 +1,77 @@
+"""Whole deepfake pipelines, for evaluating protection: what the attacker runs.
+
+LEAT attacks latent encoders; its claims are about what comes out of the
+complete deepfake models. Each pipeline here is one pure function
+
+    ``apply(params, images, attribute) -> images``
+
+with images in the project convention (float32, NHWC, [-1, 1], any input
+size: each pipeline resizes to its official input size), ``params`` a plain
+pytree of converted weights and ``attribute`` the attacker's choice of edit
+(a StyleCLIP mapper, a SimSwap source identity, ICface driving values). The
+functions are jitted and map over a stack of attributes with
+``jax.vmap(apply, in_axes=(None, None, 0))`` (``over_attributes`` in each
+module). An unbatched attribute applies to every image of the batch.
+
+This room may use ``leat_jax.models`` and ``leat_jax.victims`` (the encoders
+are the pipelines' first stages), never the attack or the pipeline rooms.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+from typing import Any, Callable
+
+# name -> (module, attribute holding its ``Deepfake``)
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "styleclip": ("leat_jax.deepfakes.styleclip", "DEEPFAKE"),
+    "simswap": ("leat_jax.deepfakes.simswap", "DEEPFAKE"),
+    "icface": ("leat_jax.deepfakes.icface", "DEEPFAKE"),
+    "diffae": ("leat_jax.deepfakes.diffae", "DEEPFAKE"),
+}
+
+NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+@dataclasses.dataclass(frozen=True)
+class Deepfake:
+    """One deepfake pipeline, as pure functions.
+
+    Attributes:
+      name: registry name.
+      apply: ``(params, images, attribute) -> images``, jitted.
+      over_attributes: ``(params, images, attributes) -> [A, N, H, W, 3]``,
+        ``apply`` vmapped over the leading axis of a stacked attribute pytree.
+      output_size: (height, width) of the output images.
+      attribute: what the attribute is, in words (for reports).
+    """
+
+    name: str
+    apply: Callable[[Any, Any, Any], Any]
+    over_attributes: Callable[[Any, Any, Any], Any]
+    output_size: tuple[int, int]
+    attribute: str
+
+
+def vmap_over_attributes(apply: Callable) -> Callable:
+    """``apply`` mapped over a stacked attribute pytree (leading axis), jitted."""
+    import jax
+
+    return jax.jit(jax.vmap(apply, in_axes=(None, None, 0)))
+
+
+class UnknownDeepfakeError(ValueError):
+    pass
+
+
+@functools.cache
+def get(name: str) -> Deepfake:
+    """The pipeline registered under ``name``."""
+    if name not in _REGISTRY:
+        raise UnknownDeepfakeError(f"unknown deepfake pipeline {name!r}; known: {', '.join(NAMES)}")
+    module, attr = _REGISTRY[name]
+    return getattr(importlib.import_module(module), attr)
+
+
+__all__ = ["Deepfake", "NAMES", "UnknownDeepfakeError", "get", "vmap_over_attributes"]

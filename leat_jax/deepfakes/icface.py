@@ -1,0 +1,77 @@
+"""ICface: neutralise the face, then re-animate it with driving pose and action units.
+
+Official inference (``Pix2PixModel.test``), per driving frame:
+``neutral = netGN(cat[x, AUN planes])``, ``frame = netG(cat[neutral, AUR planes])``,
+both the same ``ResnetGenerator`` class with different weights. Here:
+
+    animate(params, images, attr) = netG(netGN(resize_128(images), NEUTRAL_ATTR), attr)
+
+* ``params``: ``{"neutralizer": netGN, "generator": netG}``
+  (``converters.icface.to_params`` / ``generator_to_params``);
+* ``images``: source faces, [-1, 1] NHWC (the official loader's range);
+* ``attr``: the attribute, a driving frame's 20 normalised values in
+  ``victims.icface.ATTRIBUTES`` order, (20,) shared by the batch or (N, 20).
+
+Two deliberate differences from the official test loop, both documented in
+``victims.icface``: the neutralizer gets the exact neutral vector (the
+official one leaks the driving AUs at 1e-5, a float32-rounding-level effect),
+and the neutral face is not detached (the official ``.data`` only matters for
+training; an attack through the whole pipeline needs that gradient).
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from leat_jax.deepfakes import Deepfake, vmap_over_attributes
+from leat_jax.victims import icface as iv
+
+INPUT_SIZE = iv.INPUT_SIZE  # (128, 128)
+ATTRIBUTES = iv.ATTRIBUTES
+POSE_SCALE = (0.7, 1.4)  # normalised pose = (radians + 0.7) / 1.4
+AU_SCALE = 5.0           # normalised AU = OpenFace intensity (0..5) / 5
+
+
+def neutralize(params_gn, images):
+    """The neutral face ``netGN(cat[x128, neutral planes])``, tanh range, NHWC."""
+    return iv.apply(params_gn, iv.preprocess(images), iv.NEUTRAL_ATTR)
+
+
+def reenact(params_g, neutral, attr):
+    """``netG(cat[neutral, attr planes])``: the animated face, tanh range, NHWC."""
+    return iv.reenact(params_g, neutral, attr)
+
+
+def _animate(params, images, attr):
+    return reenact(params["generator"], neutralize(params["neutralizer"], images), attr)
+
+
+animate = jax.jit(_animate)
+animate.__doc__ = """({"neutralizer", "generator"} params, faces [-1, 1] NHWC, attr (20,) or (N, 20))
+-> animated 128 faces in [-1, 1]."""
+
+over_attributes = vmap_over_attributes(_animate)
+
+
+def driving_vector(pose_rad, au_intensity) -> np.ndarray:
+    """OpenFace values -> the 20 normalised numbers ICface reads (float32).
+
+    ``pose_rad``: (pose_Rx, pose_Ry, pose_Rz) in radians, mapped to
+    ``(p + 0.7) / 1.4`` (not clipped, as officially); ``au_intensity``: the 17
+    ``AU*_r`` intensities (0..5) in ``ATTRIBUTES[3:]`` order, divided by 5.
+    Computed in float64 then cast, as the official loader does.
+    """
+    pose = np.asarray(pose_rad, np.float64)
+    au = np.asarray(au_intensity, np.float64)
+    if pose.shape[-1] != 3 or au.shape[-1] != len(ATTRIBUTES) - 3:
+        raise ValueError(f"expected 3 pose angles and {len(ATTRIBUTES) - 3} AU intensities")
+    return np.concatenate([(pose + POSE_SCALE[0]) / POSE_SCALE[1], au / AU_SCALE], axis=-1).astype(np.float32)
+
+
+DEEPFAKE = Deepfake(
+    name="icface",
+    apply=animate,
+    over_attributes=over_attributes,
+    output_size=INPUT_SIZE,
+    attribute="driving frame: 20 normalised values (3 head-pose angles, 17 AU intensities)",
+)

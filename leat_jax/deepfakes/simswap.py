@@ -1,0 +1,63 @@
+"""SimSwap (224): the protected photo as the swap *target*, a source identity injected.
+
+Official inference (``fsModel.forward(None, img_att, latent_id, None, True)``)
+runs the whole ``Generator_Adain_Upsample`` on the aligned 224 target crop in
+[0, 1] with ``latent_id``, the L2-normalised ArcFace embedding of the source
+face, and returns ``(tanh + 1) / 2``. Here:
+
+    swap(params, images, latent_id) = 2 * G(to_unit(resize_224(images)), latent_id) - 1
+
+* ``params``: the whole generator (``converters.simswap.full_generator_to_params``
+  of ``latest_net_G.pth``);
+* ``images``: target faces, [-1, 1] NHWC; aligned 224 crops reach G untouched;
+* ``latent_id``: the attribute, a unit identity vector (512,) shared by the
+  batch or (N, 512); ``source_identity`` computes it from source faces as the
+  official pipeline does. G uses it as given (it does not normalise it).
+
+The output is the swapped 224 crop before paste-back (the aligned crop is
+where disruption is measured; see research/generators.md 1.4).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from leat_jax.deepfakes import Deepfake, vmap_over_attributes
+from leat_jax.victims import simswap as sv
+from leat_jax.victims.base import resize, to_unit
+
+INPUT_SIZE = sv.INPUT_SIZE  # (224, 224)
+
+
+def _swap(params, images, latent_id):
+    x01 = to_unit(resize(images, INPUT_SIZE))
+    latent_id = jnp.asarray(latent_id, x01.dtype)
+    # one identity for the whole batch, or one per image
+    latent_id = jnp.broadcast_to(latent_id, (x01.shape[0], latent_id.shape[-1]))
+    out01 = sv.generator().apply(params, x01, latent_id)
+    return out01 * 2.0 - 1.0
+
+
+swap = jax.jit(_swap)
+swap.__doc__ = """(generator params, target images [-1, 1] NHWC, latent_id) -> swapped 224 crops in [-1, 1]."""
+
+over_attributes = vmap_over_attributes(_swap)
+
+
+@jax.jit
+def source_identity(arcface_params, source_images):
+    """``latent_id`` of source faces ([-1, 1] NHWC, aligned): [N, 512], unit norm.
+
+    The official path: ImageNet-normalised 224 crop, torch's nearest resize to
+    112, ArcFace, L2 normalisation (``victims.simswap.identity_apply``).
+    """
+    return sv.identity_apply(arcface_params, sv.identity_preprocess(source_images))
+
+
+DEEPFAKE = Deepfake(
+    name="simswap",
+    apply=swap,
+    over_attributes=over_attributes,
+    output_size=INPUT_SIZE,
+    attribute="source identity: a unit ArcFace embedding latent_id (512,) from another person's face",
+)

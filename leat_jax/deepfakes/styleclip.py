@@ -1,0 +1,83 @@
+"""StyleCLIP, latent-mapper edition: e4e inversion, the mapper's edit, StyleGAN2, the 256 pool.
+
+The official mapper inference (``mapper/scripts/inference.py``) on an e4e
+inversion: ``w = e4e(x)``, ``w_hat = w + 0.1 * mapper(w)``,
+``G([w_hat], input_is_latent=True, randomize_noise=False, truncation=1)``,
+then the wrapper's ``AdaptiveAvgPool2d((256, 256))``. Here:
+
+    edit(params, images, mapper_params) = pool_256(G(w + 0.1 * M(w))),  w = e4e(resize_256(images))
+
+* ``params``: ``{"e4e": victims e4e params (encoder + latent_avg),
+  "generator": converters.stylegan2.generator_to_params(e4e_ffhq_encode.pt)}``;
+* ``images``: [-1, 1] NHWC faces (aligned FFHQ-style crops officially);
+* ``mapper_params``: the attribute, one text prompt's mapper
+  (``converters.stylegan2.mapper_to_params``); a stack of them maps with
+  ``over_attributes``.
+
+The output is G's raw image pooled to 256, about [-1, 1] for real weights and
+not clamped (the official code clamps only when saving a PNG), so the
+disruption is measured on what G computes and gradients never vanish at the
+clamp.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+
+from leat_jax.deepfakes import Deepfake, vmap_over_attributes
+from leat_jax.models.base import Functional
+from leat_jax.models.styleclip_mapper import edit as apply_edit
+from leat_jax.models.styleclip_mapper import levels_mapper
+from leat_jax.models.stylegan2 import GeneratorConfig, face_pool
+from leat_jax.models.stylegan2 import generator as build_generator
+from leat_jax.victims import e4e
+
+OUTPUT_SIZE = 256  # the official wrapper's face_pool
+
+
+@functools.cache
+def generator(config: GeneratorConfig = GeneratorConfig()) -> Functional:
+    """StyleGAN2 (1024 FFHQ by default): ``apply(params, w_plus) -> raw image`` [N, 1024, 1024, 3]."""
+    return Functional(lambda rngs: build_generator(rngs, config))
+
+
+@functools.cache
+def mapper() -> Functional:
+    """StyleCLIP's LevelsMapper: ``apply(params, w_plus) -> residual``."""
+    return Functional(levels_mapper)
+
+
+def invert(e4e_params, images):
+    """W+ codes [N, 18, 512] of [-1, 1] NHWC images (e4e, with latent_avg)."""
+    return e4e.apply(e4e_params, e4e.preprocess(images))
+
+
+def edit_latent(mapper_params, w_plus):
+    """``w + 0.1 * mapper(w)``."""
+    return apply_edit(mapper().apply(mapper_params, w_plus), w_plus)
+
+
+def synthesize(generator_params, w_plus, size: int = OUTPUT_SIZE):
+    """G's image from W+, pooled to ``size`` (the 1024 image when ``size`` is None)."""
+    image = generator().apply(generator_params, w_plus)
+    return image if size is None else face_pool(image, size)
+
+
+def _edit(params, images, mapper_params):
+    w = invert(params["e4e"], images)
+    return synthesize(params["generator"], edit_latent(mapper_params, w))
+
+
+edit = jax.jit(_edit)
+edit.__doc__ = """({"e4e", "generator"} params, faces [-1, 1] NHWC, mapper params) -> edited faces, 256, raw range."""
+
+over_attributes = vmap_over_attributes(_edit)
+
+DEEPFAKE = Deepfake(
+    name="styleclip",
+    apply=edit,
+    over_attributes=over_attributes,
+    output_size=(OUTPUT_SIZE, OUTPUT_SIZE),
+    attribute="text edit: the parameters of one StyleCLIP latent mapper (one per prompt)",
+)
