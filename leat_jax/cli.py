@@ -1,7 +1,8 @@
 """The ``leat-jax`` command: argument parsing only; the work is in ``leat_jax.pipeline``.
 
-Subcommands: ``immunize`` (protect a folder of face images) and ``convert``
-(official PyTorch checkpoint -> converted Flax weights). Expected failures
+Subcommands: ``immunize`` (protect a folder of face images), ``evaluate``
+(measure the disruption of deepfake pipelines) and ``convert`` (official
+PyTorch checkpoint -> converted Flax weights). Expected failures
 end with a one-line message and a non-zero exit code, never a traceback:
 1 when some images failed, 2 when the job could not start, 130 on Ctrl-C.
 """
@@ -107,6 +108,63 @@ def _add_convert(sub) -> None:
     p.set_defaults(run=_convert)
 
 
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="measure how much protected images disrupt deepfake pipelines (DSR, PSNR, SSIM)",
+        description=(
+            "Run the deepfake pipelines on every image under CLEAN_DIR and its protected version under "
+            "PROTECTED_DIR (same relative path, as immunize writes it), for every known and unknown target "
+            "attribute, and write a JSON report, a Markdown table and a figure into OUT_DIR. "
+            "Exit code 0: done; 2: could not start."
+        ),
+        epilog=(
+            "Pipelines: --pipelines styleclip=DIR,simswap=DIR,... (folders of converted networks; see "
+            "leat_jax.pipeline.attributes), or bare names with --stand-in-weights (random weights: the numbers "
+            "mean nothing). LEAT_EXTRA_DEEPFAKES=module:function[,...] adds pipelines (a function returning "
+            "{name: EvalPipeline}), for tests and experiments."
+        ),
+    )
+    p.add_argument("clean", metavar="CLEAN_DIR", help="the original images")
+    p.add_argument("protected", metavar="PROTECTED_DIR", help="their protected versions (immunize's DST)")
+    p.add_argument("out", metavar="OUT_DIR", help="where the report, table and figure go")
+    p.add_argument("--pipelines", metavar="NAME=DIR,...", help="pipelines and their converted networks")
+    p.add_argument("--config", metavar="FILE.toml", help="settings file ([pipelines], per-pipeline attribute "
+                   "tables with known / unknown, [attack] for the baseline, threshold, seed)")
+    p.add_argument("--stand-in-weights", action="store_true", default=None,
+                   help="allow bare pipeline names: random weights (numbers mean nothing)")
+    p.add_argument("--baseline", action="store_true", default=None,
+                   help="also run the image-space attack on the clean images over the known attributes")
+    p.add_argument("--seed", type=int, metavar="N", help="baseline random starts, stand-in weights, sampled "
+                   "attributes (default: the immunize report's seed, else 0)")
+    p.add_argument("--threshold", type=float, metavar="X", help="disruption threshold on the output MSE (default 0.05)")
+    p.add_argument("--figure-rows", type=int, metavar="N", help="images in the figure (default 4; 0: none)")
+    p.add_argument("--quiet", action="store_true", default=None, help="no progress lines")
+    p.set_defaults(run=_evaluate)
+
+
+def _evaluate(args, parser) -> int:
+    from leat_jax.pipeline import evaluate
+    from leat_jax.pipeline.attributes import EXTRA_DEEPFAKES_ENV
+    from leat_jax.pipeline.victimset import SetupError
+
+    extra = tuple(e for e in os.environ.get(EXTRA_DEEPFAKES_ENV, "").split(",") if e.strip())
+    try:
+        toml = evaluate.read_toml(args.config) if args.config else {}
+        cfg = evaluate.build(
+            args.clean, args.protected, args.out, toml,
+            pipelines=evaluate.parse_pipelines(args.pipelines) if args.pipelines else None,
+            stand_in_weights=args.stand_in_weights, baseline=args.baseline, seed=args.seed,
+            threshold=args.threshold, figure_rows=args.figure_rows, quiet=args.quiet,
+            extra_pipelines=extra or None,
+        )
+        evaluate.run(cfg)
+    except SetupError as e:
+        _error(str(e))
+        return EXIT_SETUP
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="leat-jax",
@@ -115,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"leat-jax {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_immunize(sub)
+    _add_evaluate(sub)
     _add_convert(sub)
     return parser
 

@@ -1,0 +1,240 @@
+"""Evaluation machinery: metrics on constructed cases, the image-space baseline,
+LEAT against noise on a small pipeline, and `leat-jax evaluate` end to end on
+the toy pipelines of ``tests.evaluate_toys``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from leat_jax import cli
+from leat_jax.attack import AttackConfig
+from leat_jax.attack import pgd
+from leat_jax.attack.image_space import make_image_attack
+from leat_jax.pipeline import metrics
+from tests import evaluate_toys as toys
+
+RNG = np.random.default_rng(3)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_mse_and_dsr_on_constructed_tables():
+    clean = np.zeros((2, 4, 4, 3))
+    adv = clean.copy()
+    adv[0] += 0.5  # mse 0.25
+    adv[1, :2] += 0.2  # half the pixels: 0.04 / 2 = 0.02
+    np.testing.assert_allclose(metrics.mse(adv, clean), [0.25, 0.02])
+    assert list(metrics.disrupted([0.25, 0.02, 0.05, np.nan])) == [True, False, False, False]
+    # two pipelines, 3 images x 2 attributes
+    a = np.array([[0.1, 0.2], [0.1, 0.01], [0.0, 0.0]])  # 3 of 6 pairs; image 0 on every attribute
+    b = np.array([[0.1, 0.1], [0.1, 0.1], [0.1, 0.0]])  # 5 of 6 pairs; images 0, 1
+    sa, sb = metrics.disrupted(a), metrics.disrupted(b)
+    assert metrics.dsr(sa) == pytest.approx(0.5) and metrics.dsr(sb) == pytest.approx(5 / 6)
+    assert metrics.image_dsr(sa) == pytest.approx(1 / 3) and metrics.image_dsr(sb) == pytest.approx(2 / 3)
+    assert metrics.avg_dsr({"a": sa, "b": sb}) == pytest.approx((0.5 + 5 / 6) / 2)
+    assert metrics.e_dsr({"a": sa, "b": sb}) == pytest.approx(1 / 3)  # only image 0 on both, every attribute
+    agg = metrics.aggregate({"a": (a, a), "b": (b, np.full_like(b, np.nan))})
+    assert agg["e_dsr"] == pytest.approx(1 / 3) and agg["e_masked_dsr"] == 0.0
+    assert agg["avg_masked_dsr"] == pytest.approx(0.25)
+
+
+def test_masked_mse_follows_cmua():
+    x = np.zeros((4, 4, 3))
+    clean = x.copy()
+    clean[:2, :, 0] = 0.6  # rows 0-1 changed by the edit (0.6 > 0.5 summed over channels)
+    clean[2, :, :] = 0.1  # row 2: 0.3 summed, under the threshold
+    mask = metrics.cmua_mask(clean, x)
+    assert mask.sum() == 8 and mask[:2].all()
+    adv = clean.copy()
+    adv[0, :, :] += 1.0  # 4 pixels x 3 channels inside the mask
+    adv[3, :, :] += 1.0  # outside: ignored
+    assert metrics.masked_mse(adv, clean, mask) == pytest.approx(12 / (8 * 3))
+    assert np.isnan(metrics.masked_mse(adv, clean, np.zeros((4, 4), bool)))
+
+
+def test_psnr_of_a_known_perturbation():
+    x = RNG.uniform(-0.5, 0.5, (8, 8, 3))
+    # +-0.1 in [-1, 1] is +-0.05 on [0, 1]: mse 0.0025, psnr 10 log10(400)
+    adv = x + 0.1 * np.where(RNG.random(x.shape) < 0.5, -1, 1)
+    assert metrics.psnr(adv, x) == pytest.approx(10 * np.log10(400))
+    assert metrics.psnr(x, x) == np.inf
+
+
+def _ssim_direct(a, b):
+    """SSIM by its definition, window by window (float64, [-1, 1] inputs)."""
+    a, b = (a + 1) / 2, (b + 1) / 2
+    g = metrics.gaussian_window(11, 1.5)
+    w = np.outer(g, g)
+    c1, c2 = 0.01**2, 0.03**2
+    vals = []
+    for c in range(a.shape[-1]):
+        for i in range(a.shape[0] - 10):
+            for j in range(a.shape[1] - 10):
+                pa, pb = a[i:i + 11, j:j + 11, c], b[i:i + 11, j:j + 11, c]
+                ma, mb = (w * pa).sum(), (w * pb).sum()
+                va, vb = (w * (pa - ma) ** 2).sum(), (w * (pb - mb) ** 2).sum()
+                cov = (w * (pa - ma) * (pb - mb)).sum()
+                vals.append((2 * ma * mb + c1) * (2 * cov + c2) / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
+    return np.mean(vals)
+
+
+def test_ssim_identical_and_against_direct_computation():
+    a = RNG.uniform(-1, 1, (14, 13, 3))
+    assert metrics.ssim(a, a) == pytest.approx(1.0)
+    b = np.clip(a + RNG.normal(0, 0.3, a.shape), -1, 1)
+    s = metrics.ssim(b, a)
+    assert s == pytest.approx(_ssim_direct(b, a), rel=1e-9)
+    assert s < 0.9
+    assert metrics.gaussian_window().sum() == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- attacks on a small pipeline
+
+
+def _setup():
+    params = toys.load(None, 0)
+    images = jnp.asarray(RNG.uniform(-0.9, 0.9, (3, toys.SIZE, toys.SIZE, 3)), jnp.float32)
+    attr = jnp.asarray(0.3 * RNG.standard_normal(16), jnp.float32)
+    return params, images, attr
+
+
+def _pipe_mse(params, adv, clean, attr):
+    return metrics.mse(np.asarray(toys.DEEPFAKE.apply(params, adv, attr)),
+                       np.asarray(toys.DEEPFAKE.apply(params, clean, attr)))
+
+
+def test_leat_beats_noise_of_the_same_eps_on_the_pipeline_output():
+    params, x, attr = _setup()
+    cfg = AttackConfig(eps=0.05, step=0.01, iterations=10)
+    res = pgd.run([toys.encoder()], cfg, (params["encoder"],), x, jnp.arange(3, dtype=jnp.uint32), 0)
+    noise = x + jax.random.uniform(jax.random.key(1), x.shape, jnp.float32, -0.05, 0.05)
+    leat, rand = _pipe_mse(params, res.protected, x, attr), _pipe_mse(params, noise, x, attr)
+    assert np.all(leat > 3 * rand), (leat, rand)
+
+
+def test_image_space_baseline_bound_and_ascent():
+    params, x, attr = _setup()
+    x = x.at[0, 0, 0].set(1.0)  # a saturated pixel: the box must hold it
+    cfg = AttackConfig(eps=0.05, step=0.01, iterations=10)
+    fn = lambda p, im: toys.DEEPFAKE.apply(p["net"], im, p["attribute"])  # noqa: E731
+    attack = jax.jit(make_image_attack([fn], cfg))
+    res = attack(({"net": params, "attribute": attr},), x, jnp.arange(3, dtype=jnp.uint32), 0)
+    eta = np.asarray(res.protected - x)
+    assert np.abs(eta).max() <= 0.05 + 1e-6
+    assert np.asarray(res.protected).max() <= 1.0 and np.asarray(res.protected).min() >= -1.0
+    assert np.all(np.asarray(res.loss_end) > 2 * np.asarray(res.loss_start))
+    noise = x + jax.random.uniform(jax.random.key(1), x.shape, jnp.float32, -0.05, 0.05)
+    assert np.all(_pipe_mse(params, res.protected, x, attr) > 3 * _pipe_mse(params, noise, x, attr))
+    # per image: a batch gives what each image gives alone
+    one = attack(({"net": params, "attribute": attr},), x[1:2], jnp.arange(1, 2, dtype=jnp.uint32), 0)
+    np.testing.assert_allclose(np.asarray(one.protected[0]), np.asarray(res.protected[1]), atol=1e-6)
+
+
+# ---------------------------------------------------------------- the command
+
+
+@pytest.fixture()
+def env(monkeypatch):
+    for k, v in toys.ENV.items():
+        monkeypatch.setenv(k, v)
+
+
+@pytest.fixture()
+def protected(tmp_path, env, capsys):
+    clean = tmp_path / "clean"
+    (clean / "sub").mkdir(parents=True)
+    for i, rel in enumerate(["a.png", "b.jpg", "sub/c.png"]):
+        Image.fromarray(RNG.integers(0, 256, (toys.SIZE, toys.SIZE, 3)).astype(np.uint8)).save(clean / rel)
+    prot = tmp_path / "prot"
+    rc = cli.main(["immunize", str(clean), str(prot), "--victims", "toy_enc", "--stand-in-weights",
+                   "--iterations", "5", "--quiet"])
+    assert rc == 0
+    capsys.readouterr()
+    return clean, prot
+
+
+def evaluate(capsys, *args):
+    rc = cli.main(["evaluate", *map(str, args)])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return rc, err
+
+
+def test_evaluate_end_to_end_with_baseline(protected, tmp_path, capsys):
+    clean, prot = protected
+    out = tmp_path / "out"
+    cfg = tmp_path / "eval.toml"
+    cfg.write_text('threshold = 0.001\n[attack]\niterations = 4\n[toy_pipe]\nknown = 1\nunknown = 2\n')
+    rc, err = evaluate(capsys, clean, prot, out, "--pipelines", "toy_pipe", "--stand-in-weights", "--baseline",
+                       "--config", cfg, "--quiet")
+    assert rc == 0 and "mean NOTHING about real protection" in err
+    data = json.loads((out / "leat-jax-evaluation.json").read_text())
+    assert data["images"] == 3 and data["warning"]
+    assert data["attributes"]["toy_pipe"] == {"known": ["v0"], "unknown": ["v1", "v2"]}
+    assert data["baseline"]["attributes"] == [["toy_pipe", "v0"]]  # known only
+    assert data["baseline"]["attack"]["iterations"] == 4 and data["baseline"]["attack"]["eps"] == 0.05
+    for attack in ("leat", "image_space"):
+        res = data["attacks"][attack]
+        assert res["pipelines"]["toy_pipe"]["known"]["pairs"] == 3
+        assert res["pipelines"]["toy_pipe"]["unknown"]["pairs"] == 6
+        assert res["pipelines"]["toy_pipe"]["unknown"]["dsr"] == 1.0  # threshold 0.001: every pair
+        assert res["overall"]["all"]["e_dsr"] == 1.0
+        assert 25 < res["imperceptibility"]["psnr"] < 60 and res["imperceptibility"]["linf"] <= 0.05 + 1e-9
+        assert res["seconds_per_image"] > 0  # LEAT's from the immunize report
+        assert set(res["per_image"]) == {"a.png", "b.jpg", "sub/c.png"}
+    assert (out / "baseline" / "sub" / "c.png").is_file()
+    md = (out / "leat-jax-evaluation.md").read_text()
+    assert "mean NOTHING" in md and "| leat | toy_pipe | unknown | 6 |" in md and "| image_space | toy_pipe | known | 3 |" in md
+    fig = Image.open(out / "leat-jax-evaluation.png")
+    assert fig.width > 4 * 128 and fig.height > 3 * 128  # 4 columns, 3 rows
+
+
+def test_baseline_never_sees_unknown_attributes(protected, tmp_path, capsys):
+    """toy_nan's unknown attributes are NaN: used by the baseline, they would make it NaN."""
+    clean, prot = protected
+    out = tmp_path / "out"
+    rc, _ = evaluate(capsys, clean, prot, out, "--pipelines", "toy_nan", "--stand-in-weights", "--baseline",
+                     "--quiet", "--figure-rows", "0", "--threshold", "0.001")
+    assert rc == 0
+    data = json.loads((out / "leat-jax-evaluation.json").read_text())
+    base = data["attacks"]["image_space"]
+    assert base["pipelines"]["toy_nan"]["known"]["dsr"] == 1.0
+    assert base["imperceptibility"]["psnr"] is not None and base["imperceptibility"]["linf"] > 0.03
+    assert base["pipelines"]["toy_nan"]["unknown"]["mean_mse"] is None  # NaN outputs: reported as null
+    assert not (out / "leat-jax-evaluation.png").exists()
+    # toy_pipe has the same known attributes and finite unknown ones: the same baseline images
+    out2 = tmp_path / "out2"
+    rc, _ = evaluate(capsys, clean, prot, out2, "--pipelines", "toy_pipe", "--stand-in-weights", "--baseline",
+                     "--quiet", "--figure-rows", "0")
+    assert rc == 0
+    for rel in ("a.png", "b.png", "sub/c.png"):
+        assert (out / "baseline" / rel).read_bytes() == (out2 / "baseline" / rel).read_bytes()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pipelines", "toy_pipe"], "has no folder"),
+    ([], "no pipelines"),
+    (["--pipelines", "nope", "--stand-in-weights"], "unknown pipeline 'nope'"),
+    (["--pipelines", "toy_pipe=/does/not/exist"], "not a folder"),
+])
+def test_evaluate_bad_setup_is_one_line(protected, tmp_path, capsys, args, message):
+    clean, prot = protected
+    rc, err = evaluate(capsys, clean, prot, tmp_path / "out", *args, "--quiet")
+    assert rc == cli.EXIT_SETUP and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_without_protected_versions(protected, tmp_path, capsys, env):
+    clean, _ = protected
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc, err = evaluate(capsys, clean, empty, tmp_path / "out", "--pipelines", "toy_pipe", "--stand-in-weights")
+    assert rc == cli.EXIT_SETUP and "has a protected version" in err
+    rc, err = evaluate(capsys, tmp_path / "missing", empty, tmp_path / "out", "--pipelines", "toy_pipe")
+    assert rc == cli.EXIT_SETUP and "not a folder" in err
