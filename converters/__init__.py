@@ -32,6 +32,8 @@ CONVERTERS: dict[str, tuple[str, str | None]] = {
     "styleclip_mapper": ("converters.stylegan2:mapper_to_params", "leat_jax.deepfakes.styleclip:mapper"),
     "simswap_full": ("converters.simswap:full_generator_to_params", "leat_jax.victims.simswap:generator"),
     "icface_full": ("converters.icface:generator_to_params", "leat_jax.victims.icface:network"),
+    "diffae_unet": ("converters.diffae:unet_to_params", "leat_jax.deepfakes.diffae:unet_functional"),
+    "diffae_cls": ("converters.diffae:classifier_to_params", "leat_jax.deepfakes.diffae:classifier_functional"),
 }
 
 
