@@ -1,7 +1,8 @@
 """A child process for the device tests: runs the toy attack, saves the result.
 
-Usage: python -m tests.parallel_worker OUT.npz [--devices N] [--coordinator HOST:PORT --num-processes P --process-id I]
-Host device count comes from XLA_FLAGS, set by the parent before JAX starts.
+Usage: python -m tests.parallel_worker OUT.npz [--host-devices N] [--devices N]
+       [--coordinator HOST:PORT --num-processes P --process-id I]
+The CPU device count is forced with ``chex.set_n_cpu_devices`` before JAX starts.
 """
 from __future__ import annotations
 
@@ -22,8 +23,12 @@ def main():
     ap.add_argument("--coordinator")
     ap.add_argument("--num-processes", type=int)
     ap.add_argument("--process-id", type=int)
+    ap.add_argument("--host-devices", type=int, default=1, help="CPU devices to force (chex), before JAX starts")
     args = ap.parse_args()
 
+    import chex
+
+    chex.set_n_cpu_devices(args.host_devices)
     from leat_jax import parallel
 
     if args.coordinator:

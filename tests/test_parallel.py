@@ -13,15 +13,10 @@ from leat_jax.parallel import process_share
 from tests.golden_harness import REPO
 
 
-def _env(host_devices: int) -> dict:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={host_devices}".strip()
-    return env
-
-
 def _worker(out, host_devices, *args):
-    return subprocess.Popen([sys.executable, "-m", "tests.parallel_worker", str(out), *map(str, args)],
-                            cwd=REPO, env=_env(host_devices), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "tests.parallel_worker", str(out), "--host-devices", str(host_devices), *map(str, args)]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _finish(proc, timeout=600):

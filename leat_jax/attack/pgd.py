@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple, Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -139,6 +140,10 @@ def make_attack(victims: Sequence[Victim], config: AttackConfig):
     victims = tuple(victims)
 
     def attack(params, images, image_ids, seed):
+        # Shape mistakes caught at trace time, with the names of the arguments.
+        chex.assert_rank(images, 4)
+        chex.assert_shape(image_ids, (images.shape[0],))
+        chex.assert_equal(len(params), len(victims))
         keys = jax.vmap(image_key, in_axes=(None, 0))(seed, image_ids)
         one = functools.partial(attack_image, victims, config)
         protected, d0, d1, hist = jax.vmap(one, in_axes=(None, 0, 0))(tuple(params), images, keys)
