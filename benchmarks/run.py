@@ -419,6 +419,10 @@ def main(argv=None) -> int:
     with_compile = not args.no_torch_compile and not quick
     config = AttackConfig()
     torch.set_grad_enabled(True)
+    # Every victim's encoder is a closure of one code object: without room
+    # for more recompilations, dynamo falls back to eager after eight.
+    torch._dynamo.config.recompile_limit = 256
+    torch._dynamo.config.accumulated_recompile_limit = 1024
 
     def say(msg):
         print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
