@@ -260,21 +260,9 @@ def _builtin(name: str) -> EvalPipeline:
 def extra_pipelines(entries: Sequence[str]) -> dict[str, EvalPipeline]:
     """Pipelines from ``module:function`` entries (see the module docstring)."""
     from leat_jax import deepfakes
+    from leat_jax.pipeline.victimset import load_extras
 
-    found: dict[str, EvalPipeline] = {}
-    for entry in entries:
-        module, _, fn = entry.partition(":")
-        try:
-            mapping = getattr(importlib.import_module(module.strip()), fn.strip())()
-        except Exception as e:
-            raise SetupError(f"{EXTRA_DEEPFAKES_ENV}: cannot load {entry!r} ({type(e).__name__}: {e})") from None
-        if not isinstance(mapping, Mapping):
-            raise SetupError(f"{EXTRA_DEEPFAKES_ENV}: {entry!r} did not return a mapping of name -> EvalPipeline")
-        for name, p in mapping.items():
-            if name in deepfakes.NAMES:
-                raise SetupError(f"{EXTRA_DEEPFAKES_ENV}: {entry!r} would shadow the registry's {name!r}")
-            found[name] = p
-    return found
+    return load_extras(entries, EXTRA_DEEPFAKES_ENV, deepfakes.NAMES, "EvalPipeline")
 
 
 def resolve(name: str, extra: Mapping[str, EvalPipeline]) -> EvalPipeline:

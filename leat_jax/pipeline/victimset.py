@@ -72,22 +72,27 @@ def parse(text: str, base: Path | None = None) -> tuple[VictimSpec, ...]:
     return tuple(specs)
 
 
-def extra_victims(entries: Sequence[str]) -> dict[str, Victim]:
-    """Victims from ``module:function`` entries (see the module docstring)."""
-    found: dict[str, Victim] = {}
+def load_extras(entries: Sequence[str], env_name: str, reserved: Sequence[str], what: str) -> dict:
+    """``{name: object}`` from ``module:function`` entries, none shadowing ``reserved``."""
+    found: dict = {}
     for entry in entries:
         module, _, fn = entry.partition(":")
         try:
             mapping = getattr(importlib.import_module(module.strip()), fn.strip())()
         except Exception as e:
-            raise SetupError(f"{EXTRA_VICTIMS_ENV}: cannot load {entry!r} ({type(e).__name__}: {e})") from None
+            raise SetupError(f"{env_name}: cannot load {entry!r} ({type(e).__name__}: {e})") from None
         if not isinstance(mapping, Mapping):
-            raise SetupError(f"{EXTRA_VICTIMS_ENV}: {entry!r} did not return a mapping of name -> Victim")
-        for name, victim in mapping.items():
-            if name in registry.NAMES:
-                raise SetupError(f"{EXTRA_VICTIMS_ENV}: {entry!r} would shadow the registry's {name!r}")
-            found[name] = victim
+            raise SetupError(f"{env_name}: {entry!r} did not return a mapping of name -> {what}")
+        for name, obj in mapping.items():
+            if name in reserved:
+                raise SetupError(f"{env_name}: {entry!r} would shadow the registry's {name!r}")
+            found[name] = obj
     return found
+
+
+def extra_victims(entries: Sequence[str]) -> dict[str, Victim]:
+    """Victims from ``module:function`` entries (see the module docstring)."""
+    return load_extras(entries, EXTRA_VICTIMS_ENV, registry.NAMES, "Victim")
 
 
 def _victim(name: str, extra: Mapping[str, Victim]) -> Victim:
