@@ -39,7 +39,6 @@ a mapping of name -> ``EvalPipeline``.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
