@@ -103,15 +103,21 @@ _RUN_KEYS = {f.name for f in dataclasses.fields(ImmunizeConfig)} - {"src", "dst"
 _ATTACK_KEYS = {f.name for f in dataclasses.fields(AttackConfig)}
 
 
-def read_toml(path) -> dict[str, Any]:
-    """A TOML settings file -> overrides for ``build`` (one-line ``SetupError`` when wrong)."""
+def load_toml(path) -> dict[str, Any]:
+    """The parsed TOML file at ``path``; a one-line ``SetupError`` when unreadable or invalid."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise SetupError(f"{path}: cannot read ({e.strerror or e})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise SetupError(f"{path}: not valid TOML ({e})") from None
+
+
+def read_toml(path) -> dict[str, Any]:
+    """A TOML settings file -> overrides for ``build`` (one-line ``SetupError`` when wrong)."""
+    path = Path(path)
+    data = load_toml(path)
     out: dict[str, Any] = {}
     for key, value in data.items():
         if key == "attack":

@@ -132,15 +132,10 @@ def read_toml(path) -> dict[str, Any]:
         known = 2
         unknown = 2
     """
-    import tomllib
+    from leat_jax.pipeline.config import load_toml
 
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise SetupError(f"{path}: cannot read ({e.strerror or e})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise SetupError(f"{path}: not valid TOML ({e})") from None
+    data = load_toml(path)
     out: dict[str, Any] = {"sections": {}}
     attack_keys = {f.name for f in dataclasses.fields(AttackConfig)}
     for key, value in data.items():
