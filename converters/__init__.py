@@ -6,7 +6,10 @@ victim's parameter tree and writes it with ``leat_jax.checkpoints``.
 
 Each family module exposes, per network, a ``*_to_params(ckpt, source) ->
 params``: the loaded checkpoint object (numpy arrays, stand-ins for pickled
-classes) to the Flax parameter tree.
+classes) to the Flax parameter tree. A converter whose source is not one
+torch file (MTCNN: a wheel or a folder of three files) is marked
+``reads_source = True`` and gets SRC itself; its optional ``source_meta(src)``
+adds to ``meta.json``.
 """
 from __future__ import annotations
 
@@ -34,6 +37,8 @@ CONVERTERS: dict[str, tuple[str, str | None]] = {
     "icface_full": ("converters.icface:generator_to_params", "leat_jax.victims.icface:network"),
     "diffae_unet": ("converters.diffae:unet_to_params", "leat_jax.deepfakes.diffae:unet_functional"),
     "diffae_cls": ("converters.diffae:classifier_to_params", "leat_jax.deepfakes.diffae:classifier_functional"),
+    # face detection (SRC: the facenet-pytorch wheel or a folder with its three files)
+    "mtcnn": ("converters.mtcnn:to_params", "leat_jax.models.mtcnn:mtcnn"),
 }
 
 
@@ -66,8 +71,8 @@ def to_params(name: str, src):
 
     if name not in CONVERTERS:
         raise ConversionError(f"no converter for {name!r}; known: {', '.join(CONVERTERS)}")
-    ckpt = torch_io.load(src)
-    params = _resolve(CONVERTERS[name][0])(ckpt, str(src))
+    fn = _resolve(CONVERTERS[name][0])
+    params = fn(src) if getattr(fn, "reads_source", False) else fn(torch_io.load(src), str(src))
     try:
         checkpoints.check_against_template(params, template(name), str(src))
     except checkpoints.CheckpointError as e:
@@ -83,9 +88,12 @@ def convert(name: str, src, dst) -> dict:
     meta = {
         "model": name,
         "source_name": Path(src).name,
-        "source_sha256": sha256(src),
+        "source_sha256": sha256(src) if Path(src).is_file() else None,  # a folder source: see source_meta
         "converter_version": CONVERTER_VERSION,
         "leat_jax_version": __version__,
     }
+    source_meta = getattr(_resolve(CONVERTERS[name][0]), "source_meta", None)
+    if source_meta is not None:
+        meta.update(source_meta(src))
     checkpoints.save_params(dst, params, meta)
     return meta
