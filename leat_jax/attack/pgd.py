@@ -61,6 +61,16 @@ def _encode(victim: Victim, params, image, dtype):
     return jax.tree.map(lambda a: a.astype(jnp.float32), latent)
 
 
+def prepare(victims: Sequence[Victim], config: AttackConfig, params: Sequence) -> list:
+    """Weights in the compute dtype, with each victim's weight-only work done (``Victim.prepare``).
+
+    Done once per attack, before the loop: XLA would otherwise redo it every
+    iteration. Everything downstream accepts prepared or plain parameters.
+    """
+    _, params = _compute(config, params)
+    return [v.prepare(p) for v, p in zip(victims, params)]
+
+
 def clean_latents(victims: Sequence[Victim], config: AttackConfig, params: Sequence, x: jax.Array):
     """E_k(x) for every victim, held constant through the attack."""
     dtype, params = _compute(config, params)
@@ -105,6 +115,7 @@ def attack_image(
     key: jax.Array,
 ):
     """LEAT on one image ``x`` (H, W, C) in [-1, 1]; see ``AttackResult``."""
+    params = prepare(victims, config, params)
     clean = clean_latents(victims, config, params, x)
     if config.random_start:
         eta0 = jax.random.uniform(key, x.shape, jnp.float32, -config.eps, config.eps)

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from leat_jax.models import conv
+
 
 def conv2d(
     in_ch: int,
@@ -32,6 +34,7 @@ def conv2d(
         strides=(stride, stride),
         padding=((padding, padding), (padding, padding)),
         use_bias=bias,
+        conv_general_dilated=conv.conv_general_dilated,  # input gradient without weight shuffles
         rngs=rngs,
     )
 

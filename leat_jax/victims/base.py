@@ -28,6 +28,9 @@ class Victim:
       init_params: ``seed -> params``, stand-in weights of the real architecture
         (for tests and demos; they protect against nothing).
       template: the parameter tree's shapes and dtypes (``ShapeDtypeStruct``).
+      prepare: ``params -> params`` that ``apply`` also accepts, with the work
+        that depends on the weights alone done ahead (the attack calls it once,
+        outside its loop); identity by default.
     """
 
     name: str
@@ -36,6 +39,7 @@ class Victim:
     apply: Callable[[Params, jax.Array], Latent]
     init_params: Callable[[int], Params]
     template: Params = dataclasses.field(default=None, compare=False, hash=False, repr=False)
+    prepare: Callable[[Params], Params] = dataclasses.field(default=lambda params: params, compare=False, repr=False)
 
     def encode(self, params: Params, images: jax.Array) -> Latent:
         return self.apply(params, self.preprocess(images))
@@ -44,7 +48,7 @@ class Victim:
     def of(cls, network, *, name: str, input_size: tuple[int, int], preprocess, apply=None) -> "Victim":
         """A victim around a ``models.base.Functional`` network (``apply`` defaults to its own)."""
         return cls(name=name, input_size=input_size, preprocess=preprocess, apply=apply or network.apply,
-                   init_params=network.init, template=network.template)
+                   init_params=network.init, template=network.template, prepare=network.prepare)
 
 
 def resize(images: jax.Array, size: tuple[int, int]) -> jax.Array:

@@ -1,0 +1,111 @@
+"""A 2-D convolution whose input gradient reads a pre-flipped kernel.
+
+The attack differentiates every network with respect to its *input*, dozens
+of times with the same weights. XLA's own transpose rule for a convolution
+flips the kernel and swaps its in/out features inside the gradient, and on
+CPU that weight shuffling is materialised on every call: measured on e4e
+(267 M parameters, mostly 3x3 kernels on small maps), 36% of one attack
+iteration went to ``transpose``/``reverse`` copies of the weights.
+
+Here the input gradient is written out as the stride-1 convolution of the
+(dilated) output gradient with ``flip(kernel)`` with in/out swapped, a plain
+HWIO kernel computed from the weights alone. XLA's CPU pipeline does not
+hoist that computation out of a while loop, so the attack computes these
+kernels once, before its loop (``Functional.prepare``), and the convolution
+takes them ready made (``with_input_grad_kernel``); without a prepared kernel
+the gradient computes it itself. Values are those of
+``lax.conv_general_dilated`` (same arithmetic); the kernel gradient is the
+standard one, dead code that XLA removes where only the input gradient is
+used.
+
+Covered: NHWC/HWIO, any strides and explicit padding, no dilation, one
+group; anything else falls back to ``lax.conv_general_dilated``.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _is_nhwc(dimension_numbers) -> bool:
+    if dimension_numbers is None:
+        return False
+    if isinstance(dimension_numbers, tuple) and len(dimension_numbers) == 3 and all(
+            isinstance(d, str) for d in dimension_numbers):
+        return tuple(dimension_numbers) == _NHWC
+    dn = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), dimension_numbers)
+    return (tuple(dn.lhs_spec), tuple(dn.rhs_spec), tuple(dn.out_spec)) == ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+
+
+def _pairs(padding, window, strides, in_hw):
+    """Explicit (low, high) padding per spatial dimension, as lax resolves strings."""
+    if isinstance(padding, str):
+        return tuple(lax.padtype_to_pads(in_hw, window, strides, padding))
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def with_input_grad_kernel(w_t, lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                           dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                           precision=None, preferred_element_type=None, **kwargs):
+    """``conv_general_dilated`` whose input gradient uses ``w_t = input_grad_kernel(rhs)``, given."""
+    return conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                                feature_group_count, batch_group_count, precision, preferred_element_type,
+                                _w_t=w_t, **kwargs)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                         precision=None, preferred_element_type=None, _w_t=None, **kwargs):
+    """Drop-in for ``lax.conv_general_dilated`` (as ``nnx.Conv`` calls it)."""
+    plain = (
+        _is_nhwc(dimension_numbers) and lhs.ndim == 4 and feature_group_count == 1 and batch_group_count == 1
+        and all(d == 1 for d in (lhs_dilation or (1, 1))) and all(d == 1 for d in (rhs_dilation or (1, 1)))
+        and preferred_element_type is None and all(v is None for v in kwargs.values())
+    )
+    if not plain:
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, batch_group_count,
+                                        precision=precision, preferred_element_type=preferred_element_type, **kwargs)
+    strides = tuple(int(s) for s in window_strides)
+    pads = _pairs(padding, rhs.shape[:2], strides, lhs.shape[1:3])
+    if _w_t is None:
+        _w_t = input_grad_kernel(rhs)
+    return _conv(strides, pads, precision, lhs, rhs, _w_t.astype(rhs.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _conv(strides, pads, precision, x, w, w_t):
+    del w_t  # only the gradient reads it
+    return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC, precision=precision)
+
+
+def _fwd(strides, pads, precision, x, w, w_t):
+    return _conv(strides, pads, precision, x, w, w_t), (x, w, w_t)
+
+
+def input_grad_kernel(w):
+    """HWIO kernel of the input gradient: spatially flipped, in/out swapped."""
+    return jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+
+
+def _bwd(strides, pads, precision, res, g):
+    x, w, w_t = res
+    in_hw, out_hw, k = x.shape[1:3], g.shape[1:3], w.shape[:2]
+    # Stride-1 convolution of the s-dilated gradient; the high padding
+    # absorbs the rows a strided forward never reached.
+    bwd_pads = tuple((k[i] - 1 - pads[i][0], in_hw[i] - (out_hw[i] - 1) * strides[i] - 1 + pads[i][0])
+                     for i in range(2))
+    dx = lax.conv_general_dilated(g, w_t.astype(g.dtype), (1, 1), bwd_pads, lhs_dilation=strides,
+                                  dimension_numbers=_NHWC, precision=precision)
+    _, vjp_w = jax.vjp(lambda w_: lax.conv_general_dilated(x, w_, strides, pads, dimension_numbers=_NHWC,
+                                                           precision=precision), w)
+    # The output does not depend on w_t's value (it is w's, rearranged): zero.
+    return dx.astype(x.dtype), vjp_w(g)[0], jnp.zeros_like(w_t)
+
+
+_conv.defvjp(_fwd, _bwd)
