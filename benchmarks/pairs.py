@@ -100,7 +100,8 @@ def build(name: str, seed: int = 0, workdir=None) -> Pair:
     extra = r.make_state_dict(layout["extra"], seed) if "extra" in layout else {}
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         src = Path(tmp) / sup.CHECKPOINT_NAME
-        sup.write_checkpoint(src, layout, seed, {})
+        light = getattr(sup, "write_light_checkpoint", None)  # what the converter reads, no more
+        light(src, layout, seed) if light else sup.write_checkpoint(src, layout, seed, {})
         converters.convert(name, src, Path(tmp) / "flax")
         victim, params = victim_registry.load(name, Path(tmp) / "flax")
     module, official = _torch_module(name, sd, extra)

@@ -33,7 +33,8 @@ import torch
 from benchmarks import pairs as pairs_mod
 from benchmarks.reference.attack import TorchAttackConfig, attack as torch_attack, direction as torch_direction
 from benchmarks.timing import alternate, clock, matmul_peak_flops
-from leat_jax.attack import AttackConfig, clean_latents, ensemble_direction, image_key, run as jax_run
+from leat_jax.attack import (AttackConfig, clean_latents, ensemble_direction, image_key, make_attack, prepare,
+                             run as jax_run)
 
 HERE = Path(__file__).resolve().parent
 ALL = ("e4e", "diffae", "simswap_id", "simswap_G", "icface")
@@ -72,6 +73,15 @@ def nchw(a) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- jax side
 
+def jax_prepare(victims, config, params):
+    """The parameters as the attack's loop sees them: cast, weight-only work done once (``attack.prepare``).
+
+    Timing one iteration on these measures what each of the T iterations
+    costs inside the attack, where that work sits outside the loop.
+    """
+    return jax.jit(lambda p: tuple(prepare(victims, config, p)))(tuple(params))
+
+
 def jax_iteration(victims, config):
     """Jitted batch of per-image attack iterations: (params, x, eta, clean) -> (direction, losses)."""
 
@@ -103,10 +113,17 @@ def compile_timed(fn, *args):
 
 # ----------------------------------------------------------------------------- measurements
 
-def per_victim(pair, batch: int, repeats: int, config: AttackConfig, with_compile: bool) -> dict:
+def cosine(d_jax, d_torch) -> float:
+    a = np.asarray(d_jax, np.float64).ravel()
+    b = d_torch.permute(0, 2, 3, 1).numpy().astype(np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def per_victim(pair, batch: int, repeats: int, config: AttackConfig, with_compile: bool, warmup: int = 1) -> dict:
     x = sample_images(batch)
     eta = random_start(x, np.arange(batch), 0, config.eps)
-    victims, params = (pair.victim,), (pair.params,)
+    victims = (pair.victim,)
+    params = jax_prepare(victims, config, (pair.params,))
     clean = jax_clean(victims, config)(params, jnp.asarray(x))
     it = jax_iteration(victims, config)
     compiled, t_compile = compile_timed(it, params, jnp.asarray(x), jnp.asarray(eta), clean)
@@ -129,10 +146,14 @@ def per_victim(pair, batch: int, repeats: int, config: AttackConfig, with_compil
             runners["torch_compile"] = lambda: torch_direction([enc], tclean, xt, et, tcfg)
         except Exception as e:  # inductor needs a working C++ toolchain
             compile_note = f"unavailable: {type(e).__name__}: {str(e)[:120]}"
-    t = alternate(runners, repeats)
+    t = alternate(runners, repeats, warmup=warmup)
     c = cost(compiled)
+    d_jax, _ = runners["jax"]()
+    d_torch, _ = runners["torch_eager"]()
     return {
         "batch": batch,
+        # Same start, same weights: both frameworks must point the same way.
+        "direction_cosine": cosine(d_jax, d_torch),
         "jax_s_per_image": t["jax"] / batch,
         "torch_eager_s_per_image": t["torch_eager"] / batch,
         "torch_compile_s_per_image": None if t["torch_compile"] is None else t["torch_compile"] / batch,
@@ -144,7 +165,13 @@ def per_victim(pair, batch: int, repeats: int, config: AttackConfig, with_compil
     }
 
 
-def ensemble(pairs, batch: int, iterations: int, repeats: int, config: AttackConfig, with_compile: bool) -> dict:
+def ensemble(pairs, batch: int, iterations: int, repeats: int, config: AttackConfig, with_compile: bool,
+             warmup: int = 0, flops_per_image_iteration: float | None = None) -> dict:
+    """The whole attack (clean forward, T iterations, final distances), images per second.
+
+    ``flops_per_image_iteration`` skips compiling one more ensemble iteration
+    for XLA's count (the quick run passes the per-victim sum instead).
+    """
     cfg = dataclasses.replace(config, iterations=iterations)
     victims = tuple(p.victim for p in pairs)
     params = tuple(p.params for p in pairs)
@@ -152,14 +179,12 @@ def ensemble(pairs, batch: int, iterations: int, repeats: int, config: AttackCon
     ids = np.arange(batch, dtype=np.uint32)
     eta0 = random_start(x, ids, 0, cfg.eps)
     xj, idj = jnp.asarray(x), jnp.asarray(ids)
-    t0 = time.perf_counter()
-    jax.block_until_ready(jax_run(victims, cfg, params, xj, idj, 0))
-    t_first = time.perf_counter() - t0
+    attack, t_compile = compile_timed(jax.jit(make_attack(victims, cfg)), params, xj, idj, jnp.uint32(0))
     tcfg = TorchAttackConfig(eps=cfg.eps, step=cfg.step, iterations=iterations, ensemble=cfg.ensemble)
     encoders = [p.torch_encoder for p in pairs]
     xt, et = nchw(x), nchw(eta0)
     runners = {
-        "jax": lambda: jax_run(victims, cfg, params, xj, idj, 0),
+        "jax": lambda: attack(params, xj, idj, jnp.uint32(0)),
         "torch_eager": lambda: torch_attack(encoders, tcfg, xt, et),
         "torch_compile": None,
     }
@@ -173,23 +198,35 @@ def ensemble(pairs, batch: int, iterations: int, repeats: int, config: AttackCon
             runners["torch_compile"] = lambda: torch_attack(compiled_encs, tcfg, xt, et)
         except Exception as e:
             compile_info = f"unavailable: {type(e).__name__}: {str(e)[:120]}"
-    t = alternate(runners, repeats, warmup=0)  # jax compiled above; torch.compile warmed above
-    # FLOPs of one iteration of the whole ensemble, from XLA.
-    clean = jax_clean(victims, cfg)(params, xj)
-    it_compiled, _ = compile_timed(jax_iteration(victims, cfg), params, xj, jnp.asarray(eta0), clean)
-    c = cost(it_compiled)
+    t = alternate(runners, repeats, warmup=warmup)
+    # Both attacks from the same start: final distances should agree within a few percent.
+    end_jax = np.asarray(runners["jax"]().dist_end)
+    end_torch = torch_attack(encoders, tcfg, xt, et)[2].numpy()
+    if flops_per_image_iteration is None:
+        prepared = jax_prepare(victims, cfg, params)
+        clean = jax_clean(victims, cfg)(prepared, xj)
+        it_compiled, _ = compile_timed(jax_iteration(victims, cfg), prepared, xj, jnp.asarray(eta0), clean)
+        c = cost(it_compiled)
+        flops_per_image_iteration = c["flops"] / batch if c["flops"] else None
+        xla_bytes = c.get("xla_bytes")
+    else:
+        xla_bytes = cost(attack).get("xla_bytes")
     ips = {k: (None if v is None else batch / v) for k, v in t.items()}
+    names = [p.name for p in pairs]
     return {
         "batch": batch,
         "iterations": iterations,
         "jax_images_per_s": ips["jax"],
         "torch_eager_images_per_s": ips["torch_eager"],
         "torch_compile_images_per_s": ips["torch_compile"],
-        "jax_first_call_s": t_first,
+        "jax_compile_s": t_compile,
         "torch_compile_warmup_s": compile_info,
-        "flops_per_image_iteration": c["flops"] / batch if c["flops"] else None,
-        "jax_flops_per_s": (c["flops"] * iterations / t["jax"]) if c["flops"] else None,
-        "xla_bytes_per_iteration": c.get("xla_bytes"),
+        "flops_per_image_iteration": flops_per_image_iteration,
+        "jax_flops_per_s": (flops_per_image_iteration * batch * iterations / t["jax"]) if flops_per_image_iteration else None,
+        "xla_bytes": xla_bytes,
+        "dist_end_jax": dict(zip(names, end_jax.mean(0).tolist())),
+        "dist_end_torch": dict(zip(names, end_torch.mean(0).tolist())),
+        "dist_end_rel_diff": dict(zip(names, (np.abs(end_jax - end_torch) / np.abs(end_torch)).max(0).tolist())),
     }
 
 
@@ -208,15 +245,12 @@ def crosscheck(pairs, iterations: int, config: AttackConfig) -> dict:
     with torch.no_grad():
         tclean = [e(xt) for e in encoders]
     d_t, _ = torch_direction(encoders, tclean, xt, et, tcfg)
-    a = np.asarray(d_jax).ravel().astype(np.float64)
-    b = d_t.permute(0, 2, 3, 1).numpy().ravel().astype(np.float64)
-    cosine = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
     cfg = dataclasses.replace(config, iterations=iterations)
     end_jax = np.asarray(jax_run(victims, cfg, params, jnp.asarray(x), jnp.asarray(ids), 0).dist_end)[0]
     _, _, end_t = torch_attack(encoders, tcfg, xt, et)
     end_t = end_t.numpy()[0]
     return {
-        "first_direction_cosine": cosine,
+        "first_direction_cosine": cosine(d_jax, d_t),
         "iterations": iterations,
         "dist_end_jax": dict(zip([p.name for p in pairs], end_jax.tolist())),
         "dist_end_torch": dict(zip([p.name for p in pairs], end_t.tolist())),
@@ -225,6 +259,7 @@ def crosscheck(pairs, iterations: int, config: AttackConfig) -> dict:
 
 
 def bf16_effect(pairs, iterations: int, config: AttackConfig) -> dict:
+    """Images/s and final latent distances, bf16 compute against float32, same start."""
     victims = tuple(p.victim for p in pairs)
     params = tuple(p.params for p in pairs)
     x = jnp.asarray(sample_images(2))
@@ -238,6 +273,7 @@ def bf16_effect(pairs, iterations: int, config: AttackConfig) -> dict:
     ratio = out["bfloat16"]["dist_end"] / out["float32"]["dist_end"]
     return {
         "iterations": iterations,
+        "victims": [p.name for p in pairs],
         "float32_images_per_s": out["float32"]["images_per_s"],
         "bfloat16_images_per_s": out["bfloat16"]["images_per_s"],
         # dist_end is measured in each mode's own precision: the ratio is what bf16 costs the attack.
@@ -345,14 +381,15 @@ def write_results_md(res: dict, path: Path) -> None:
              f"{peak / 1e9:.0f} GFLOP/s.", "",
              "Per victim, one attack iteration (forward + input gradient), seconds per image "
              f"(batch {res['per_victim_batch']}):", "",
-             "| victim | GFLOP/img | leat-jax | torch eager | torch.compile | jax/eager speed | jax GFLOP/s (% peak) | jax compile s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| victim | GFLOP/img | leat-jax | torch eager | torch.compile | jax/eager speed | jax GFLOP/s (% peak) | jax compile s | direction cosine |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in res["per_victim"].items():
         tc = r["torch_compile_s_per_image"]
         lines.append(
             f"| {name} | {r['flops_per_image'] / 1e9:.1f} | {r['jax_s_per_image']:.3f} | {r['torch_eager_s_per_image']:.3f} | "
             f"{'n/a' if tc is None else f'{tc:.3f}'} | {r['torch_eager_s_per_image'] / r['jax_s_per_image']:.2f}x | "
-            f"{r['jax_flops_per_s'] / 1e9:.0f} ({100 * r['jax_flops_per_s'] / peak:.0f}%) | {r['jax_compile_s']:.1f} |")
+            f"{r['jax_flops_per_s'] / 1e9:.0f} ({100 * r['jax_flops_per_s'] / peak:.0f}%) | {r['jax_compile_s']:.1f} | "
+            f"{r['direction_cosine']:.6f} |")
 
     def fmt(v):
         return "n/a" if v is None else f"{v:.4f}"
@@ -361,7 +398,8 @@ def write_results_md(res: dict, path: Path) -> None:
               f"leat-jax {fmt(ens['jax_images_per_s'])} images/s, torch eager {fmt(ens['torch_eager_images_per_s'])}, "
               f"torch.compile {fmt(ens['torch_compile_images_per_s'])}; "
               f"{ens['flops_per_image_iteration'] / 1e9:.0f} GFLOP per image-iteration, leat-jax at "
-              f"{ens['jax_flops_per_s'] / 1e9:.0f} GFLOP/s ({100 * ens['jax_flops_per_s'] / peak:.0f}% of peak).", ""]
+              f"{ens['jax_flops_per_s'] / 1e9:.0f} GFLOP/s ({100 * ens['jax_flops_per_s'] / peak:.0f}% of peak); "
+              f"leat-jax compile {ens['jax_compile_s']:.0f} s (apart).", ""]
     if res.get("batch_sweep"):
         lines += ["Batch sweep (ensemble images/s): " + "; ".join(
             f"{fw}: " + ", ".join(f"b{b} {v:.4f}" for b, v in s.items() if v) for fw, s in res["batch_sweep"].items()), ""]
@@ -375,7 +413,8 @@ def write_results_md(res: dict, path: Path) -> None:
                       f"{k} {v:.1%}" for k, v in cc["dist_end_rel_diff"].items()), ""]
     bf = res.get("bf16")
     if bf:
-        lines += [f"bf16 compute: {bf['bfloat16_images_per_s']:.4f} vs {bf['float32_images_per_s']:.4f} images/s (float32); "
+        lines += [f"bf16 compute ({', '.join(bf['victims'])}; T = {bf['iterations']}, batch 2): "
+                  f"{bf['bfloat16_images_per_s']:.4f} vs {bf['float32_images_per_s']:.4f} images/s (float32); "
                   "final latent distance bf16/f32: " + ", ".join(f"{k} {v:.3f}" for k, v in bf["dist_end_ratio_bf16_over_f32"].items()), ""]
     lines += [f"Peak RSS of the run: {res['peak_rss_bytes'] / 2**30:.1f} GiB.", "", RESULTS_END]
     block = "\n".join(lines)
@@ -411,9 +450,13 @@ def main(argv=None) -> int:
         _device_probe(args.device_probe, names, args.probe_batch, args.probe_iterations)
         return 0
     quick = args.quick
-    T = args.iterations or (2 if quick else 50)
+    # --quick (under 5 minutes on 2 cores): one timed run per measurement,
+    # the ensemble at T = 1 (batch 1, and 2 for the sweep), the cross-check
+    # from those same runs, bf16 on the two SimSwap networks only, no device
+    # sweep, no torch.compile. Compilation dominates such a run.
+    T = args.iterations or (1 if quick else 50)
     batch = args.batch or (1 if quick else 2)
-    repeats = args.repeats or (2 if quick else 3)
+    repeats = args.repeats or (1 if quick else 3)
     sweep = [int(b) for b in (args.batch_sizes or ("1,2" if quick else "1,2,4")).split(",")]
     devices = [int(n) for n in (args.devices or ("" if quick else "1,2")).split(",") if n]
     with_compile = not args.no_torch_compile and not quick
@@ -423,12 +466,13 @@ def main(argv=None) -> int:
     # for more recompilations, dynamo falls back to eager after eight.
     torch._dynamo.config.recompile_limit = 256
     torch._dynamo.config.accumulated_recompile_limit = 1024
+    started = time.perf_counter()
 
     def say(msg):
-        print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+        print(f"[bench {time.strftime('%H:%M:%S')} +{time.perf_counter() - started:.0f}s] {msg}", flush=True)
 
     res: dict = {"command": "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
-                 "date": time.strftime("%Y-%m-%d %H:%M"), "victims": names, "per_victim_batch": 1}
+                 "date": time.strftime("%Y-%m-%d %H:%M"), "victims": names, "per_victim_batch": 1, "quick": quick}
     res["machine"] = machine_info()
     res["machine"].update(matmul_peak_flops())
     say(f"matmul peak {res['machine']['matmul_peak_flops'] / 1e9:.0f} GFLOP/s")
@@ -438,24 +482,43 @@ def main(argv=None) -> int:
         ps.append(pairs_mod.build(name))
     res["per_victim"] = {}
     for p in ps:
-        r = per_victim(p, 1, repeats, config, with_compile)
+        r = per_victim(p, 1, repeats, config, with_compile, warmup=0 if quick else 1)
         res["per_victim"][p.name] = r
         say(f"{p.name}: jax {r['jax_s_per_image']:.3f} s/img, torch eager {r['torch_eager_s_per_image']:.3f} s/img, "
-            f"{(r['flops_per_image'] or 0) / 1e9:.1f} GFLOP")
-    res["ensemble"] = ensemble(ps, batch, T, max(1, repeats - 1) if T > 10 else repeats, config, with_compile)
+            f"{(r['flops_per_image'] or 0) / 1e9:.1f} GFLOP, direction cosine {r['direction_cosine']:.6f}")
+    flops_sum = sum(r["flops_per_image"] for r in res["per_victim"].values()) if quick else None
+    res["ensemble"] = ensemble(ps, batch, T, max(1, repeats - 1) if T > 10 else repeats, config, with_compile,
+                               flops_per_image_iteration=flops_sum)
     say(f"ensemble T={T} b={batch}: jax {res['ensemble']['jax_images_per_s']:.4f} img/s, "
         f"torch eager {res['ensemble']['torch_eager_images_per_s']:.4f} img/s")
     res["batch_sweep"] = {"jax": {}, "torch_eager": {}}
     for b in sweep:
-        r = ensemble(ps, b, 1, repeats, config, False)
+        if T == 1 and b == batch:
+            r = res["ensemble"]  # the same measurement
+        else:
+            r = ensemble(ps, b, 1, repeats, config, False, flops_per_image_iteration=flops_sum)
         res["batch_sweep"]["jax"][str(b)] = r["jax_images_per_s"]
         res["batch_sweep"]["torch_eager"][str(b)] = r["torch_eager_images_per_s"]
         say(f"batch {b}, T=1: jax {r['jax_images_per_s']:.4f}, torch eager {r['torch_eager_images_per_s']:.4f} img/s")
     if devices:
         res["device_sweep"] = device_sweep(names, devices, max(devices), 1)
-    res["crosscheck"] = crosscheck(ps, 3 if quick else 10, config)
+    if quick:
+        # The quick run's cross-check comes from the runs above: per-victim
+        # direction cosines (the ensemble's direction is their normalised sum)
+        # and the ensemble's final distances.
+        ens = res["ensemble"]
+        res["crosscheck"] = {
+            "first_direction_cosine": min(r["direction_cosine"] for r in res["per_victim"].values()),
+            "direction_cosine_per_victim": {k: r["direction_cosine"] for k, r in res["per_victim"].items()},
+            "iterations": ens["iterations"], "dist_end_jax": ens["dist_end_jax"],
+            "dist_end_torch": ens["dist_end_torch"], "dist_end_rel_diff": ens["dist_end_rel_diff"]}
+    else:
+        res["crosscheck"] = crosscheck(ps, 10, config)
     say(f"cross-check: cosine {res['crosscheck']['first_direction_cosine']:.6f}")
-    res["bf16"] = bf16_effect(ps, 2 if quick else 10, config)
+    bf_pairs = [p for p in ps if p.name in ("simswap_id", "simswap_G")] if quick else ps
+    if bf_pairs:
+        res["bf16"] = bf16_effect(bf_pairs, 3 if quick else 10, config)
+        say(f"bf16: {res['bf16']['dist_end_ratio_bf16_over_f32']}")
     res["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     Path(args.json).write_text(json.dumps(res, indent=2, default=float) + "\n")
     write_results_md(res, Path(args.results_md))

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 FLAG_SETS = {
@@ -22,6 +23,16 @@ FLAG_SETS = {
     "xnnpack": "--xla_cpu_use_xnnpack=true",
     "no_thunks": "--xla_cpu_use_thunk_runtime=false",
     "fast_math": "--xla_cpu_enable_fast_math=true",
+    # Which library runs which op (LibraryFusionType): by default YNNPACK takes
+    # the forward convolutions and Eigen the rest (gradients, 3-channel convs).
+    "no_ynn": "--xla_cpu_experimental_ynn_fusion_type=",
+    "ynn_all": "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,"
+               "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE",
+    "xnn_conv": "--xla_cpu_experimental_ynn_fusion_type= "
+                "--xla_cpu_experimental_xnn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
+    "onednn_conv": "--xla_cpu_use_onednn=true --xla_cpu_experimental_ynn_fusion_type= "
+                   "--xla_cpu_experimental_onednn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
+    "xnn_graph_greedy": "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY",
 }
 
 
@@ -31,24 +42,32 @@ def child(victim: str, batch: int, repeats: int) -> None:
 
     from benchmarks import pairs
     from benchmarks.reference.attack import TorchAttackConfig, direction
-    from benchmarks.run import compile_timed, jax_clean, jax_iteration, nchw, random_start, sample_images
-    from benchmarks.timing import alternate
+    from benchmarks.run import compile_timed, jax_clean, jax_iteration, jax_prepare, nchw, random_start, sample_images
+    from benchmarks.timing import alternate, clock
     from leat_jax.attack import AttackConfig
 
     p = pairs.build(victim)
     cfg = AttackConfig()
     x = sample_images(batch)
     eta = random_start(x, np.arange(batch), 0, cfg.eps)
-    params = (p.params,)
+    params = jax_prepare((p.victim,), cfg, (p.params,))
     clean = jax_clean((p.victim,), cfg)(params, jnp.asarray(x))
     compiled, t_compile = compile_timed(jax_iteration((p.victim,), cfg), params, jnp.asarray(x), jnp.asarray(eta), clean)
     xt, et = nchw(x), nchw(eta)
     tclean = [p.torch_encoder(xt).detach()]
-    t = alternate({
+    runners = {
         "jax": lambda: compiled(params, jnp.asarray(x), jnp.asarray(eta), clean),
         "torch": lambda: direction([p.torch_encoder], tclean, xt, et, TorchAttackConfig()),
-    }, repeats)
-    print("RESULT " + json.dumps({**t, "compile_s": t_compile}))
+    }
+    t = alternate(runners, repeats)
+    # CPU seconds too: on a shared, oversubscribed machine they move less than wall time.
+    cpu = {}
+    for k, f in runners.items():
+        c0 = time.process_time()
+        for _ in range(repeats):
+            clock(f)
+        cpu[k + "_cpu"] = (time.process_time() - c0) / repeats
+    print("RESULT " + json.dumps({**t, **cpu, "compile_s": t_compile}))
 
 
 def main(argv=None) -> int:
@@ -74,7 +93,7 @@ def main(argv=None) -> int:
             continue
         r = json.loads(line[-1][7:])
         print(f"{name:20s} jax {r['jax']:.3f} s  torch {r['torch']:.3f} s  torch/jax {r['torch'] / r['jax']:.2f}  "
-              f"compile {r['compile_s']:.1f} s", flush=True)
+              f"| cpu-s jax {r['jax_cpu']:.3f} torch {r['torch_cpu']:.3f} | compile {r['compile_s']:.1f} s", flush=True)
     return 0
 
 

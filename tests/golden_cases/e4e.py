@@ -58,6 +58,11 @@ def write_checkpoint(path, layout, seed, case) -> None:
     save_torch(official_checkpoint(layout, seed, decoder), path)
 
 
+def write_light_checkpoint(path, layout, seed) -> None:
+    """The released structure without the StyleGAN2 decoder (which the converter skips): 1.2 GB less to write."""
+    save_torch(official_checkpoint(layout, seed), path)
+
+
 def torch_forward(state_dict, x_nchw, case):
     """W+ of the PyTorch reference (benchmarks/reference/e4e.py) on the recipe weights."""
     from benchmarks.reference.e4e import build
