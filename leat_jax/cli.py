@@ -62,6 +62,10 @@ def _add_immunize(sub) -> None:
     g = p.add_argument_group("what to protect")
     g.add_argument("--samples", action="store_true", help="protect the bundled sample faces (then give DST only)")
     g.add_argument("--max-size", type=_positive_int, metavar="N", help="refuse images with a side longer than this (default 2048)")
+    g.add_argument("--faces", choices=("aligned", "detect"),
+                   help="aligned (default): every input is an aligned face crop, attacked whole; detect: inputs are "
+                        "photos: faces are found and each victim attacked through its own official crop of each "
+                        "face; only those pixels change, a photo without a face is written unchanged")
     g = p.add_argument_group("victims")
     g.add_argument("--victims", metavar="NAME=DIR,...", help="victims and their converted checkpoints")
     g.add_argument("--config", metavar="FILE.toml", help="settings file ([victims], [attack], run settings)")
@@ -207,7 +211,7 @@ def _immunize(args, parser) -> int:
             compute_dtype=args.compute_dtype, seed=args.seed, stand_in_weights=args.stand_in_weights,
             batch_size=args.batch_size, devices=args.devices, workers=args.workers, format=args.format,
             jpeg_quality=args.jpeg_quality, max_size=args.max_size, force=args.force, quiet=args.quiet,
-            contact_sheet=args.contact_sheet,
+            contact_sheet=args.contact_sheet, faces=args.faces,
             distributed=DistributedConfig.from_env(
                 coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id
             ) if args.distributed else None,

@@ -6,6 +6,7 @@ Precedence: the defaults here (the attack's from ``AttackConfig``), then
     seed = 0                  # top level: the run's settings (fields below)
     batch_size = 4
     format = "png"
+    faces = "aligned"         # or "detect": inputs are photos
 
     [attack]                  # any AttackConfig field
     eps = 0.05
@@ -30,6 +31,9 @@ from leat_jax.pipeline.victimset import SetupError, VictimSpec
 # Victims of the demo on stand-in weights when none are named: the issue's
 # example pair, which together fit a few minutes on two CPU cores.
 DEMO_VICTIMS = (VictimSpec("diffae"), VictimSpec("simswap_G"))
+# What the inputs are: aligned face crops (each image is one face), or photos
+# in which faces are detected and each victim's official crop is placed.
+FACE_MODES = ("aligned", "detect")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +59,10 @@ class ImmunizeConfig:
       distributed: join a ``jax.distributed`` job with these settings; None: single process.
       extra_victims: ``module:function`` entries adding victims (``LEAT_EXTRA_VICTIMS``).
       contact_sheet: images shown on the contact sheet (0: none).
+      faces: ``aligned`` (default: every input is an aligned face crop,
+        attacked whole) or ``detect`` (inputs are photos: faces are detected,
+        each victim attacked through its official crop of each face, only
+        those pixels change; see ``leat_jax.pipeline.photos``).
     """
 
     src: str | None
@@ -74,11 +82,14 @@ class ImmunizeConfig:
     distributed: DistributedConfig | None = None
     extra_victims: tuple[str, ...] = ()
     contact_sheet: int = 4
+    faces: str = "aligned"
 
     def __post_init__(self):
         # Values may come from a TOML file: check types, not just ranges.
         if not isinstance(self.format, str) or self.format not in OUTPUT_FORMATS:
             raise SetupError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.format!r}")
+        if not isinstance(self.faces, str) or self.faces not in FACE_MODES:
+            raise SetupError(f"faces must be one of {', '.join(FACE_MODES)}, got {self.faces!r}")
         for name in ("batch_size", "devices", "max_size", "workers"):
             value = getattr(self, name)
             if value is not None and (type(value) is not int or value < 1):

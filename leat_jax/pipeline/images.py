@@ -186,6 +186,16 @@ def decode(data: bytes, max_side: int) -> Decoded:
     )
 
 
+def rgb8(image: Decoded) -> np.ndarray:
+    """8-bit RGB of an image's colour samples (16-bit scaled down, grey repeated, alpha dropped)."""
+    levels = image.levels
+    if image.bits == 16:
+        levels = (levels >> 8).astype(np.uint8)
+    if levels.shape[-1] == 1:
+        levels = np.repeat(levels, 3, axis=-1)
+    return levels
+
+
 def level_step(eps: float, bits: int) -> int:
     """The largest change of an integer sample whose size in [-1, 1] is at most ``eps``."""
     scale = ((1 << bits) - 1) / 2.0

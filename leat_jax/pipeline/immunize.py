@@ -63,6 +63,7 @@ class Summary:
     report: Path | None  # written by process 0
     contact_sheet: Path | None
     stand_in: tuple[str, ...]
+    no_face: int = 0  # --faces detect: photos without a face, written unchanged
 
     @property
     def exit_code(self) -> int:
@@ -144,8 +145,13 @@ def _prepare_dst(dst: Path, process_index: int) -> Path:
     return tmp_dir
 
 
-def _settings(cfg: ImmunizeConfig, loaded: victimset.Loaded) -> tuple[dict, str]:
-    """(settings recorded next to the output, hash of those that change a result)."""
+def _settings(cfg: ImmunizeConfig, loaded: victimset.Loaded, faces: dict | None = None) -> tuple[dict, str]:
+    """(settings recorded next to the output, hash of those that change a result).
+
+    ``faces``: what fixes the faces found and cropped in ``detect`` mode
+    (rules and detector versions); it enters the hash only then, so aligned
+    runs keep the hash they always had.
+    """
     specs = cfg.victim_specs()
     victims = [
         {"name": s.name, "weights": ident, "checkpoint": s.checkpoint}
@@ -159,6 +165,8 @@ def _settings(cfg: ImmunizeConfig, loaded: victimset.Loaded) -> tuple[dict, str]
         "jpeg_quality": cfg.jpeg_quality if cfg.format == "jpeg" else None,
         "pipeline": PIPELINE_VERSION,
     }
+    if cfg.faces != "aligned":
+        keyed["faces"] = {"mode": cfg.faces, **(faces or {})}
     digest = _sha256(json.dumps(keyed, sort_keys=True).encode())[:16]
     settings = {
         "settings_hash": digest,
@@ -169,6 +177,7 @@ def _settings(cfg: ImmunizeConfig, loaded: victimset.Loaded) -> tuple[dict, str]
         "format": cfg.format,
         "jpeg_quality": cfg.jpeg_quality if cfg.format == "jpeg" else None,
         "max_size": cfg.max_size,
+        "faces": {"mode": cfg.faces, **(faces or {})},
         "pipeline_version": PIPELINE_VERSION,
         "leat_jax_version": __version__,
     }
@@ -242,47 +251,50 @@ class _Job:
         protected = np.asarray(result.protected)
         d0, d1 = np.asarray(result.dist_start), np.asarray(result.dist_end)
         names = self.loaded.names
+        return [
+            self.write_result(
+                p, protected[i],
+                {n: {"start": _finite(d0[i, k]), "end": _finite(d1[i, k])} for k, n in enumerate(names)},
+            )
+            for i, p in enumerate(batch)
+        ]
+
+    def write_result(self, p: _Prepared, protected: np.ndarray, distances: dict, extra: dict | None = None) -> dict:
+        """Quantise, encode, check and write one protected image (H, W, 3) in [-1, 1]; its manifest record."""
+        item, image = p.item, p.image
+        target = self.dst / item.output
         eps = self.cfg.attack.eps
-        records = []
-        for i, p in enumerate(batch):
-            item, image = p.item, p.image
-            target = self.dst / item.output
-            try:
-                if not np.all(np.isfinite(protected[i])):
-                    raise images.ImageError("the attack produced non-finite values (a broken victim?)")
-                levels = images.quantize(image, protected[i], eps)
-                data = images.encode(image, levels, self.cfg.format, self.cfg.jpeg_quality)
-                written = images.decode_written(data, image)
-                measured = images.linf(image.levels, written, image.bits)
-                if self.cfg.format == "png" and (not np.array_equal(written, levels) or measured > eps + 1e-9):
-                    raise images.ImageError(f"written PNG breaks the bound ({measured:.6f} > eps {eps})")
-                _write_atomic(target, data, self.tmp_dir, f"p{self.process_index}")
-            except images.ImageError as e:
-                records.append(self._failed(item, f"{item.path}: {e}"))
-                continue
-            except (FileExistsError, NotADirectoryError):
-                records.append(self._failed(item, f"{target}: cannot write: a file stands where a folder should be"))
-                continue
-            except OSError as e:
-                records.append(self._failed(item, f"{target}: cannot write ({e.strerror or e})"))
-                continue
-            records.append({
-                "path": item.rel,
-                "status": "done",
-                "time": time.time(),
-                "process": self.process_index,
-                "input_sha256": p.input_sha256,
-                "settings": self.settings_hash,
-                "output": item.output,
-                "output_sha256": _sha256(data),
-                "distances": {
-                    n: {"start": _finite(d0[i, k]), "end": _finite(d1[i, k])} for k, n in enumerate(names)
-                },
-                "linf": measured,
-                "size": [int(image.size[0]), int(image.size[1])],
-                "image": image.description,
-            })
-        return records
+        try:
+            if not np.all(np.isfinite(protected)):
+                raise images.ImageError("the attack produced non-finite values (a broken victim?)")
+            levels = images.quantize(image, protected, eps)
+            data = images.encode(image, levels, self.cfg.format, self.cfg.jpeg_quality)
+            written = images.decode_written(data, image)
+            measured = images.linf(image.levels, written, image.bits)
+            if self.cfg.format == "png" and (not np.array_equal(written, levels) or measured > eps + 1e-9):
+                raise images.ImageError(f"written PNG breaks the bound ({measured:.6f} > eps {eps})")
+            _write_atomic(target, data, self.tmp_dir, f"p{self.process_index}")
+        except images.ImageError as e:
+            return self._failed(item, f"{item.path}: {e}")
+        except (FileExistsError, NotADirectoryError):
+            return self._failed(item, f"{target}: cannot write: a file stands where a folder should be")
+        except OSError as e:
+            return self._failed(item, f"{target}: cannot write ({e.strerror or e})")
+        return {
+            "path": item.rel,
+            "status": "done",
+            "time": time.time(),
+            "process": self.process_index,
+            "input_sha256": p.input_sha256,
+            "settings": self.settings_hash,
+            "output": item.output,
+            "output_sha256": _sha256(data),
+            "distances": distances,
+            "linf": measured,
+            "size": [int(image.size[0]), int(image.size[1])],
+            "image": image.description,
+            **(extra or {}),
+        }
 
     def _failed(self, item: inputs.Item, error: str) -> dict:
         return {"path": item.rel, "status": "failed", "time": time.time(), "process": self.process_index,
@@ -328,22 +340,9 @@ class _Job:
         pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="leat-io")
         writer = manifest.Writer(self.dst, self.process_index)
         try:
-            todo = iter(self.items)
-            ahead: collections.deque = collections.deque()
             in_flight: collections.deque = collections.deque()
             buckets: dict[tuple[int, int], list[_Prepared]] = {}
-
-            def fill():
-                while len(ahead) < lookahead:
-                    item = next(todo, None)
-                    if item is None:
-                        return
-                    ahead.append(pool.submit(self.prepare, item))
-
-            fill()
-            while ahead:
-                got = ahead.popleft().result()
-                fill()
+            for got in prefetched(pool, self.prepare, self.items, lookahead):
                 if isinstance(got, _Skipped):
                     self.skipped += 1
                     self.progress.update(skipped=1)
@@ -368,8 +367,34 @@ class _Job:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def run(cfg: ImmunizeConfig, stream=None) -> Summary:
-    """Run the job; returns its summary. ``SetupError`` (one line) if it cannot start."""
+def prefetched(pool, fn, items, depth: int):
+    """``fn(item)`` for each item, in order, up to ``depth`` of them computed ahead on ``pool``.
+
+    Decoding runs ahead of the devices; nothing past ``depth`` is held in memory.
+    """
+    todo = iter(items)
+    ahead: collections.deque = collections.deque()
+
+    def fill():
+        while len(ahead) < depth:
+            item = next(todo, None)
+            if item is None:
+                return
+            ahead.append(pool.submit(fn, item))
+
+    fill()
+    while ahead:
+        got = ahead.popleft().result()
+        fill()
+        yield got
+
+
+def run(cfg: ImmunizeConfig, stream=None, detector=None) -> Summary:
+    """Run the job; returns its summary. ``SetupError`` (one line) if it cannot start.
+
+    ``detector``: the face detector of ``--faces detect`` (an object with
+    ``detect(uint8 HWC image) -> Faces``); None: the shipped one.
+    """
     stream = stream if stream is not None else sys.stderr
     start = time.monotonic()
     say = (lambda text: None) if cfg.quiet else (lambda text: print(text, file=stream, flush=True))
@@ -395,7 +420,18 @@ def run(cfg: ImmunizeConfig, stream=None) -> Summary:
         mesh = parallel.data_mesh(cfg.devices)
     except ValueError as e:
         raise SetupError(f"--devices: {e}") from None
-    settings, settings_hash = _settings(cfg, loaded)
+    faces = None
+    if cfg.faces == "detect":
+        from leat_jax.pipeline import photos
+
+        if detector is None:
+            try:
+                detector = photos.default_detector()
+            except Exception as e:  # missing or damaged detector weights
+                raise SetupError(f"--faces detect: cannot load the face detector ({type(e).__name__}: "
+                                 f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+        faces = photos.settings(detector)
+    settings, settings_hash = _settings(cfg, loaded, faces)
     warning = STAND_IN_WARNING.format(names=", ".join(loaded.stand_in)) if loaded.stand_in else None
     if warning:
         print(warning, file=stream, flush=True)
@@ -405,14 +441,20 @@ def run(cfg: ImmunizeConfig, stream=None) -> Summary:
     from leat_jax.parallel.mesh import replicate
 
     mine = parallel.process_share(items, process_index, process_count)
-    params = replicate(loaded.params, mesh)
+    params = replicate(loaded.params, mesh) if cfg.faces == "aligned" else loaded.params
     progress = Progress(len(mine), stream=stream, quiet=cfg.quiet)
-    job = _Job(cfg, dst, tmp_dir, mine, loaded, settings_hash, mesh, params, process_index, progress)
+    if cfg.faces == "detect":
+        # One device per process: photos go one at a time, face groups one after another.
+        job = photos.PhotoJob(cfg, dst, tmp_dir, mine, loaded, settings_hash, mesh, params, process_index,
+                              progress, detector=detector)
+    else:
+        job = _Job(cfg, dst, tmp_dir, mine, loaded, settings_hash, mesh, params, process_index, progress)
     share = f" ({len(mine)} for process {process_index} of {process_count})" if process_count > 1 else ""
     say(
         f"leat-jax: {len(items)} images{share} from {src} -> {dst}; victims: {', '.join(loaded.names)}; "
         f"{mesh.devices.size} {mesh.devices.flat[0].platform} device(s), batch {job.batch}; "
         f"eps {cfg.attack.eps}, {cfg.attack.iterations} iterations"
+        + ("; faces: detected in each photo, attacked on one device" if cfg.faces == "detect" else "")
     )
     state = manifest.state_dir(dst)
     tag = f"p{process_index}"
@@ -429,6 +471,7 @@ def run(cfg: ImmunizeConfig, stream=None) -> Summary:
         seconds = time.monotonic() - start
         stats = {"process": process_index, "inputs": len(mine), "protected": job.protected,
                  "skipped": job.skipped, "failed": job.failed, "seconds": seconds,
+                 "no_face": getattr(job, "no_face", 0),
                  "devices": int(mesh.devices.size), "platform": mesh.devices.flat[0].platform}
         _write_atomic(state / f"run-{process_index}.json", json.dumps(stats).encode(), tmp_dir, tag)
         if process_count > 1:
@@ -445,11 +488,14 @@ def run(cfg: ImmunizeConfig, stream=None) -> Summary:
         raise SetupError(
             f"{e.filename or dst}: {e.strerror or e}; the job stopped, finished images are kept"
         ) from None
+    no_face = getattr(job, "no_face", 0)
     summary = Summary(len(mine), job.protected, job.skipped, job.failed, seconds, report_path, sheet_path,
-                      loaded.stand_in)
+                      loaded.stand_in, no_face)
     rate = f" ({job.protected / seconds:.2f} img/s overall)" if job.protected else ""
     say(
-        f"leat-jax: {job.protected} protected, {job.skipped} already done, {job.failed} failed "
+        f"leat-jax: {job.protected} protected"
+        + (f" ({no_face} without a face: written unchanged)" if no_face else "")
+        + f", {job.skipped} already done, {job.failed} failed "
         f"in {seconds:.1f}s{rate}"
         + (f"; report: {report_path}" if report_path else "")
         + (f"; contact sheet: {sheet_path}" if sheet_path else "")

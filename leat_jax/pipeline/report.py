@@ -33,7 +33,9 @@ def build(items: Sequence[inputs.Item], records: Mapping[str, dict], settings: d
         if rec is None:
             missing.append(item.rel)
         elif rec.get("status") == "done":
-            done.append({k: rec.get(k) for k in ("path", "output", "distances", "linf", "size", "image", "settings")})
+            entry = {k: rec.get(k) for k in ("path", "output", "distances", "linf", "size", "image", "settings")}
+            entry.update({k: rec[k] for k in ("faces", "no_face") if k in rec})  # --faces detect
+            done.append(entry)
         else:
             failures.append({"path": item.rel, "error": rec.get("error")})
     stale = [d["path"] for d in done if d.get("settings") != settings["settings_hash"]]
@@ -46,6 +48,10 @@ def build(items: Sequence[inputs.Item], records: Mapping[str, dict], settings: d
         }
         for n in names
     }
+    totals = {"images": len(items), "done": len(done), "failed": len(failures), "missing": len(missing),
+              "done_with_other_settings": len(stale)}
+    if settings.get("faces", {}).get("mode", "aligned") != "aligned":
+        totals["no_face"] = sum(1 for d in done if d.get("no_face") is True)
     seconds = max((r["seconds"] for r in runs), default=0.0)
     protected = sum(r["protected"] for r in runs)
     return {
@@ -65,23 +71,12 @@ def build(items: Sequence[inputs.Item], records: Mapping[str, dict], settings: d
             "images_per_second": protected / seconds if seconds and protected else None,
             "per_process": list(runs),
         },
-        "totals": {"images": len(items), "done": len(done), "failed": len(failures), "missing": len(missing),
-                   "done_with_other_settings": len(stale)},
+        "totals": totals,
         "mean_distance": mean,
         "images": done,
         "failures": failures,
         "missing": missing,
     }
-
-
-def _display(image: images.Decoded) -> np.ndarray:
-    """8-bit RGB of an image's colour samples (alpha dropped), for viewing."""
-    levels = image.levels
-    if image.bits == 16:
-        levels = (levels >> 8).astype(np.uint8)
-    if levels.shape[-1] == 1:
-        levels = np.repeat(levels, 3, axis=-1)
-    return levels
 
 
 def _fit(a: np.ndarray, resample) -> Image.Image:
@@ -107,7 +102,7 @@ def contact_sheet(rows: Sequence[tuple[Path, Path]], eps: float, warning: str | 
         if diff.shape[-1] == 1:
             diff = np.repeat(diff, 3, axis=-1)
         amplified = np.clip(127.5 + diff / eps * 127.5, 0, 255).astype(np.uint8)
-        tiles.append((_fit(_display(a), Image.LANCZOS), _fit(_display(b), Image.LANCZOS),
+        tiles.append((_fit(images.rgb8(a), Image.LANCZOS), _fit(images.rgb8(b), Image.LANCZOS),
                       _fit(amplified, Image.NEAREST), original.name))
     if not tiles:
         return None
@@ -144,6 +139,9 @@ def write(dst, src, items, records, settings, runs, warning, sheet_images: int, 
     ``images`` (per image: output, latent distance per victim at the random
     start and at the end, L-inf change measured on the written file),
     ``failures`` (path, error) and ``missing`` (not processed by any process).
+    With ``--faces detect``, each image also lists its ``faces`` (box, landmarks,
+    region, distances per victim) and ``no_face``; ``totals.no_face`` counts
+    the photos written unchanged for want of a face.
     """
     dst = Path(dst)
     data = build(items, records, settings, runs, src, dst, warning)

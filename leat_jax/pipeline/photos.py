@@ -1,0 +1,357 @@
+"""Faces in the wild: protect every detected face of a photo, in the photo's own pixels.
+
+``leat-jax immunize --faces detect``: per photo, detect faces (five landmarks
+and a box each), place every victim's official crop of every face
+(``leat_jax.faces.align``), and attack the photo's pixels through those
+crops (``leat_jax.victims.warped``): each victim sees exactly the crop its
+official pipeline would cut, and the gradient reaches the photo pixels it
+was sampled from.
+
+* A face's *footprint* is the set of photo pixels any of its crops reads
+  (dilated by a pixel). Its *region* is the footprint's bounding box.
+* Faces whose regions overlap form one *group*, attacked as one image: the
+  region of the group (the union's bounding box) with every face's victims
+  in one ensemble (the normalised ensemble weighs each face and victim
+  equally). Groups therefore never share a pixel, and every photo pixel has
+  one perturbation, within eps: the bound holds on the photo as written.
+* Each group's region is padded (with pixels no crop reads) to a multiple of
+  ``BUCKET`` a side, so regions of similar size share one compiled program.
+* After the attack, pixels outside the group's footprints are reset: they
+  changed no crop (the random start and zero gradients leave noise there),
+  so every pixel outside every footprint is written byte-identical.
+* A photo without a face is written unchanged (same samples; re-encoded
+  like every output, so upright and without EXIF), and recorded ``no_face``.
+
+Everything else (reading, skipping, quantising, checking the bound after
+rounding, atomic writes, the manifest) is the aligned job's. Photos are
+attacked one group at a time on one device; the random start of group g of
+a photo is keyed by (seed, the photo's id, g), so results do not depend on
+run order or interruption.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Sequence
+
+import numpy as np
+
+from leat_jax.faces import align
+from leat_jax.pipeline import immunize, images
+
+# Bumped when the output for the same photo, detections and settings changes.
+PHOTOS_VERSION = "1"
+# Regions are padded to a multiple of this many pixels a side (bounds recompiles).
+BUCKET = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class FacePlan:
+    """One detected face and where each victim's crop of it lies."""
+
+    box: np.ndarray  # (4,) x1, y1, x2, y2
+    prob: float
+    landmarks: np.ndarray  # (5, 2)
+    crops: tuple[align.Crop, ...]  # one per victim, in the victims' order
+    mask: np.ndarray  # (H, W) bool: the photo pixels any crop reads
+    bbox: tuple[int, int, int, int]  # y0, x0, y1, x1 of the mask (end exclusive)
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """Faces attacked together on one region of the photo."""
+
+    faces: tuple[int, ...]  # indices into the plan's faces
+    bbox: tuple[int, int, int, int]  # y0, x0, y1, x1 (end exclusive)
+
+    @property
+    def bucket(self) -> tuple[int, int]:
+        y0, x0, y1, x1 = self.bbox
+        return BUCKET * math.ceil((y1 - y0) / BUCKET), BUCKET * math.ceil((x1 - x0) / BUCKET)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    faces: tuple[FacePlan, ...]
+    groups: tuple[Group, ...]
+    unusable: tuple[str, ...]  # detections no crop could be made from, with the reason
+
+
+def default_detector():
+    """The shipped face detector (``leat_jax.faces.detect``)."""
+    from leat_jax.faces.detect import load_detector
+
+    return load_detector()
+
+
+def settings(detector) -> dict:
+    """What fixes the faces found and their crops: recorded, and part of the settings hash.
+
+    The detector is named by its ``identity`` attribute if it has one, else by
+    its class, a hash of its ``params`` and its ``config``, so other weights
+    or detection settings redo the work.
+    """
+    identity = getattr(detector, "identity", None)
+    if identity is None:
+        identity = f"{type(detector).__module__}.{type(detector).__qualname__}"
+        params = getattr(detector, "params", None)
+        if params is not None:
+            import hashlib
+
+            import jax
+
+            h = hashlib.sha256()
+            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+                a = np.asarray(leaf)
+                h.update(f"{jax.tree_util.keystr(path)}:{a.dtype}:{a.shape}".encode())
+                h.update(np.ascontiguousarray(a).tobytes())
+            identity += f":params-{h.hexdigest()[:16]}"
+        config = getattr(detector, "config", None)
+        if config is not None:
+            identity += f":{config!r}"
+    return {"align": align.ALIGN_VERSION, "photos": PHOTOS_VERSION, "detector": str(identity)}
+
+
+def detector_input(image: images.Decoded) -> np.ndarray:
+    """(H, W, 3) uint8 RGB for the detector: 16-bit scaled down, grey repeated, alpha dropped."""
+    return np.ascontiguousarray(images.rgb8(image), dtype=np.uint8)
+
+
+def _detections(faces) -> list[tuple[np.ndarray, float, np.ndarray]]:
+    """(box, prob, landmarks) per face, from the detector's ``Faces`` (None or empty: no face)."""
+    if faces is None or getattr(faces, "landmarks", None) is None:
+        return []
+    lms = np.asarray(faces.landmarks, np.float64).reshape(-1, 5, 2)
+    boxes = np.asarray(faces.boxes, np.float64).reshape(-1, 4)
+    probs = np.asarray(faces.probs, np.float64).reshape(-1)
+    if not (len(lms) == len(boxes) == len(probs)):
+        raise ValueError(f"the detector returned {len(boxes)} boxes, {len(probs)} scores and {len(lms)} landmark sets")
+    return [(boxes[i], float(probs[i]), lms[i]) for i in range(len(lms))]
+
+
+def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not rows.size:
+        return None
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _union(a, b):
+    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
+
+
+def group_faces(bboxes: Sequence[tuple[int, int, int, int]]) -> tuple[Group, ...]:
+    """Faces whose regions overlap, merged until no two groups' regions overlap (sorted by position)."""
+    groups = [([i], b) for i, b in enumerate(bboxes)]
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(groups)):
+            for j in range(i + 1, len(groups)):
+                if _overlap(groups[i][1], groups[j][1]):
+                    faces = sorted(groups[i][0] + groups[j][0])
+                    groups[i] = (faces, _union(groups[i][1], groups[j][1]))
+                    del groups[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    groups.sort(key=lambda g: (g[1][0], g[1][1], g[0]))
+    return tuple(Group(tuple(f), b) for f, b in groups)
+
+
+def plan(victims, faces, photo_hw: tuple[int, int]) -> Plan:
+    """Crops, footprints and groups for the detector's ``faces`` of a photo of size ``photo_hw``."""
+    from leat_jax.victims.warped import footprint
+
+    out, unusable = [], []
+    for k, (box, prob, lm) in enumerate(_detections(faces)):
+        try:
+            crops = tuple(align.crop(v.name, v.input_size, lm, box, photo_hw) for v in victims)
+        except align.AlignError as e:
+            unusable.append(f"face {k}: {e}")
+            continue
+        mask = np.zeros(photo_hw, bool)
+        for c in crops:
+            mask |= footprint(c.affine, photo_hw, c.size, c.supersample, c.border)
+        bbox = _bbox(mask)
+        if bbox is None:
+            unusable.append(f"face {k}: its crops read no pixel of the photo")
+            continue
+        out.append(FacePlan(box, prob, lm, crops, mask, bbox))
+    return Plan(tuple(out), group_faces([f.bbox for f in out]), tuple(unusable))
+
+
+@functools.cache
+def _jitted(victims: tuple, config):
+    import jax
+
+    from leat_jax.attack.pgd import attack_image
+
+    def one(params, region, key):
+        protected, d0, d1, _ = attack_image(victims, config, params, region, key)
+        return protected, d0, d1
+
+    return jax.jit(one)
+
+
+def group_key(seed: int, image_id: int, group: int):
+    """The random start's key of group ``group`` of a photo: (seed, photo id, group index)."""
+    import jax
+
+    from leat_jax.attack.pgd import image_key
+
+    return jax.random.fold_in(image_key(seed, np.uint32(image_id)), group)
+
+
+def attack_groups(victims, config, params, x: np.ndarray, the_plan: Plan, seed: int, image_id: int):
+    """Dispatch every group's attack (asynchronously); a list of (group, device results)."""
+    import jax.numpy as jnp
+
+    from leat_jax.victims.warped import make_warp, warped
+
+    photo_hw = x.shape[:2]
+    launched = []
+    for g, group in enumerate(the_plan.groups):
+        y0, x0, y1, x1 = group.bbox
+        hb, wb = group.bucket
+        region = np.zeros((hb, wb, x.shape[2]), np.float32)
+        region[: y1 - y0, : x1 - x0] = x[y0:y1, x0:x1]
+        wvs, ps = [], []
+        for f in group.faces:
+            for v, p, c in zip(victims, params, the_plan.faces[f].crops):
+                wvs.append(warped(v, c.border, c.supersample))
+                ps.append((p, make_warp(c.affine, (y0, x0), photo_hw)))
+        fn = _jitted(tuple(wvs), config)
+        launched.append((group, fn(tuple(ps), jnp.asarray(region), group_key(seed, image_id, g))))
+    return launched
+
+
+def paste(x: np.ndarray, the_plan: Plan, launched, n_victims: int):
+    """(protected photo (H, W, 3) float32, per face (start, end) distance arrays (K,)).
+
+    Only footprint pixels take the attack's values; the rest stay ``x`` exactly.
+    """
+    out = x.copy()
+    dists: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for group, (protected, d0, d1) in launched:
+        y0, x0, y1, x1 = group.bbox
+        mask = np.zeros((y1 - y0, x1 - x0), bool)
+        for f in group.faces:
+            mask |= the_plan.faces[f].mask[y0:y1, x0:x1]
+        window = out[y0:y1, x0:x1]
+        window[mask] = np.asarray(protected)[: y1 - y0, : x1 - x0][mask]
+        d0 = np.asarray(d0).reshape(len(group.faces), n_victims)
+        d1 = np.asarray(d1).reshape(len(group.faces), n_victims)
+        for j, f in enumerate(group.faces):
+            dists[f] = (d0[j], d1[j])
+    return out, dists
+
+
+@dataclasses.dataclass
+class _PhotoPrepared(immunize._Prepared):
+    plan: Plan | None = None
+
+
+class PhotoJob(immunize._Job):
+    """The immunize job for photos (``--faces detect``); see the module docstring."""
+
+    def __init__(self, *args, detector, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.detector = detector
+        self.no_face = 0
+
+    def prepare(self, item):
+        got = super().prepare(item)
+        if not isinstance(got, immunize._Prepared):
+            return got
+        try:
+            faces = self.detector.detect(detector_input(got.image))
+            the_plan = plan(self.loaded.victims, faces, got.image.size)
+        except Exception as e:  # a detector failing on one photo must not stop the job
+            text = str(e).strip().splitlines()
+            return immunize._Failure(item, f"{item.path}: face detection failed ({text[0] if text else type(e).__name__})")
+        return _PhotoPrepared(got.item, got.input_sha256, got.image, got.x, the_plan)
+
+    def finish_photo(self, p: _PhotoPrepared, launched) -> list[dict]:
+        names = self.loaded.names
+        protected, dists = paste(p.x, p.plan, launched, len(names))
+        faces = []
+        for k, face in enumerate(p.plan.faces):
+            d0, d1 = dists[k]
+            faces.append({
+                "box": [float(v) for v in face.box],
+                "prob": face.prob,
+                "landmarks": [[float(a), float(b)] for a, b in face.landmarks],
+                "region": list(face.bbox),
+                "distances": {
+                    n: {"start": immunize._finite(d0[i]), "end": immunize._finite(d1[i])} for i, n in enumerate(names)
+                },
+            })
+        # The image's distances: each victim's mean over the faces (what the report averages).
+        mean = {
+            n: {
+                "start": _mean([f["distances"][n]["start"] for f in faces]),
+                "end": _mean([f["distances"][n]["end"] for f in faces]),
+            }
+            for n in names
+        } if faces else {}
+        extra = {"faces": faces, "no_face": not faces}
+        if p.plan.unusable:
+            extra["unusable_faces"] = list(p.plan.unusable)
+        return [self.write_result(p, protected, mean, extra)]
+
+    def _record(self, writer, records: list[dict]) -> None:
+        super()._record(writer, records)
+        self.no_face += sum(1 for r in records if r.get("no_face") is True)
+
+    def run(self) -> None:
+        import collections
+        import concurrent.futures as cf
+
+        from leat_jax.pipeline import manifest
+
+        workers = self.cfg.workers
+        pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="leat-io")
+        writer = manifest.Writer(self.dst, self.process_index)
+        seen: set = set()
+        try:
+            in_flight: collections.deque = collections.deque()
+            for got in immunize.prefetched(pool, self.prepare, self.items, max(2, 2 * workers)):
+                if isinstance(got, immunize._Skipped):
+                    self.skipped += 1
+                    self.progress.update(skipped=1)
+                    continue
+                if isinstance(got, immunize._Failure):
+                    self._record(writer, [self._failed(got.item, got.error)])
+                    continue
+                for group in got.plan.groups:
+                    key = (group.bucket, len(group.faces))
+                    if key not in seen and not self.cfg.quiet:
+                        self.progress.message(
+                            f"leat-jax: compiling the attack for a {key[0][1]}x{key[0][0]} face region with "
+                            f"{key[1]} face(s) (once per region size)"
+                        )
+                    seen.add(key)
+                launched = attack_groups(self.loaded.victims, self.cfg.attack, self.params, got.x, got.plan,
+                                         self.cfg.seed, got.item.image_id)
+                in_flight.append(pool.submit(self.finish_photo, got, launched))
+                while len(in_flight) > immunize.IN_FLIGHT:
+                    self._record(writer, in_flight.popleft().result())
+                while in_flight and in_flight[0].done():
+                    self._record(writer, in_flight.popleft().result())
+            while in_flight:
+                self._record(writer, in_flight.popleft().result())
+        finally:
+            writer.close()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
