@@ -4,6 +4,9 @@ the toy pipelines of ``tests.evaluate_toys``."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -18,6 +21,7 @@ from leat_jax.attack import pgd
 from leat_jax.attack.image_space import make_image_attack
 from leat_jax.pipeline import metrics
 from tests import evaluate_toys as toys
+from tests.golden_harness import REPO
 
 RNG = np.random.default_rng(3)
 
@@ -137,6 +141,62 @@ def test_image_space_baseline_bound_and_ascent():
     np.testing.assert_allclose(np.asarray(one.protected[0]), np.asarray(res.protected[1]), atol=1e-6)
 
 
+def _toy_workers(tmp_path, *host_devices):
+    """``tests.evaluate_toys`` children, one per device count, run side by side: their results."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+    outs = [tmp_path / f"{n}.npz" for n in host_devices]
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.evaluate_toys", str(o), "--host-devices", str(n)],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for o, n in zip(outs, host_devices)]
+    for proc in procs:
+        log, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, log[-3000:]
+    return [dict(np.load(o)) for o in outs]
+
+
+def test_image_space_baseline_two_devices_match_one(tmp_path):
+    """Sharded over 2 forced CPU devices (3 images: one padded slot) = 1 device = the plain vmapped attack."""
+    one, two = _toy_workers(tmp_path, 1, 2)
+    assert int(one["n_devices"]) == 1 and int(two["n_devices"]) == 2
+    assert two["protected"].shape == one["protected"].shape == (3, toys.SIZE, toys.SIZE, 3)
+    np.testing.assert_allclose(two["protected"], one["protected"], atol=1e-6)
+    np.testing.assert_allclose(two["loss_end"], one["loss_end"], rtol=1e-5)
+    assert np.all(one["loss_end"] > one["loss_start"])
+    params = toys.load(None, 0)
+    known, _ = toys.attributes({"known": 2, "unknown": 0}, None, params, [], 0)
+    fn = lambda p, im: toys.DEEPFAKE.apply(p["net"], im, p["attribute"])  # noqa: E731
+    plain = jax.jit(make_image_attack([fn, fn], AttackConfig(iterations=4)))(
+        tuple({"net": params, "attribute": a.value} for a in known), one["x"],
+        jnp.arange(10, 13, dtype=jnp.uint32), 7)
+    np.testing.assert_allclose(np.asarray(plain.protected), one["protected"], atol=1e-6)
+
+
+def test_image_space_baseline_in_bfloat16():
+    """compute_dtype reaches the pipelines (as in LEAT): bf16 weights and inputs, float32 loss and eta."""
+    params, x, attr = _setup()
+    fn = lambda p, im: toys.DEEPFAKE.apply(p["net"], im, p["attribute"])  # noqa: E731
+    seen = []
+
+    def spy(p, im):  # what the pipeline receives: image, weights and attribute dtypes
+        seen.append((im.dtype, p["net"]["decoder"].dtype, p["attribute"].dtype))
+        return fn(p, im)
+
+    ids = jnp.arange(3, dtype=jnp.uint32)
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        seen.clear()
+        cfg = AttackConfig(eps=0.05, step=0.01, iterations=6, compute_dtype=dtype)
+        runs[dtype] = jax.jit(make_image_attack([spy], cfg))(({"net": params, "attribute": attr},), x, ids, 0)
+        assert seen and all(d == (jnp.dtype(dtype),) * 3 for d in seen), seen
+    bf = runs["bfloat16"]
+    assert bf.protected.dtype == jnp.float32 and bf.loss_end.dtype == jnp.float32
+    assert np.abs(np.asarray(bf.protected - x)).max() <= 0.05 + 1e-6
+    assert np.all(np.asarray(bf.loss_end) > 2 * np.asarray(bf.loss_start))
+    # the same attack, at bf16 precision: close to float32's loss, not bit-identical
+    np.testing.assert_allclose(np.asarray(bf.loss_end), np.asarray(runs["float32"].loss_end), rtol=0.3)
+    assert not np.array_equal(np.asarray(bf.protected), np.asarray(runs["float32"].protected))
+
+
 # ---------------------------------------------------------------- the command
 
 
@@ -238,3 +298,19 @@ def test_evaluate_without_protected_versions(protected, tmp_path, capsys, env):
     assert rc == cli.EXIT_SETUP and "has a protected version" in err
     rc, err = evaluate(capsys, tmp_path / "missing", empty, tmp_path / "out", "--pipelines", "toy_pipe")
     assert rc == cli.EXIT_SETUP and "not a folder" in err
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"inversion_steps": 1}, "inversion_steps must be a DDIM step count"),
+    ({"render_steps": 600}, "render_steps must be a DDIM step count"),  # no integer stride gives 600
+    ({"render_steps": "2"}, "render_steps must be a DDIM step count"),
+    ({"known": 2}, "known must list"),
+    ({"unknown": ["Smiling:x"]}, "'Smiling:x'"),
+])
+def test_diffae_settings_are_checked(section, message):
+    from leat_jax.pipeline import attributes
+    from leat_jax.pipeline.victimset import SetupError
+
+    with pytest.raises(SetupError, match=message):
+        attributes._diffae_configure(section)
+        attributes._diffae_attributes(section, None, None, [], 0)

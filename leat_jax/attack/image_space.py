@@ -10,7 +10,12 @@ same eps, step, iterations and random start (keyed per image by
 ``pgd.image_key(seed, image id)``), a sign step and the same projection
 (``pgd._project``: the eps-ball, then the [-1, 1] box). Everything is per
 image (vmapped), so a batch gives exactly what each image gives alone.
-Computation is float32 (``AttackConfig.compute_dtype`` is not applied here).
+``AttackConfig.compute_dtype`` applies as in LEAT (``pgd._compute``): with
+``bfloat16`` the parameters (attributes included) and the pipelines' inputs
+are cast, while the loss, the gradient and the perturbation stay float32.
+``make_sharded_image_attack`` splits the batch over a 1-D device mesh
+(``jax.shard_map``, parameters replicated), as ``parallel.sharded_attack``
+does for LEAT.
 
 This module knows nothing of deepfakes or files: callers give the output
 functions, e.g. ``lambda p, x: deepfake.apply(p["net"], x, p["attribute"])``
@@ -23,9 +28,10 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from leat_jax.attack.config import AttackConfig
-from leat_jax.attack.pgd import _project, image_key
+from leat_jax.attack.pgd import _compute, _project, image_key
 
 OutputFn = Callable[[Any, jax.Array], Any]  # (params_k, images [1, H, W, C]) -> output pytree
 
@@ -44,29 +50,34 @@ def _output_mse(a, b) -> jax.Array:
     return sum(jax.tree.leaves(sq)) / sum(v.size for v in jax.tree.leaves(b))
 
 
-def output_loss(outputs: Sequence[OutputFn], params: Sequence, x, eta, clean) -> jax.Array:
-    """One image's summed output MSE at ``x + eta`` against the clean outputs."""
-    xe = (x + eta)[None]
+def output_loss(outputs: Sequence[OutputFn], params: Sequence, x, eta, clean, dtype=jnp.float32) -> jax.Array:
+    """One image's summed output MSE at ``x + eta`` against the clean outputs (float32
+    whatever ``dtype``, the one the pipelines compute in)."""
+    xe = (x + eta)[None].astype(dtype)
     return sum(_output_mse(f(p, xe), c) for f, p, c in zip(outputs, params, clean))
 
 
 def attack_image(outputs: Sequence[OutputFn], config: AttackConfig, params: Sequence, x, key) -> ImageAttackResult:
     """The baseline on one image ``x`` (H, W, C) in [-1, 1]."""
-    clean = [jax.lax.stop_gradient(f(p, x[None])) for f, p in zip(outputs, params)]
+    dtype, params = _compute(config, params)
+    clean = [jax.lax.stop_gradient(f(p, x[None].astype(dtype))) for f, p in zip(outputs, params)]
     if config.random_start:
         eta0 = jax.random.uniform(key, x.shape, jnp.float32, -config.eps, config.eps)
     else:
         eta0 = jnp.zeros_like(x)
     eta0 = _project(x, eta0, config.eps)
-    loss = functools.partial(output_loss, outputs, params, x, clean=clean)
+    loss = functools.partial(output_loss, outputs, params, x, clean=clean, dtype=dtype)
 
-    def step(eta):
+    def step(i, carry):
+        eta, start = carry
         value, g = jax.value_and_grad(loss)(eta)
-        return _project(x, eta + config.step * jnp.sign(g), config.eps), value
+        # The first step's loss is the start loss: no extra forward, and one copy of the
+        # gradient program (compiling a whole pipeline's backward pass takes minutes).
+        return _project(x, eta + config.step * jnp.sign(g), config.eps), jnp.where(i == 0, value, start)
 
     if config.iterations:
-        eta, start = step(eta0)
-        eta = jax.lax.fori_loop(1, config.iterations, lambda _, e: step(e)[0], eta)
+        # The loss slot derives from x so that, under shard_map, it varies over devices as the loop's output does.
+        eta, start = jax.lax.fori_loop(0, config.iterations, step, (eta0, jnp.zeros_like(x[0, 0, 0])))
     else:
         eta, start = eta0, loss(eta0)
     return ImageAttackResult(x + eta, start, loss(eta))
@@ -90,4 +101,36 @@ def make_image_attack(outputs: Sequence[OutputFn], config: AttackConfig):
     return attack
 
 
-__all__ = ["ImageAttackResult", "OutputFn", "attack_image", "make_image_attack", "output_loss"]
+def make_sharded_image_attack(outputs: Sequence[OutputFn], config: AttackConfig, mesh: Mesh):
+    """``attack(params, images, image_ids, seed) -> ImageAttackResult`` over a 1-D ``mesh``.
+
+    Each device attacks its slice of the batch; ``params`` are replicated
+    (put them there once with ``parallel.mesh.replicate``). A batch of any
+    size is padded to a multiple of the device count with copies of its last
+    image, dropped from the result, so results are those of one device (to
+    float32 round-off). One compilation per batch shape.
+    """
+    if len(mesh.axis_names) != 1:
+        raise ValueError(f"the image-space attack shards over a 1-D mesh, got axes {mesh.axis_names}")
+    batch = P(mesh.axis_names[0])
+    fn = jax.jit(jax.shard_map(make_image_attack(outputs, config), mesh=mesh, in_specs=(P(), batch, batch, P()),
+                               out_specs=ImageAttackResult(batch, batch, batch)))
+    sharding = NamedSharding(mesh, batch)
+    n = mesh.devices.size
+
+    def attack(params, images, image_ids, seed) -> ImageAttackResult:
+        b = images.shape[0]
+        pad = (-b) % n
+        if pad:  # repeat the last image; its copies are dropped below
+            images = jnp.concatenate([images, jnp.repeat(images[-1:], pad, axis=0)])
+            image_ids = jnp.concatenate([image_ids, jnp.repeat(image_ids[-1:], pad, axis=0)])
+        images = jax.device_put(jnp.asarray(images, jnp.float32), sharding)
+        image_ids = jax.device_put(jnp.asarray(image_ids, jnp.uint32), sharding)
+        out = fn(tuple(params), images, image_ids, jnp.uint32(seed))
+        return jax.tree.map(lambda a: a[:b], out)
+
+    return attack
+
+
+__all__ = ["ImageAttackResult", "OutputFn", "attack_image", "make_image_attack", "make_sharded_image_attack",
+           "output_loss"]

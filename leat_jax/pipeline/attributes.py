@@ -127,6 +127,10 @@ def _styleclip_attributes(section, folder, params, images, seed):
     found = sorted(p.name for p in (Path(folder) / "mappers").glob("*") if p.is_dir())
     known = section.get("known")
     unknown = section.get("unknown")
+    for key, v in (("known", known), ("unknown", unknown)):
+        if v is not None and not (isinstance(v, list) and all(isinstance(n, str) for n in v)):
+            raise SetupError(f"[styleclip] {key} must list mapper names (sub-folders of {Path(folder) / 'mappers'}), "
+                             f"got {v!r}")
     if known is None:
         half = (len(found) + 1) // 2
         known, unknown = found[:half], found[half:] if unknown is None else unknown
@@ -206,12 +210,14 @@ DIFFAE_KNOWN = ("Smiling:0.3", "Blond_Hair:0.3")
 DIFFAE_UNKNOWN = ("Eyeglasses:0.3", "Young:-0.3")
 
 
-def _diffae_load(folder, seed):
+def _diffae_load(folder, seed, config=None):
     from leat_jax.deepfakes import diffae
 
+    config = config or diffae.DEFAULT
     if folder is None:
-        return {"encoder": diffae.encoder_functional().init(seed), "unet": diffae.unet_functional().init(seed + 1),
-                "classifier": diffae.classifier_functional().init(seed + 2)}
+        return {"encoder": diffae.encoder_functional(config.encoder).init(seed),
+                "unet": diffae.unet_functional(config.unet).init(seed + 1),
+                "classifier": diffae.classifier_functional(config.unet.embed_channels).init(seed + 2)}
     return {k: _sub(folder, k) for k in ("encoder", "unet", "classifier")}
 
 
@@ -225,16 +231,50 @@ def _diffae_attributes(section, folder, params, images, seed):
         except ValueError as e:
             raise SetupError(f"[diffae] {entry!r}: {e}") from None
 
-    return ([parse(e) for e in section.get("known", DIFFAE_KNOWN)],
-            [parse(e) for e in section.get("unknown", DIFFAE_UNKNOWN)])
+    lists = {k: section.get(k, default) for k, default in (("known", DIFFAE_KNOWN), ("unknown", DIFFAE_UNKNOWN))}
+    for key, v in lists.items():
+        if not (isinstance(v, (list, tuple)) and all(isinstance(e, str) for e in v)):
+            raise SetupError(f'[diffae] {key} must list "Attribute:strength" entries, got {v!r}')
+    return [parse(e) for e in lists["known"]], [parse(e) for e in lists["unknown"]]
 
 
-def _diffae_configure(section):
+def _diffae_configure(section, base=None):
+    """The edit at ``base`` (None: the official ffhq256 settings) with the section's step counts."""
     from leat_jax.deepfakes import diffae
 
+    base = base or diffae.DEFAULT
     steps = {k: section[k] for k in ("inversion_steps", "render_steps") if k in section}
-    config = dataclasses.replace(diffae.DEFAULT, **steps) if steps else diffae.DEFAULT
+    for key, n in steps.items():
+        try:
+            if type(n) is not int:
+                raise ValueError("not an integer")
+            diffae.space_timesteps(base.num_train_steps, n)
+        except ValueError:
+            raise SetupError(f"[diffae] {key} must be a DDIM step count (an integer from 2 to "
+                             f"{base.num_train_steps} giving an integer stride), got {n!r}") from None
+    config = dataclasses.replace(base, **steps) if steps else base
     return diffae.pipeline(config), diffae.over_attributes_for(config)
+
+
+def diffae_pipeline(config=None, load=None, name: str = "diffae") -> EvalPipeline:
+    """DiffAE for evaluation at ``config``'s model sizes (None: the official ffhq256).
+
+    ``load``: ``(folder, seed) -> params`` instead of converted folders and
+    stand-in initialisers (e.g. small test models); ``name``: the report's.
+    The registry's ``diffae`` is ``diffae_pipeline()``.
+    """
+    import functools
+
+    from leat_jax import deepfakes
+    from leat_jax.deepfakes import diffae
+
+    if config is None:
+        fake = deepfakes.get("diffae")
+    else:
+        fake = deepfakes.Deepfake(name, diffae.pipeline(config), diffae.over_attributes_for(config),
+                                  (config.unet.image_size,) * 2, deepfakes.get("diffae").attribute)
+    return EvalPipeline(fake, load or functools.partial(_diffae_load, config=config), _diffae_attributes,
+                        functools.partial(_diffae_configure, base=config))
 
 
 def _builtin(name: str) -> EvalPipeline:

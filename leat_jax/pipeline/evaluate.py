@@ -17,7 +17,9 @@ With ``baseline``, the image-space attack (``attack.image_space``) runs on
 the clean images over the *known* attributes only, with LEAT's settings (read
 from PROTECTED_DIR's immunize report when present), its results quantised to
 8 or 16 bits as ``immunize`` writes them (saved under ``OUT_DIR/baseline``),
-and it is evaluated like LEAT, on known and unknown attributes. Metrics:
+and it is evaluated like LEAT, on known and unknown attributes. It runs over
+every local device (``devices``), one image per device at a time, as
+``immunize`` does on CPU: images of one size go together. Metrics:
 ``pipeline.metrics``.
 """
 from __future__ import annotations
@@ -72,6 +74,7 @@ class EvaluateConfig:
       threshold: the disruption threshold on MSE (0.05).
       figure_rows: images shown in the figure (0: no figure).
       max_size: largest accepted image side.
+      devices: the baseline runs on the first N local devices (None: all).
       extra_pipelines: ``module:function`` entries (``LEAT_EXTRA_DEEPFAKES``).
       quiet: no progress lines.
     """
@@ -88,6 +91,7 @@ class EvaluateConfig:
     threshold: float = metrics.THRESHOLD
     figure_rows: int = 4
     max_size: int = 2048
+    devices: int | None = None
     extra_pipelines: tuple[str, ...] = ()
     quiet: bool = False
 
@@ -98,6 +102,8 @@ class EvaluateConfig:
             raise SetupError(f"threshold must be a non-negative number, got {self.threshold!r}")
         if self.seed is not None and (type(self.seed) is not int or not 0 <= self.seed < 2**32):
             raise SetupError(f"seed must be an integer in 0..2**32-1, got {self.seed!r}")
+        if self.devices is not None and (type(self.devices) is not int or self.devices < 1):
+            raise SetupError(f"devices must be a positive integer, got {self.devices!r}")
         for name in ("stand_in_weights", "baseline", "quiet"):
             if type(getattr(self, name)) is not bool:
                 raise SetupError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -117,7 +123,7 @@ def parse_pipelines(text: str) -> tuple[PipelineSpec, ...]:
     return tuple(out)
 
 
-_TOP = {"baseline", "seed", "threshold", "figure_rows", "max_size", "stand_in_weights"}
+_TOP = {"baseline", "seed", "threshold", "figure_rows", "max_size", "stand_in_weights", "devices"}
 
 
 def read_toml(path) -> dict[str, Any]:
@@ -294,7 +300,8 @@ def _baseline(cfg, attack: AttackConfig, seed: int, loaded: list[_Loaded], pairs
     import jax
     import jax.numpy as jnp
 
-    from leat_jax.attack.image_space import make_image_attack
+    from leat_jax.attack.image_space import make_sharded_image_attack
+    from leat_jax.parallel.mesh import data_mesh, replicate
 
     fns, params, used = [], [], []
     for p in loaded:
@@ -304,44 +311,71 @@ def _baseline(cfg, attack: AttackConfig, seed: int, loaded: list[_Loaded], pairs
             used.append((p.name, a.name))
     if not fns:
         raise SetupError("--baseline: no known attributes to attack (every attribute is unknown)")
-    attack_fn = jax.jit(make_image_attack(fns, attack))
-    advs, times = {}, []
-    for i, (rel, clean, _) in enumerate(pairs):
-        x = clean.model_input()
+    try:
+        mesh = data_mesh(cfg.devices)
+    except ValueError as e:
+        raise SetupError(f"devices: {e}") from None
+    attack_fn = make_sharded_image_attack(fns, attack, mesh)
+    params = replicate(tuple(params), mesh)
+    n = mesh.devices.size
+    by_size: dict = {}
+    for pair in pairs:  # one program per image size
+        by_size.setdefault(pair[1].model_input().shape, []).append(pair)
+    batches = [group[i:i + n] for group in by_size.values() for i in range(0, len(group), n)]
+    advs, times, done = {}, [], 0
+    for batch in batches:
+        x = np.stack([clean.model_input() for _, clean, _ in batch])
+        ids = np.asarray([inputs.image_id(rel) for rel, _, _ in batch], np.uint32)
         t0 = time.perf_counter()
-        res = attack_fn(tuple(params), jnp.asarray(x[None]), jnp.asarray([inputs.image_id(rel)], jnp.uint32), seed)
-        prot = np.asarray(jax.block_until_ready(res.protected))[0]
-        times.append(time.perf_counter() - t0)
-        if not np.isfinite(prot).all():
-            raise SetupError(f"baseline: {rel}: the attack produced non-finite pixels (a pipeline output or "
-                             "gradient is NaN or infinite)")
-        levels = images.quantize(clean, prot, attack.eps)
-        advs[rel] = dataclasses.replace(clean, levels=levels).model_input()
-        target = out / "baseline" / Path(rel).with_suffix(".png")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(images.encode(clean, levels, "png"))
-        _say(cfg, f"baseline {i + 1}/{len(pairs)}: {rel} ({times[-1]:.1f}s)")
+        res = attack_fn(params, x, ids, seed)
+        prot = np.asarray(jax.block_until_ready(res.protected))
+        times.append((time.perf_counter() - t0, len(batch)))
+        for (rel, clean, _), y in zip(batch, prot):
+            if not np.isfinite(y).all():
+                raise SetupError(f"baseline: {rel}: the attack produced non-finite pixels (a pipeline output or "
+                                 "gradient is NaN or infinite)")
+            levels = images.quantize(clean, y, attack.eps)
+            advs[rel] = dataclasses.replace(clean, levels=levels).model_input()
+            target = out / "baseline" / Path(rel).with_suffix(".png")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(images.encode(clean, levels, "png"))
+            done += 1
+            _say(cfg, f"baseline {done}/{len(pairs)}: {rel} ({times[-1][0] / len(batch):.1f}s)")
+    seconds = float(sum(t for t, _ in times))
+    later = times[1:]
     timing = {
-        "images": len(times),
-        "seconds": float(sum(times)),
-        "seconds_per_image": float(sum(times) / len(times)),
-        "seconds_per_image_after_first": float(np.mean(times[1:])) if len(times) > 1 else None,
+        "images": len(pairs),
+        "devices": int(n),
+        "platform": mesh.devices.flat[0].platform,
+        "seconds": seconds,
+        "seconds_per_image": seconds / len(pairs),
+        "seconds_per_image_after_first": (float(sum(t for t, _ in later) / sum(k for _, k in later))
+                                          if later else None),
     }
     return advs, timing, used
 
 
-def _evaluate_attack(loaded: list[_Loaded], pairs, adv_inputs: Mapping[str, np.ndarray], threshold: float,
-                     clean_cache: dict):
-    """Per pipeline: (images, attributes) MSE and masked MSE tables; the summary by split."""
+def _evaluate_attack(cfg, attack: str, loaded: list[_Loaded], pairs, adv_inputs: Mapping[str, np.ndarray],
+                     clean_cache: dict, keep: Mapping | None = None):
+    """Per pipeline: (images, attributes) MSE and masked MSE tables; the summary by split.
+
+    ``clean_cache``: (pipeline, rel) -> clean outputs, filled once for all attacks;
+    ``keep``: (pipeline, rel) -> None, filled with the first attribute's output (the figure's).
+    """
+    threshold = cfg.threshold
     tables = {}
     for p in loaded:
         d_rows, m_rows = [], []
-        for rel, clean, _ in pairs:
+        for i, (rel, clean, _) in enumerate(pairs):
+            t0 = time.perf_counter()
             key = (p.name, rel)
             if key not in clean_cache:
                 clean_cache[key] = _outputs(p, clean.model_input())
             y_clean, x_out = clean_cache[key]
             y_adv, _ = _outputs(p, adv_inputs[rel])
+            if keep is not None and key in keep:
+                keep[key] = y_adv[0]
+            _say(cfg, f"{attack} on {p.name} {i + 1}/{len(pairs)}: {rel} ({time.perf_counter() - t0:.1f}s)")
             d_rows.append(metrics.mse(y_adv, y_clean))
             m_rows.append(metrics.masked_mse(y_adv, y_clean, metrics.cmua_mask(y_clean, x_out)))
         tables[p.name] = (np.stack(d_rows), np.stack(m_rows))
@@ -490,13 +524,14 @@ def run(cfg: EvaluateConfig) -> dict:
         print(warning, file=sys.stderr, flush=True)
     _say(cfg, f"evaluating {len(pairs)} image pair(s) on {', '.join(p.name for p in loaded)}")
     cache: dict = {}
-    attacks = {"leat": _evaluate_attack(loaded, pairs, {rel: b.model_input() for rel, _, b in pairs},
-                                        cfg.threshold, cache)}
+    shown = {(p.name, rel): None for rel, _, _ in pairs[:cfg.figure_rows] for p in loaded}
+    attacks = {"leat": _evaluate_attack(cfg, "leat", loaded, pairs, {rel: b.model_input() for rel, _, b in pairs},
+                                        cache, shown)}
     attacks["leat"]["seconds_per_image"] = _leat_seconds_per_image(imm)
     baseline_used = None
     if cfg.baseline:
         advs, timing, baseline_used = _baseline(cfg, attack, seed, loaded, pairs, out)
-        attacks["image_space"] = _evaluate_attack(loaded, pairs, advs, cfg.threshold, cache)
+        attacks["image_space"] = _evaluate_attack(cfg, "image_space", loaded, pairs, advs, cache)
         attacks["image_space"]["seconds_per_image"] = timing["seconds_per_image"]
         attacks["image_space"]["timing"] = timing
     data = {
@@ -527,9 +562,7 @@ def run(cfg: EvaluateConfig) -> dict:
         for rel, clean, prot in pairs[:cfg.figure_rows]:
             tiles = [clean.model_input(), prot.model_input()]
             for p in loaded:
-                y_clean, _ = cache[(p.name, rel)]
-                y_adv, _ = _outputs(p, prot.model_input())
-                tiles += [y_clean[0], y_adv[0]]
+                tiles += [cache[(p.name, rel)][0][0], shown[(p.name, rel)]]
             rows.append((rel, tiles))
         tmp = out / f".{FIGURE}.{os.getpid()}.part"
         figure(rows, [p.name for p in loaded], warning).save(tmp, "PNG")
