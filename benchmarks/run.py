@@ -33,6 +33,7 @@ import torch
 from benchmarks import pairs as pairs_mod
 from benchmarks.reference.attack import TorchAttackConfig, attack as torch_attack, direction as torch_direction
 from benchmarks.timing import alternate, clock, matmul_peak_flops
+from leat_jax import xla_cpu
 from leat_jax.attack import (AttackConfig, clean_latents, ensemble_direction, image_key, make_attack, prepare,
                              run as jax_run)
 
@@ -113,6 +114,19 @@ def compile_timed(fn, *args):
 
 # ----------------------------------------------------------------------------- measurements
 
+def keeping(outputs: dict, runners: dict) -> dict:
+    """The runners, each also leaving its latest output in ``outputs`` (no extra run to read results)."""
+
+    def keep(name, f):
+        def run():
+            outputs[name] = f()
+            return outputs[name]
+
+        return run
+
+    return {k: (None if f is None else keep(k, f)) for k, f in runners.items()}
+
+
 def cosine(d_jax, d_torch) -> float:
     a = np.asarray(d_jax, np.float64).ravel()
     b = d_torch.permute(0, 2, 3, 1).numpy().astype(np.float64).ravel()
@@ -146,10 +160,10 @@ def per_victim(pair, batch: int, repeats: int, config: AttackConfig, with_compil
             runners["torch_compile"] = lambda: torch_direction([enc], tclean, xt, et, tcfg)
         except Exception as e:  # inductor needs a working C++ toolchain
             compile_note = f"unavailable: {type(e).__name__}: {str(e)[:120]}"
-    t = alternate(runners, repeats, warmup=warmup)
+    out: dict = {}
+    t = alternate(keeping(out, runners), repeats, warmup=warmup)
     c = cost(compiled)
-    d_jax, _ = runners["jax"]()
-    d_torch, _ = runners["torch_eager"]()
+    d_jax, d_torch = out["jax"][0], out["torch_eager"][0]
     return {
         "batch": batch,
         # Same start, same weights: both frameworks must point the same way.
@@ -166,7 +180,7 @@ def per_victim(pair, batch: int, repeats: int, config: AttackConfig, with_compil
 
 
 def ensemble(pairs, batch: int, iterations: int, repeats: int, config: AttackConfig, with_compile: bool,
-             warmup: int = 0, flops_per_image_iteration: float | None = None) -> dict:
+             warmup: int = 1, flops_per_image_iteration: float | None = None) -> dict:
     """The whole attack (clean forward, T iterations, final distances), images per second.
 
     ``flops_per_image_iteration`` skips compiling one more ensemble iteration
@@ -198,10 +212,11 @@ def ensemble(pairs, batch: int, iterations: int, repeats: int, config: AttackCon
             runners["torch_compile"] = lambda: torch_attack(compiled_encs, tcfg, xt, et)
         except Exception as e:
             compile_info = f"unavailable: {type(e).__name__}: {str(e)[:120]}"
-    t = alternate(runners, repeats, warmup=warmup)
+    out: dict = {}
+    t = alternate(keeping(out, runners), repeats, warmup=warmup)
     # Both attacks from the same start: final distances should agree within a few percent.
-    end_jax = np.asarray(runners["jax"]().dist_end)
-    end_torch = torch_attack(encoders, tcfg, xt, et)[2].numpy()
+    end_jax = np.asarray(out["jax"].dist_end)
+    end_torch = out["torch_eager"][2].numpy()
     if flops_per_image_iteration is None:
         prepared = jax_prepare(victims, cfg, params)
         clean = jax_clean(victims, cfg)(prepared, xj)
@@ -333,7 +348,7 @@ def machine_info() -> dict:
     }
 
 
-def plot(batch_sweep: dict, path: Path) -> None:
+def plot(batch_sweep: dict, path: Path, of: str = "ensemble") -> None:
     """Throughput against batch size (PNG, drawn with PIL: no plotting dependency)."""
     from PIL import Image, ImageDraw
 
@@ -348,7 +363,7 @@ def plot(batch_sweep: dict, path: Path) -> None:
     d.line([(m, h - m), (w - m, h - m)], fill="black")
     d.line([(m, m), (m, h - m)], fill="black")
     d.text((w // 2 - 60, h - m + 30), "batch size", fill="black")
-    d.text((5, m - 30), "images / s (ensemble)", fill="black")
+    d.text((5, m - 30), f"images / s ({of})", fill="black")
 
     def pos(b, v):
         i = xs.index(b)
@@ -401,7 +416,7 @@ def write_results_md(res: dict, path: Path) -> None:
               f"{ens['jax_flops_per_s'] / 1e9:.0f} GFLOP/s ({100 * ens['jax_flops_per_s'] / peak:.0f}% of peak); "
               f"leat-jax compile {ens['jax_compile_s']:.0f} s (apart).", ""]
     if res.get("batch_sweep"):
-        lines += ["Batch sweep (ensemble images/s): " + "; ".join(
+        lines += [f"Batch sweep ({res.get('batch_sweep_of', 'ensemble')}; images/s): " + "; ".join(
             f"{fw}: " + ", ".join(f"b{b} {v:.4f}" for b, v in s.items() if v) for fw, s in res["batch_sweep"].items()), ""]
     if res.get("device_sweep"):
         lines += ["Forced host devices (ensemble images/s): " + ", ".join(
@@ -435,7 +450,7 @@ def main(argv=None) -> int:
     ap.add_argument("--results-md", default=str(HERE / "RESULTS.md"))
     ap.add_argument("--plot", default=str(HERE / "throughput_vs_batch.png"))
     ap.add_argument("--victims", default=",".join(ALL))
-    ap.add_argument("--iterations", type=int, help="T for the ensemble run (default 50; --quick 2)")
+    ap.add_argument("--iterations", type=int, help="T for the ensemble run (default 50; --quick 1)")
     ap.add_argument("--batch", type=int, help="ensemble batch size (default 2; --quick 1)")
     ap.add_argument("--batch-sizes", help="batch sweep, e.g. 1,2,4")
     ap.add_argument("--devices", help="device sweep with forced host devices, e.g. 1,2")
@@ -445,19 +460,21 @@ def main(argv=None) -> int:
     ap.add_argument("--probe-batch", type=int, default=2, help=argparse.SUPPRESS)
     ap.add_argument("--probe-iterations", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    xla_cpu.cpu_flags()  # what the CLI runs with (before any computation)
     names = [n for n in args.victims.split(",") if n]
     if args.device_probe:
         _device_probe(args.device_probe, names, args.probe_batch, args.probe_iterations)
         return 0
     quick = args.quick
-    # --quick (under 5 minutes on 2 cores): one timed run per measurement,
-    # the ensemble at T = 1 (batch 1, and 2 for the sweep), the cross-check
-    # from those same runs, bf16 on the two SimSwap networks only, no device
-    # sweep, no torch.compile. Compilation dominates such a run.
+    # --quick (under 5 minutes on 2 cores): one warm-up and one timed run per
+    # measurement (a compiled program's first call is up to 2.5x slower), the
+    # ensemble at T = 1, batch 1; the batch sweep on SimSwap's generator
+    # encoder alone; the cross-check from the timed runs; bf16 on that encoder
+    # only; no device sweep, no torch.compile. Compilation dominates the run.
     T = args.iterations or (1 if quick else 50)
     batch = args.batch or (1 if quick else 2)
     repeats = args.repeats or (1 if quick else 3)
-    sweep = [int(b) for b in (args.batch_sizes or ("1,2" if quick else "1,2,4")).split(",")]
+    sweep = [int(b) for b in (args.batch_sizes or ("1,2,4" if quick else "1,2,4")).split(",")]
     devices = [int(n) for n in (args.devices or ("" if quick else "1,2")).split(",") if n]
     with_compile = not args.no_torch_compile and not quick
     config = AttackConfig()
@@ -482,7 +499,7 @@ def main(argv=None) -> int:
         ps.append(pairs_mod.build(name))
     res["per_victim"] = {}
     for p in ps:
-        r = per_victim(p, 1, repeats, config, with_compile, warmup=0 if quick else 1)
+        r = per_victim(p, 1, repeats, config, with_compile)
         res["per_victim"][p.name] = r
         say(f"{p.name}: jax {r['jax_s_per_image']:.3f} s/img, torch eager {r['torch_eager_s_per_image']:.3f} s/img, "
             f"{(r['flops_per_image'] or 0) / 1e9:.1f} GFLOP, direction cosine {r['direction_cosine']:.6f}")
@@ -492,14 +509,18 @@ def main(argv=None) -> int:
     say(f"ensemble T={T} b={batch}: jax {res['ensemble']['jax_images_per_s']:.4f} img/s, "
         f"torch eager {res['ensemble']['torch_eager_images_per_s']:.4f} img/s")
     res["batch_sweep"] = {"jax": {}, "torch_eager": {}}
+    small = [p for p in ps if p.name == "simswap_G"] if quick else []
+    res["batch_sweep_of"] = "simswap_G, one iteration" if small else "the ensemble, T = 1"
     for b in sweep:
-        if T == 1 and b == batch:
-            r = res["ensemble"]  # the same measurement
+        if small:
+            r = per_victim(small[0], b, repeats, config, False)
+            ips = {"jax": 1 / r["jax_s_per_image"], "torch_eager": 1 / r["torch_eager_s_per_image"]}
         else:
-            r = ensemble(ps, b, 1, repeats, config, False, flops_per_image_iteration=flops_sum)
-        res["batch_sweep"]["jax"][str(b)] = r["jax_images_per_s"]
-        res["batch_sweep"]["torch_eager"][str(b)] = r["torch_eager_images_per_s"]
-        say(f"batch {b}, T=1: jax {r['jax_images_per_s']:.4f}, torch eager {r['torch_eager_images_per_s']:.4f} img/s")
+            r = res["ensemble"] if (T == 1 and b == batch) else ensemble(ps, b, 1, repeats, config, False)
+            ips = {"jax": r["jax_images_per_s"], "torch_eager": r["torch_eager_images_per_s"]}
+        for fw, v in ips.items():
+            res["batch_sweep"][fw][str(b)] = v
+        say(f"batch {b} ({res['batch_sweep_of']}): jax {ips['jax']:.4f}, torch eager {ips['torch_eager']:.4f} img/s")
     if devices:
         res["device_sweep"] = device_sweep(names, devices, max(devices), 1)
     if quick:
@@ -515,14 +536,14 @@ def main(argv=None) -> int:
     else:
         res["crosscheck"] = crosscheck(ps, 10, config)
     say(f"cross-check: cosine {res['crosscheck']['first_direction_cosine']:.6f}")
-    bf_pairs = [p for p in ps if p.name in ("simswap_id", "simswap_G")] if quick else ps
+    bf_pairs = [p for p in ps if p.name == "simswap_G"] if quick else ps
     if bf_pairs:
-        res["bf16"] = bf16_effect(bf_pairs, 3 if quick else 10, config)
+        res["bf16"] = bf16_effect(bf_pairs, 2 if quick else 10, config)
         say(f"bf16: {res['bf16']['dist_end_ratio_bf16_over_f32']}")
     res["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     Path(args.json).write_text(json.dumps(res, indent=2, default=float) + "\n")
     write_results_md(res, Path(args.results_md))
-    plot(res["batch_sweep"], Path(args.plot))
+    plot(res["batch_sweep"], Path(args.plot), res["batch_sweep_of"])
     say(f"wrote {args.json}, {args.results_md}, {args.plot}")
     return 0
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 FLAG_SETS = {
-    "default": "",
+    "default": "",  # XLA's own defaults (leat_jax.xla_cpu changes them for the CLI: see "no_ynn")
     "onednn": "--xla_cpu_use_onednn=true",
     "onednn_custom_call": "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true",
     "xnnpack": "--xla_cpu_use_xnnpack=true",

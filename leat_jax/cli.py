@@ -105,9 +105,10 @@ def _add_convert(sub) -> None:
         help="convert an official PyTorch checkpoint into a leat-jax weights folder",
         description="Convert the official checkpoint SRC of network MODEL into the folder DST (replaced if present).",
     )
-    p.add_argument("model", metavar="MODEL", help="a victim (e4e, diffae, simswap_id, simswap_G, icface) or a "
-                   "pipeline network (stylegan2, styleclip_mapper, simswap_full, icface_full, ...)")
-    p.add_argument("src", metavar="SRC", help="the official checkpoint file")
+    p.add_argument("model", metavar="MODEL", help="a victim (e4e, diffae, simswap_id, simswap_G, icface), a "
+                   "pipeline network (stylegan2, styleclip_mapper, simswap_full, icface_full, ...) or mtcnn")
+    p.add_argument("src", metavar="SRC", help="the official checkpoint file (mtcnn: the facenet-pytorch 2.6.0 wheel "
+                   "or a folder with its pnet.pt, rnet.pt, onet.pt)")
     p.add_argument("dst", metavar="DST", help="the folder to write")
     p.set_defaults(run=_convert)
 
@@ -251,6 +252,9 @@ def _convert(args, parser) -> int:
 
 
 def main(argv=None) -> int:
+    from leat_jax import xla_cpu
+
+    xla_cpu.cpu_flags()  # before any computation: XLA reads its flags once
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
