@@ -144,6 +144,8 @@ def _add_evaluate(sub) -> None:
                    "attributes (default: the immunize report's seed, else 0)")
     p.add_argument("--threshold", type=float, metavar="X", help="disruption threshold on the output MSE (default 0.05)")
     p.add_argument("--figure-rows", type=int, metavar="N", help="images in the figure (default 4; 0: none)")
+    p.add_argument("--devices", type=int, metavar="N", help="the baseline runs on the first N local devices "
+                   "(default: all)")
     p.add_argument("--quiet", action="store_true", default=None, help="no progress lines")
     p.set_defaults(run=_evaluate)
 
@@ -160,7 +162,7 @@ def _evaluate(args, parser) -> int:
             args.clean, args.protected, args.out, toml,
             pipelines=evaluate.parse_pipelines(args.pipelines) if args.pipelines else None,
             stand_in_weights=args.stand_in_weights, baseline=args.baseline, seed=args.seed,
-            threshold=args.threshold, figure_rows=args.figure_rows, quiet=args.quiet,
+            threshold=args.threshold, figure_rows=args.figure_rows, quiet=args.quiet, devices=args.devices,
             extra_pipelines=extra or None,
         )
         evaluate.run(cfg)

@@ -283,6 +283,7 @@ def test_baseline_never_sees_unknown_attributes(protected, tmp_path, capsys):
     ([], "no pipelines"),
     (["--pipelines", "nope", "--stand-in-weights"], "unknown pipeline 'nope'"),
     (["--pipelines", "toy_pipe=/does/not/exist"], "not a folder"),
+    (["--pipelines", "toy_pipe", "--stand-in-weights", "--baseline", "--devices", "0"], "devices must be a positive"),
 ])
 def test_evaluate_bad_setup_is_one_line(protected, tmp_path, capsys, args, message):
     clean, prot = protected
