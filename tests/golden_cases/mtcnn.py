@@ -155,13 +155,23 @@ def check(case_path, workdir) -> list[dict]:
     t0 = time.perf_counter()
     faces = detector.detect(case["image"])
     seconds = time.perf_counter() - t0
+    # The port runs in float32, as facenet-pytorch does by default: the float32
+    # golden is binding. The float64 one is binding too where the two goldens
+    # agree within the tolerances (all shared cases); where they do not (a
+    # float32 rounding flipping a pyramid cell), only its figures are reported.
+    goldens_agree = len(case["boxes"]) == len(case["boxes_f32"]) and all(
+        _abs_max(case[f], case[f + "_f32"]) <= tol
+        for f, tol in (("boxes", PX_TOL), ("landmarks", PX_TOL), ("probs", PROB_TOL)))
     for suffix, run in (("", "float64 run"), ("_f32", "float32 run")):
+        binding = suffix == "_f32" or goldens_agree
+        loose = {} if binding else {"out_tol": float("inf")}
         n = len(case[f"boxes{suffix}"])
-        results.append({"what": f"detect: face count {len(faces.boxes)} vs {n} ({run}; {seconds:.2f} s with compiles)",
-                        "dtype": "float32", "out_err": float(abs(len(faces.boxes) - n)), "out_tol": 0.0})
+        results.append({"what": f"detect: face count {len(faces.boxes)} vs {n} ({run}; {seconds:.2f} s with compiles)"
+                        + ("" if binding else " (reported: the goldens disagree)"),
+                        "dtype": "float32", "out_err": float(abs(len(faces.boxes) - n)), "out_tol": 0.0, **loose})
         if len(faces.boxes) != n:
             continue
         for field, golden, tol in (("boxes", "boxes", PX_TOL), ("landmarks", "landmarks", PX_TOL), ("probs", "probs", PROB_TOL)):
             results.append({"what": f"detect: {field} max abs vs {run}", "dtype": "float32",
-                            "out_err": _abs_max(getattr(faces, field), case[golden + suffix]), "out_tol": tol})
+                            "out_err": _abs_max(getattr(faces, field), case[golden + suffix]), "out_tol": tol, **loose})
     return results
