@@ -42,6 +42,26 @@ def test_values_and_both_gradients_equal_lax(hw, k, s, pads):
         np.testing.assert_allclose(dw, dw_ref, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("hw,k,s,pads", [
+    ((1, 1), 3, 1, ((1, 1), (1, 1))), ((2, 2), 3, 1, ((1, 1), (1, 1))), ((2, 2), 3, 2, ((1, 1), (1, 1))),
+    ((4, 4), 3, 2, ((1, 1), (1, 1))), ((3, 5), 3, 2, ((0, 1), (1, 0))), ((4, 2), 2, 2, ((0, 0), (0, 0))),
+    ((5, 5), 4, 3, ((1, 2), (0, 1))), ((1, 1), 1, 1, ((0, 0), (0, 0)))])
+def test_small_outputs_take_the_patch_product_and_equal_lax(hw, k, s, pads):
+    """Outputs of at most 2x2 go through patches @ kernel (e4e's style heads): same values, both gradients."""
+    assert np.prod(conv._out_hw(hw, (k, k), (s, s), pads)) <= conv.SMALL_OUTPUT
+    rng = np.random.default_rng(sum(hw) * 10 + k)
+    x = jnp.asarray(rng.normal(size=(3, *hw, 4)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(k, k, 4, 6)), jnp.float32)
+    y_ref, vjp_ref = jax.vjp(lambda a, b: _lax(a, b, s, pads), x, w)
+    ct = jnp.asarray(rng.normal(size=y_ref.shape), jnp.float32)
+    y, vjp = jax.vjp(lambda a, b: _ours(a, b, s, pads, conv.input_grad_kernel(w)), x, w)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(vjp(ct), vjp_ref(ct)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    hlo = jax.jit(jax.grad(lambda a: jnp.sum(_ours(a, w, s, pads) ** 2))).lower(x).as_text()
+    assert "convolution" not in hlo and "dot_general" in hlo
+
+
 def test_string_padding_and_fallbacks():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(1, 8, 8, 4)), jnp.float32)
@@ -97,3 +117,24 @@ def test_attack_loop_holds_no_kernel_flip():
     assert any("conv_general_dilated" in line for line in body), "expected the convolutions in a while loop"
     assert not [line for line in body if " reverse(" in line or "/rev" in line]
     assert any(" reverse(" in line for line in hlo.splitlines())  # the flip is there, once, before the loop
+
+
+def test_parameters_prepared_once_pass_through_the_attack():
+    """``attack.prepared`` (once per run): the attack then does no weight work at all, same results."""
+    from leat_jax.attack import AttackConfig, make_attack, prepared
+    from leat_jax.victims import Victim
+
+    f = Functional(_Net)
+    v = Victim.of(f, name="net", input_size=(12, 12), preprocess=lambda a: a)
+    config = AttackConfig(iterations=2)
+    raw = (f.init(0),)
+    ready = prepared((v,), config, raw)
+    assert isinstance(ready[0], Prepared)
+    attack = jax.jit(make_attack((v,), config))
+    x = jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (2, 12, 12, 3)), jnp.float32)
+    ids = jnp.arange(2, dtype=jnp.uint32)
+    hlo = attack.lower(ready, x, ids, 0).compile().as_text()
+    assert not [line for line in hlo.splitlines() if " reverse(" in line]
+    a, b = attack(raw, x, ids, 0), attack(ready, x, ids, 0)
+    np.testing.assert_array_equal(a.protected, b.protected)
+    np.testing.assert_array_equal(a.dist_end, b.dist_end)

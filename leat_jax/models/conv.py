@@ -18,6 +18,13 @@ the gradient computes it itself. Values are those of
 standard one, dead code that XLA removes where only the input gradient is
 used.
 
+Convolutions whose output is at most 2x2 (e4e's map-to-style heads end with
+three such per style, 3x3 512->512 kernels on 4x4, 2x2 and 1x1 maps) are
+written as patches times the kernel matrix instead: there XLA's simplifier
+swaps a convolution's operands (the map is smaller than the kernel) and
+reverses the 9 MB kernel on every call, which made those layers 3-10x slower
+than a matrix product (``small_output_conv``).
+
 Covered: NHWC/HWIO, any strides and explicit padding, no dilation, one
 group; anything else falls back to ``lax.conv_general_dilated``.
 """
@@ -73,9 +80,19 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                                         precision=precision, preferred_element_type=preferred_element_type, **kwargs)
     strides = tuple(int(s) for s in window_strides)
     pads = _pairs(padding, rhs.shape[:2], strides, lhs.shape[1:3])
+    out_hw = _out_hw(lhs.shape[1:3], rhs.shape[:2], strides, pads)
+    if min(out_hw) >= 1 and out_hw[0] * out_hw[1] <= SMALL_OUTPUT and min(min(p) for p in pads) >= 0:
+        return _patch_conv(strides, pads, precision, lhs, rhs)
     if _w_t is None:
         _w_t = input_grad_kernel(rhs)
     return _conv(strides, pads, precision, lhs, rhs, _w_t.astype(rhs.dtype))
+
+
+SMALL_OUTPUT = 4  # output positions up to which the patch product is used (measured: 2x2 yes, 4x4 no)
+
+
+def _out_hw(in_hw, k_hw, strides, pads):
+    return tuple((in_hw[i] + pads[i][0] + pads[i][1] - k_hw[i]) // strides[i] + 1 for i in range(2))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -109,3 +126,59 @@ def _bwd(strides, pads, precision, res, g):
 
 
 _conv.defvjp(_fwd, _bwd)
+
+
+# ----------------------------------------------------------------------------- small outputs
+
+
+def _patches(x, k_hw, strides, pads):
+    """(N, Ho, Wo, kh * kw * C): every window, taps in HWI order (the kernel's reshape order)."""
+    ho, wo = _out_hw(x.shape[1:3], k_hw, strides, pads)
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    return jnp.concatenate([xp[:, i:i + (ho - 1) * strides[0] + 1:strides[0], j:j + (wo - 1) * strides[1] + 1:strides[1]]
+                            for i in range(k_hw[0]) for j in range(k_hw[1])], axis=-1)
+
+
+def _matmul(a, b, contract, precision):
+    return lax.dot_general(a, b, ((contract[:1], contract[1:]), ((), ())), precision=precision)
+
+
+def _patch_product(strides, pads, precision, x, w):
+    p = _patches(x, w.shape[:2], strides, pads)
+    n, ho, wo, k = p.shape
+    y = _matmul(p.reshape(n * ho * wo, k), w.reshape(k, w.shape[3]), (1, 0), precision)
+    return y.reshape(n, ho, wo, w.shape[3])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _patch_conv(strides, pads, precision, x, w):
+    return _patch_product(strides, pads, precision, x, w)
+
+
+def _patch_fwd(strides, pads, precision, x, w):
+    return _patch_conv(strides, pads, precision, x, w), (x, w)
+
+
+def _patch_bwd(strides, pads, precision, res, g):
+    x, w = res
+    (kh, kw, c, o), (n, h, wd) = w.shape, x.shape[:3]
+    ho, wo = g.shape[1:3]
+    # Patch gradients (g @ W^T: the kernel read as stored, no transposed copy),
+    # then each tap's slice added back where that tap read the padded input.
+    dp = _matmul(g.reshape(n * ho * wo, o), w.reshape(kh * kw * c, o).astype(g.dtype), (1, 1), precision)
+    dp = dp.reshape(n, ho, wo, kh, kw, c)
+    hp, wp = h + pads[0][0] + pads[0][1], wd + pads[1][0] + pads[1][1]
+    zero = jnp.zeros((), dp.dtype)
+    dxp = sum(lax.pad(dp[:, :, :, i, j], zero, ((0, 0, 0),
+                                                (i, hp - i - (ho - 1) * strides[0] - 1, strides[0] - 1),
+                                                (j, wp - j - (wo - 1) * strides[1] - 1, strides[1] - 1),
+                                                (0, 0, 0)))
+              for i in range(kh) for j in range(kw))
+    dx = dxp[:, pads[0][0]:pads[0][0] + h, pads[1][0]:pads[1][0] + wd]
+    # The kernel gradient by JAX's own rule (dead code in an attack; under
+    # shard_map it also gets the cross-device sum a replicated weight needs).
+    _, vjp_w = jax.vjp(lambda w_: _patch_product(strides, pads, precision, x, w_), w)
+    return dx.astype(x.dtype), vjp_w(g)[0]
+
+
+_patch_conv.defvjp(_patch_fwd, _patch_bwd)
