@@ -302,7 +302,8 @@ def test_pipeline_jit_and_vmap_over_attributes(small_params, small_images):
     assert stacked.shape == (3, 2, 16, 16, 3)
     assert float(jnp.abs(stacked).max()) <= 1.0  # the last render step returns the clamped x0
     single = dae.pipeline(SMALL)(small_params, small_images, strengths[1])
-    np.testing.assert_allclose(np.asarray(stacked[1]), np.asarray(single), atol=1e-5)
+    # Batched and single products sum in different orders; a DDIM chain carries that roundoff.
+    np.testing.assert_allclose(np.asarray(stacked[1]), np.asarray(single), atol=5e-5)
     assert float(jnp.abs(stacked[0] - stacked[2]).max()) > 1e-2  # the attribute matters
 
 

@@ -204,8 +204,10 @@ def test_group_norm_eps_on_small_activations():
 def _with_eps(module, eps):
     from flax import nnx
 
+    from leat_jax.models import norms
+
     for _, m in nnx.iter_modules(module):
-        if isinstance(m, nnx.GroupNorm):
+        if isinstance(m, norms.GroupNorm):
             m.epsilon = eps
     return module
 

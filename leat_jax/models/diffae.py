@@ -69,7 +69,7 @@ class EncoderConfig:
 FFHQ256_ENCODER = EncoderConfig()
 
 
-def group_norm32(channels: int, *, rngs: nnx.Rngs) -> nnx.GroupNorm:
+def group_norm32(channels: int, *, rngs: nnx.Rngs) -> nnx.Module:
     """``GroupNorm32``: min(32, C) groups, torch eps and two-pass variance."""
     return layers.group_norm(min(32, channels), channels, eps=1e-5, rngs=rngs)
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from leat_jax.models import conv
+from leat_jax.models import conv, norms
 
 
 def conv2d(
@@ -44,13 +44,15 @@ def batch_norm(num_features: int, eps: float = 1e-5, *, rngs: nnx.Rngs) -> nnx.B
     return nnx.BatchNorm(num_features, epsilon=eps, use_running_average=True, rngs=rngs)
 
 
-def group_norm(num_groups: int, num_channels: int, eps: float = 1e-5, *, rngs: nnx.Rngs) -> nnx.GroupNorm:
+def group_norm(num_groups: int, num_channels: int, eps: float = 1e-5, *, rngs: nnx.Rngs) -> norms.GroupNorm:
     """``torch.nn.GroupNorm`` (eps 1e-5, where Flax defaults to 1e-6).
 
     Two-pass variance, as torch computes it: Flax's fast E[x^2] - E[x]^2
     loses digits on activations with a large mean (measured on DiffAE).
+    ``norms.GroupNorm`` rather than ``nnx.GroupNorm``: same parameters, its
+    statistics as matrix products (2-3x faster on CPU, ``models.norms``).
     """
-    return nnx.GroupNorm(num_channels, num_groups=num_groups, epsilon=eps, use_fast_variance=False, rngs=rngs)
+    return norms.GroupNorm(num_channels, num_groups, eps, rngs=rngs)
 
 
 class PReLU(nnx.Module):
