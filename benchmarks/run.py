@@ -34,7 +34,7 @@ from benchmarks import pairs as pairs_mod
 from benchmarks.reference.attack import TorchAttackConfig, attack as torch_attack, direction as torch_direction
 from benchmarks.timing import alternate, clock, matmul_peak_flops
 from leat_jax import xla_cpu
-from leat_jax.attack import (AttackConfig, clean_latents, ensemble_direction, image_key, make_attack, prepare,
+from leat_jax.attack import (AttackConfig, clean_latents, ensemble_direction, image_key, make_attack, prepared,
                              run as jax_run)
 
 HERE = Path(__file__).resolve().parent
@@ -80,7 +80,7 @@ def jax_prepare(victims, config, params):
     Timing one iteration on these measures what each of the T iterations
     costs inside the attack, where that work sits outside the loop.
     """
-    return jax.jit(lambda p: tuple(prepare(victims, config, p)))(tuple(params))
+    return jax.block_until_ready(prepared(victims, config, params))
 
 
 def jax_iteration(victims, config):
@@ -138,7 +138,9 @@ def per_victim(pair, batch: int, repeats: int, config: AttackConfig, with_compil
     eta = random_start(x, np.arange(batch), 0, config.eps)
     victims = (pair.victim,)
     params = jax_prepare(victims, config, (pair.params,))
-    clean = jax_clean(victims, config)(params, jnp.asarray(x))
+    clean_fn = jax_clean(victims, config)
+    clean = clean_fn(params, jnp.asarray(x))
+    fwd = cost(clean_fn.lower(params, jnp.asarray(x)).compile())["flops"]
     it = jax_iteration(victims, config)
     compiled, t_compile = compile_timed(it, params, jnp.asarray(x), jnp.asarray(eta), clean)
     xt, et = nchw(x), nchw(eta)
@@ -174,21 +176,28 @@ def per_victim(pair, batch: int, repeats: int, config: AttackConfig, with_compil
         "jax_compile_s": t_compile,
         "torch_compile_compile_s": compile_note,
         "flops_per_image": c["flops"] / batch if c["flops"] else None,
+        "forward_flops_per_image": fwd / batch if fwd else None,
         "jax_flops_per_s": c["flops"] / t["jax"] if c["flops"] else None,
         "xla_bytes": c.get("xla_bytes"),
     }
 
 
 def ensemble(pairs, batch: int, iterations: int, repeats: int, config: AttackConfig, with_compile: bool,
-             warmup: int = 1, flops_per_image_iteration: float | None = None) -> dict:
+             warmup: int = 1, flops_per_image_iteration: float | None = None,
+             forward_flops_per_image: float | None = None) -> dict:
     """The whole attack (clean forward, T iterations, final distances), images per second.
 
-    ``flops_per_image_iteration`` skips compiling one more ensemble iteration
-    for XLA's count (the quick run passes the per-victim sum instead).
+    Parameters are prepared first, once, as ``leat-jax immunize`` does once
+    per run (``attack.prepared``); that time is reported apart, like
+    compilation. ``flops_per_image_iteration`` and ``forward_flops_per_image``
+    skip compiling more programs for XLA's counts (the quick run passes the
+    per-victim sums instead).
     """
     cfg = dataclasses.replace(config, iterations=iterations)
     victims = tuple(p.victim for p in pairs)
-    params = tuple(p.params for p in pairs)
+    t0 = time.perf_counter()
+    params = jax_prepare(victims, cfg, tuple(p.params for p in pairs))
+    t_prepare = time.perf_counter() - t0
     x = sample_images(batch)
     ids = np.arange(batch, dtype=np.uint32)
     eta0 = random_start(x, ids, 0, cfg.eps)
@@ -217,15 +226,18 @@ def ensemble(pairs, batch: int, iterations: int, repeats: int, config: AttackCon
     # Both attacks from the same start: final distances should agree within a few percent.
     end_jax = np.asarray(out["jax"].dist_end)
     end_torch = out["torch_eager"][2].numpy()
-    if flops_per_image_iteration is None:
-        prepared = jax_prepare(victims, cfg, params)
-        clean = jax_clean(victims, cfg)(prepared, xj)
-        it_compiled, _ = compile_timed(jax_iteration(victims, cfg), prepared, xj, jnp.asarray(eta0), clean)
+    if flops_per_image_iteration is None or forward_flops_per_image is None:
+        clean_fn = jax_clean(victims, cfg)
+        clean = clean_fn(params, xj)
+        forward_flops_per_image = cost(clean_fn.lower(params, xj).compile())["flops"] / batch
+        it_compiled, _ = compile_timed(jax_iteration(victims, cfg), params, xj, jnp.asarray(eta0), clean)
         c = cost(it_compiled)
         flops_per_image_iteration = c["flops"] / batch if c["flops"] else None
         xla_bytes = c.get("xla_bytes")
     else:
         xla_bytes = cost(attack).get("xla_bytes")
+    # What one attack executes per image: T iterations plus the clean and final forwards.
+    executed = flops_per_image_iteration * iterations + 2 * forward_flops_per_image
     ips = {k: (None if v is None else batch / v) for k, v in t.items()}
     names = [p.name for p in pairs]
     return {
@@ -235,9 +247,12 @@ def ensemble(pairs, batch: int, iterations: int, repeats: int, config: AttackCon
         "torch_eager_images_per_s": ips["torch_eager"],
         "torch_compile_images_per_s": ips["torch_compile"],
         "jax_compile_s": t_compile,
+        "jax_prepare_s": t_prepare,
         "torch_compile_warmup_s": compile_info,
         "flops_per_image_iteration": flops_per_image_iteration,
-        "jax_flops_per_s": (flops_per_image_iteration * batch * iterations / t["jax"]) if flops_per_image_iteration else None,
+        "forward_flops_per_image": forward_flops_per_image,
+        "flops_per_image_attack": executed,
+        "jax_flops_per_s": executed * batch / t["jax"],
         "xla_bytes": xla_bytes,
         "dist_end_jax": dict(zip(names, end_jax.mean(0).tolist())),
         "dist_end_torch": dict(zip(names, end_torch.mean(0).tolist())),
@@ -282,9 +297,10 @@ def bf16_effect(pairs, iterations: int, config: AttackConfig) -> dict:
     out = {}
     for dt in ("float32", "bfloat16"):
         cfg = dataclasses.replace(config, iterations=iterations, compute_dtype=dt)
-        jax.block_until_ready(jax_run(victims, cfg, params, x, ids, 0))
-        t = clock(lambda: jax_run(victims, cfg, params, x, ids, 0))
-        out[dt] = {"images_per_s": 2 / t, "dist_end": np.asarray(jax_run(victims, cfg, params, x, ids, 0).dist_end)}
+        ready = jax_prepare(victims, cfg, params)  # cast and prepared once, as a run does
+        jax.block_until_ready(jax_run(victims, cfg, ready, x, ids, 0))
+        t = clock(lambda: jax_run(victims, cfg, ready, x, ids, 0))
+        out[dt] = {"images_per_s": 2 / t, "dist_end": np.asarray(jax_run(victims, cfg, ready, x, ids, 0).dist_end)}
     ratio = out["bfloat16"]["dist_end"] / out["float32"]["dist_end"]
     return {
         "iterations": iterations,
@@ -314,9 +330,9 @@ def _device_probe(n: int, names, batch: int, iterations: int) -> None:
 
     ps = [pairs_mod.build(name) for name in names]
     victims = tuple(p.victim for p in ps)
-    params = tuple(p.params for p in ps)
-    mesh = parallel.data_mesh(n)
     cfg = AttackConfig(iterations=iterations)
+    params = jax_prepare(victims, cfg, tuple(p.params for p in ps))
+    mesh = parallel.data_mesh(n)
     x = jnp.asarray(sample_images(batch))
     ids = jnp.arange(batch, dtype=jnp.uint32)
     jax.block_until_ready(parallel.sharded_attack(victims, cfg, mesh, params, x, ids, 0))
@@ -412,9 +428,12 @@ def write_results_md(res: dict, path: Path) -> None:
     lines += ["", f"Whole ensemble ({', '.join(res['victims'])}), T = {ens['iterations']}, batch {ens['batch']}: "
               f"leat-jax {fmt(ens['jax_images_per_s'])} images/s, torch eager {fmt(ens['torch_eager_images_per_s'])}, "
               f"torch.compile {fmt(ens['torch_compile_images_per_s'])}; "
-              f"{ens['flops_per_image_iteration'] / 1e9:.0f} GFLOP per image-iteration, leat-jax at "
+              f"{ens['flops_per_image_iteration'] / 1e9:.0f} GFLOP per image-iteration, "
+              f"{ens['flops_per_image_attack'] / 1e9:.0f} GFLOP per image for the whole attack (the T iterations, "
+              f"the clean and final forwards), leat-jax at "
               f"{ens['jax_flops_per_s'] / 1e9:.0f} GFLOP/s ({100 * ens['jax_flops_per_s'] / peak:.0f}% of peak); "
-              f"leat-jax compile {ens['jax_compile_s']:.0f} s (apart).", ""]
+              f"leat-jax compile {ens['jax_compile_s']:.0f} s and weight preparation {ens['jax_prepare_s']:.1f} s, "
+              "once per run (apart).", ""]
     if res.get("batch_sweep"):
         lines += [f"Batch sweep ({res.get('batch_sweep_of', 'ensemble')}; images/s): " + "; ".join(
             f"{fw}: " + ", ".join(f"b{b} {v:.4f}" for b, v in s.items() if v) for fw, s in res["batch_sweep"].items()), ""]
@@ -504,8 +523,9 @@ def main(argv=None) -> int:
         say(f"{p.name}: jax {r['jax_s_per_image']:.3f} s/img, torch eager {r['torch_eager_s_per_image']:.3f} s/img, "
             f"{(r['flops_per_image'] or 0) / 1e9:.1f} GFLOP, direction cosine {r['direction_cosine']:.6f}")
     flops_sum = sum(r["flops_per_image"] for r in res["per_victim"].values()) if quick else None
+    fwd_sum = sum(r["forward_flops_per_image"] for r in res["per_victim"].values()) if quick else None
     res["ensemble"] = ensemble(ps, batch, T, max(1, repeats - 1) if T > 10 else repeats, config, with_compile,
-                               flops_per_image_iteration=flops_sum)
+                               flops_per_image_iteration=flops_sum, forward_flops_per_image=fwd_sum)
     say(f"ensemble T={T} b={batch}: jax {res['ensemble']['jax_images_per_s']:.4f} img/s, "
         f"torch eager {res['ensemble']['torch_eager_images_per_s']:.4f} img/s")
     res["batch_sweep"] = {"jax": {}, "torch_eager": {}}

@@ -10,10 +10,11 @@ from leat_jax.attack.pgd import (
     latent_distances,
     make_attack,
     prepare,
+    prepared,
     run,
 )
 
 __all__ = [
     "ENSEMBLES", "AttackConfig", "AttackResult", "attack_image", "clean_latents", "ensemble_direction",
-    "image_key", "latent_distances", "latent_mse", "make_attack", "prepare", "run",
+    "image_key", "latent_distances", "latent_mse", "make_attack", "prepare", "prepared", "run",
 ]

@@ -438,10 +438,13 @@ def run(cfg: ImmunizeConfig, stream=None, detector=None) -> Summary:
     if cfg.format == "jpeg":
         print(JPEG_WARNING, file=stream, flush=True)
 
+    from leat_jax.attack import prepared
     from leat_jax.parallel.mesh import replicate
 
     mine = parallel.process_share(items, process_index, process_count)
-    params = replicate(loaded.params, mesh) if cfg.faces == "aligned" else loaded.params
+    # Weight-only work (kernel flips, compute-dtype cast) once per run, not once per batch.
+    params = prepared(loaded.victims, cfg.attack, loaded.params)
+    params = replicate(params, mesh) if cfg.faces == "aligned" else params
     progress = Progress(len(mine), stream=stream, quiet=cfg.quiet)
     if cfg.faces == "detect":
         # One device per process: photos go one at a time, face groups one after another.
