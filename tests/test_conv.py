@@ -28,9 +28,21 @@ def _ours(x, w, s, pads, w_t=None):
 @pytest.mark.parametrize("k,s", [(1, 1), (1, 2), (3, 1), (3, 2), (4, 2), (7, 1), (3, 3)])
 @pytest.mark.parametrize("pads", [((0, 0), (0, 0)), ((1, 1), (1, 1)), ((3, 3), (3, 3)), ((1, 2), (2, 0))])
 def test_values_and_both_gradients_equal_lax(hw, k, s, pads):
+    _check_against_lax(hw, k, s, pads, cin=6)
+
+
+@pytest.mark.parametrize("k,s", [(1, 1), (3, 1), (3, 2), (4, 2), (7, 1), (3, 3)])
+@pytest.mark.parametrize("pads", [((0, 0), (0, 0)), ((1, 1), (1, 1)), ((3, 3), (3, 3)), ((1, 2), (2, 0))])
+def test_image_input_gradient_by_taps_equals_lax(k, s, pads):
+    """Three input channels: the input gradient goes tap by tap (``_input_grad_by_taps``)."""
+    assert 3 <= conv.SMALL_INPUT_CHANNELS
+    _check_against_lax((10, 7), k, s, pads, cin=3)
+
+
+def _check_against_lax(hw, k, s, pads, cin):
     rng = np.random.default_rng(k * 100 + s)
-    x = jnp.asarray(rng.normal(size=(2, *hw, 3)), jnp.float32)
-    w = jnp.asarray(rng.normal(size=(k, k, 3, 5)), jnp.float32)
+    x = jnp.asarray(rng.normal(size=(2, *hw, cin)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(k, k, cin, 5)), jnp.float32)
     y_ref, vjp_ref = jax.vjp(lambda a, b: _lax(a, b, s, pads), x, w)
     ct = jnp.asarray(rng.normal(size=y_ref.shape), jnp.float32)
     dx_ref, dw_ref = vjp_ref(ct)
