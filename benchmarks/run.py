@@ -413,13 +413,14 @@ def write_results_md(res: dict, path: Path) -> None:
              f"{peak / 1e9:.0f} GFLOP/s.", "",
              "Per victim, one attack iteration (forward + input gradient), seconds per image "
              f"(batch {res['per_victim_batch']}):", "",
-             "| victim | GFLOP/img | leat-jax | torch eager | torch.compile | jax/eager speed | jax GFLOP/s (% peak) | jax compile s | direction cosine |",
+             "| victim | GFLOP/img | leat-jax | torch eager | torch.compile | jax speed vs eager (vs compile) | jax GFLOP/s (% peak) | jax compile s | direction cosine |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in res["per_victim"].items():
         tc = r["torch_compile_s_per_image"]
+        vs_compile = "" if tc is None else f" ({tc / r['jax_s_per_image']:.2f}x)"
         lines.append(
             f"| {name} | {r['flops_per_image'] / 1e9:.1f} | {r['jax_s_per_image']:.3f} | {r['torch_eager_s_per_image']:.3f} | "
-            f"{'n/a' if tc is None else f'{tc:.3f}'} | {r['torch_eager_s_per_image'] / r['jax_s_per_image']:.2f}x | "
+            f"{'n/a' if tc is None else f'{tc:.3f}'} | {r['torch_eager_s_per_image'] / r['jax_s_per_image']:.2f}x{vs_compile} | "
             f"{r['jax_flops_per_s'] / 1e9:.0f} ({100 * r['jax_flops_per_s'] / peak:.0f}%) | {r['jax_compile_s']:.1f} | "
             f"{r['direction_cosine']:.6f} |")
 
@@ -505,6 +506,10 @@ def main(argv=None) -> int:
     torch._dynamo.config.accumulated_recompile_limit = 1024
     started = time.perf_counter()
 
+    def save(partial: dict) -> None:
+        """The JSON so far, after every stage: a run stopped late keeps what it measured."""
+        Path(args.json).write_text(json.dumps(partial, indent=2, default=float) + "\n")
+
     def say(msg):
         print(f"[bench {time.strftime('%H:%M:%S')} +{time.perf_counter() - started:.0f}s] {msg}", flush=True)
 
@@ -513,6 +518,13 @@ def main(argv=None) -> int:
     res["machine"] = machine_info()
     res["machine"].update(matmul_peak_flops())
     say(f"matmul peak {res['machine']['matmul_peak_flops'] / 1e9:.0f} GFLOP/s")
+    if devices:
+        # First, while this process holds no network: each child builds every
+        # network itself, and two full sets do not fit in 24 GiB (a parent
+        # holding its own was killed for memory during this sweep, twice).
+        say(f"device sweep {devices} (one child process each)")
+        res["device_sweep"] = device_sweep(names, devices, max(devices), 1)
+        save(res)
     ps = []
     for name in names:
         say(f"building {name} (recipe weights -> official file -> converter; torch reference)")
@@ -521,14 +533,20 @@ def main(argv=None) -> int:
     for p in ps:
         r = per_victim(p, 1, repeats, config, with_compile)
         res["per_victim"][p.name] = r
+        tc = r["torch_compile_s_per_image"]
         say(f"{p.name}: jax {r['jax_s_per_image']:.3f} s/img, torch eager {r['torch_eager_s_per_image']:.3f} s/img, "
+            + (f"torch.compile {tc:.3f} s/img, " if tc else "") +
             f"{(r['flops_per_image'] or 0) / 1e9:.1f} GFLOP, direction cosine {r['direction_cosine']:.6f}")
+    save(res)
     flops_sum = sum(r["flops_per_image"] for r in res["per_victim"].values()) if quick else None
     fwd_sum = sum(r["forward_flops_per_image"] for r in res["per_victim"].values()) if quick else None
     res["ensemble"] = ensemble(ps, batch, T, max(1, repeats - 1) if T > 10 else repeats, config, with_compile,
                                flops_per_image_iteration=flops_sum, forward_flops_per_image=fwd_sum)
+    tc = res["ensemble"]["torch_compile_images_per_s"]
     say(f"ensemble T={T} b={batch}: jax {res['ensemble']['jax_images_per_s']:.4f} img/s, "
-        f"torch eager {res['ensemble']['torch_eager_images_per_s']:.4f} img/s")
+        f"torch eager {res['ensemble']['torch_eager_images_per_s']:.4f} img/s"
+        + (f", torch.compile {tc:.4f} img/s" if tc else ""))
+    save(res)
     res["batch_sweep"] = {"jax": {}, "torch_eager": {}}
     small = [p for p in ps if p.name == "simswap_G"] if quick else []
     res["batch_sweep_of"] = "simswap_G, one iteration" if small else "the ensemble, T = 1"
@@ -542,8 +560,7 @@ def main(argv=None) -> int:
         for fw, v in ips.items():
             res["batch_sweep"][fw][str(b)] = v
         say(f"batch {b} ({res['batch_sweep_of']}): jax {ips['jax']:.4f}, torch eager {ips['torch_eager']:.4f} img/s")
-    if devices:
-        res["device_sweep"] = device_sweep(names, devices, max(devices), 1)
+    save(res)
     if quick:
         # The quick run's cross-check comes from the runs above: per-victim
         # direction cosines (the ensemble's direction is their normalised sum)
@@ -562,7 +579,7 @@ def main(argv=None) -> int:
         res["bf16"] = bf16_effect(bf_pairs, 2 if quick else min(T, 10), config)
         say(f"bf16: {res['bf16']['dist_end_ratio_bf16_over_f32']}")
     res["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    Path(args.json).write_text(json.dumps(res, indent=2, default=float) + "\n")
+    save(res)
     write_results_md(res, Path(args.results_md))
     plot(res["batch_sweep"], Path(args.plot), res["batch_sweep_of"])
     say(f"wrote {args.json}, {args.results_md}, {args.plot}")

@@ -40,3 +40,16 @@ def test_pairs_share_weights(light_pairs):
         with torch.no_grad():
             ref = p.torch_encoder(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
         np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-4 * np.abs(ref).max(), err_msg=p.name)
+
+
+def test_ensemble_measurement_counts_what_an_attack_runs(light_pairs):
+    """The harness's whole-attack figure: prepared weights, T iterations plus two forwards, both frameworks."""
+    from benchmarks.run import ensemble
+
+    r = ensemble(light_pairs[:1], batch=1, iterations=2, repeats=1, config=AttackConfig(), with_compile=False)
+    it, fwd = r["flops_per_image_iteration"], r["forward_flops_per_image"]
+    assert 0 < fwd < it  # a forward is cheaper than forward + input gradient
+    assert r["flops_per_image_attack"] == 2 * it + 2 * fwd
+    assert r["jax_images_per_s"] > 0 and r["torch_eager_images_per_s"] > 0 and r["torch_compile_images_per_s"] is None
+    assert r["jax_prepare_s"] >= 0 and r["jax_compile_s"] > 0
+    assert r["dist_end_rel_diff"]["simswap_G"] < 0.05
