@@ -142,6 +142,7 @@ def test_parameters_prepared_once_pass_through_the_attack():
     raw = (f.init(0),)
     ready = prepared((v,), config, raw)
     assert isinstance(ready[0], Prepared)
+    assert ready[0].params["convs"][1]["kernel"] is raw[0]["convs"][1]["kernel"]  # the weights, not copies
     attack = jax.jit(make_attack((v,), config))
     x = jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (2, 12, 12, 3)), jnp.float32)
     ids = jnp.arange(2, dtype=jnp.uint32)

@@ -71,20 +71,17 @@ def prepare(victims: Sequence[Victim], config: AttackConfig, params: Sequence) -
     return [v.prepare(p) for v, p in zip(victims, params)]
 
 
-@functools.cache
-def _prepare_jitted(victims: tuple[Victim, ...], config: AttackConfig):
-    return jax.jit(lambda params: tuple(prepare(victims, config, params)))
-
-
 def prepared(victims: Sequence[Victim], config: AttackConfig, params: Sequence) -> tuple:
     """``prepare`` once, outside the attack: what a run hands to every batch's attack call.
 
     The attack prepares whatever it is given, but inside one call that work
     is redone for every batch (e4e: about 1 GB of kernel copies, seconds on a
-    CPU); prepared parameters pass through it untouched. Costs the extra
-    kernels' memory (as large as the convolution weights) for the whole run.
+    CPU); prepared parameters pass through it untouched. Run op by op, not
+    jitted: the weights themselves stay the caller's arrays (a jitted function
+    would return copies of all of them) and nothing is compiled. Costs the
+    extra kernels' memory (as large as the convolution weights) for the run.
     """
-    return _prepare_jitted(tuple(victims), config)(tuple(params))
+    return tuple(prepare(victims, config, params))
 
 
 def clean_latents(victims: Sequence[Victim], config: AttackConfig, params: Sequence, x: jax.Array):
