@@ -31,11 +31,13 @@ import numpy as np
 import torch
 
 from benchmarks import pairs as pairs_mod
-from benchmarks.reference.attack import TorchAttackConfig, attack as torch_attack, direction as torch_direction
+from benchmarks.reference.attack import TorchAttackConfig
+from benchmarks.reference.attack import attack as torch_attack
+from benchmarks.reference.attack import direction as torch_direction
 from benchmarks.timing import alternate, clock, matmul_peak_flops
 from leat_jax import xla_cpu
-from leat_jax.attack import (AttackConfig, clean_latents, ensemble_direction, image_key, make_attack, prepared,
-                             run as jax_run)
+from leat_jax.attack import AttackConfig, clean_latents, ensemble_direction, image_key, make_attack, prepared
+from leat_jax.attack import run as jax_run
 
 HERE = Path(__file__).resolve().parent
 ALL = ("e4e", "diffae", "simswap_id", "simswap_G", "icface")

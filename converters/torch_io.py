@@ -19,7 +19,6 @@ So nothing named by the file is ever called, whatever the file says.
 from __future__ import annotations
 
 import collections
-import copyreg
 import pickle
 import warnings
 from pathlib import Path

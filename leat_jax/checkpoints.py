@@ -16,7 +16,6 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-import jax
 import numpy as np
 
 META = "meta.json"

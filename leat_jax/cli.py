@@ -191,7 +191,8 @@ def _error(message: str) -> None:
 
 def _immunize(args, parser) -> int:
     from leat_jax.parallel import DistributedConfig
-    from leat_jax.pipeline import config as settings, immunize
+    from leat_jax.pipeline import config as settings
+    from leat_jax.pipeline import immunize
     from leat_jax.pipeline.victimset import EXTRA_VICTIMS_ENV, SetupError, parse
 
     if args.samples:

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +15,7 @@ import pytest
 from PIL import Image
 
 from leat_jax import cli
-from leat_jax.attack import AttackConfig
-from leat_jax.attack import pgd
+from leat_jax.attack import AttackConfig, pgd
 from leat_jax.attack.image_space import make_image_attack
 from leat_jax.pipeline import metrics
 from tests import evaluate_toys as toys

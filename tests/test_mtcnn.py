@@ -20,7 +20,8 @@ from converters.keymap import ConversionError
 from converters.torch_io import CheckpointReadError
 from leat_jax import cli
 from leat_jax.checkpoints import CheckpointError, flatten
-from leat_jax.faces import DetectConfig, Detector, Faces, detect as D, load_detector
+from leat_jax.faces import DetectConfig, Detector, Faces, load_detector
+from leat_jax.faces import detect as D
 from leat_jax.models import mtcnn as M
 from tests.golden_cases.mtcnn import official_state_dict, write_official_files
 from tests.golden_harness import GOLDEN_DIR, REPO

@@ -19,9 +19,11 @@ import pytest
 from PIL import Image
 
 from leat_jax import cli
-from leat_jax.pipeline import config as settings, immunize, inputs, photos, victimset
+from leat_jax.pipeline import config as settings
+from leat_jax.pipeline import immunize, inputs, photos, victimset
 from tests.golden_harness import GOLDEN_DIR
-from tests.pipeline_toys import ENV, victims as toy_victims
+from tests.pipeline_toys import ENV
+from tests.pipeline_toys import victims as toy_victims
 
 EPS = 0.051
 STEP8 = math.floor(EPS * 127.5)  # 6 levels

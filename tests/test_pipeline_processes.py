@@ -20,6 +20,7 @@ from PIL import Image
 from leat_jax.pipeline import inputs
 from tests.golden_harness import REPO
 from tests.pipeline_toys import ENV
+
 # toy_victims: the autouse fixture that makes the toy victims known in this process too
 from tests.test_pipeline_immunize import ATTACK, immunize, noise, outputs, report, simple_set, toy_victims  # noqa: F401
 

@@ -28,7 +28,6 @@ from tests.golden_cases import simswap_id as idcase
 from tests.golden_harness import GOLDEN_DIR, recipe
 
 
-
 @functools.cache
 def _layout(name):
     return json.loads((GOLDEN_DIR / name / "layout.json").read_text())

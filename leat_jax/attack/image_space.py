@@ -28,7 +28,8 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from leat_jax.attack.config import AttackConfig
 from leat_jax.attack.pgd import _compute, _project, image_key

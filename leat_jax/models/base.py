@@ -1,9 +1,8 @@
 """Turning an NNX module into a pure function of a parameter pytree."""
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
-
 import functools
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp

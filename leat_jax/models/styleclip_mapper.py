@@ -20,8 +20,8 @@ parameter tree, so mappers stack and ``vmap`` over prompts.
 """
 from __future__ import annotations
 
-from flax import nnx
 import jax.numpy as jnp
+from flax import nnx
 
 from leat_jax.models.stylegan2 import EqualLinear, PixelNorm
 

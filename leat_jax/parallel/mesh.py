@@ -13,7 +13,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from leat_jax.attack import AttackConfig, AttackResult, make_attack
 from leat_jax.victims import Victim

@@ -38,7 +38,7 @@ from typing import Sequence
 import numpy as np
 
 from leat_jax.faces import align
-from leat_jax.pipeline import immunize, images
+from leat_jax.pipeline import images, immunize
 
 # Bumped when the output for the same photo, detections and settings changes.
 PHOTOS_VERSION = "1"

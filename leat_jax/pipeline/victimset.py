@@ -18,7 +18,8 @@ import importlib
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from leat_jax import checkpoints, victims as registry
+from leat_jax import checkpoints
+from leat_jax import victims as registry
 from leat_jax.victims import Victim
 
 EXTRA_VICTIMS_ENV = "LEAT_EXTRA_VICTIMS"
