@@ -151,9 +151,9 @@ def _add_evaluate(sub) -> None:
 
 
 def _evaluate(args, parser) -> int:
+    from leat_jax.errors import SetupError
     from leat_jax.pipeline import evaluate
     from leat_jax.pipeline.attributes import EXTRA_DEEPFAKES_ENV
-    from leat_jax.pipeline.victimset import SetupError
 
     extra = tuple(e for e in os.environ.get(EXTRA_DEEPFAKES_ENV, "").split(",") if e.strip())
     try:
@@ -190,10 +190,11 @@ def _error(message: str) -> None:
 
 
 def _immunize(args, parser) -> int:
+    from leat_jax.errors import SetupError
     from leat_jax.parallel import DistributedConfig
     from leat_jax.pipeline import config as settings
     from leat_jax.pipeline import immunize
-    from leat_jax.pipeline.victimset import EXTRA_VICTIMS_ENV, SetupError, parse
+    from leat_jax.pipeline.victimset import EXTRA_VICTIMS_ENV, parse
 
     if args.samples:
         if len(args.paths) != 1:

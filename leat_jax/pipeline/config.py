@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from leat_jax.attack import AttackConfig
+from leat_jax.errors import SetupError
 from leat_jax.parallel import DistributedConfig
 from leat_jax.pipeline.images import OUTPUT_FORMATS
-from leat_jax.pipeline.victimset import SetupError, VictimSpec
+from leat_jax.pipeline.victimset import VictimSpec
 
 # Victims of the demo on stand-in weights when none are named: the issue's
 # example pair, which together fit a few minutes on two CPU cores.

@@ -36,9 +36,9 @@ import numpy as np
 
 from leat_jax import __version__
 from leat_jax.attack import AttackConfig
+from leat_jax.errors import SetupError
 from leat_jax.pipeline import attributes as attrs_mod
 from leat_jax.pipeline import images, inputs, metrics
-from leat_jax.pipeline.victimset import SetupError
 
 REPORT_JSON = "leat-jax-evaluation.json"
 REPORT_MD = "leat-jax-evaluation.md"

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from leat_jax import __version__
+from leat_jax.errors import SetupError
 from leat_jax.pipeline import images, inputs, manifest, report, victimset
 from leat_jax.pipeline.config import ImmunizeConfig
 from leat_jax.pipeline.progress import Progress
-from leat_jax.pipeline.victimset import SetupError
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 # Bumped when the pipeline's output for the same settings changes.

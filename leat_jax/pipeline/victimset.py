@@ -20,15 +20,12 @@ from typing import Mapping, Sequence
 
 from leat_jax import checkpoints
 from leat_jax import victims as registry
+from leat_jax.errors import SetupError
 from leat_jax.victims import Victim
 
 EXTRA_VICTIMS_ENV = "LEAT_EXTRA_VICTIMS"
 # Stand-in weights are drawn from this seed, so runs on them are repeatable.
 STAND_IN_SEED = 0
-
-
-class SetupError(ValueError):
-    """The run cannot start (bad victims, checkpoint, settings or folders): one line."""
 
 
 @dataclasses.dataclass(frozen=True)
