@@ -12,6 +12,7 @@ import zlib
 
 import numpy as np
 
+from leat_jax.faces import align
 from tests.toys import toy_victim
 
 ENV = {"LEAT_EXTRA_VICTIMS": "tests.pipeline_toys:victims"}
@@ -37,7 +38,7 @@ def _numpy_init(template, name):
 @functools.cache
 def _toy(name: str, scale: float, size: int):
     v = toy_victim(name, scale, size)
-    return dataclasses.replace(v, init_params=_numpy_init(v.template, name), template=v.template)
+    return dataclasses.replace(v, init_params=_numpy_init(v.template, name), template=v.template, crop_rule=align.FFHQ)
 
 
 def victims():

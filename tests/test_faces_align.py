@@ -100,19 +100,27 @@ def test_icface_box_follows_the_official_crop():
 
 def test_supersampling_follows_each_official_pipeline():
     big = 5.0  # photo pixels per crop pixel
-    assert align.supersample(align.RULES["simswap_G"], big, (224, 224)) == 1  # cv2.warpAffine: no filter
-    assert align.supersample(align.RULES["diffae"], big, (256, 256)) == 8  # ceil(5) -> 8 (power of two)
-    assert align.supersample(align.RULES["e4e"], big, (256, 256)) == 2  # floor(5 / 2) = 2
-    assert align.supersample(align.RULES["e4e"], 3.9, (256, 256)) == 1  # e4e's script does not shrink below 4x
-    assert align.supersample(align.RULES["diffae"], 0.7, (256, 256)) == 1
-    assert align.supersample(align.RULES["diffae"], 100.0, (256, 256)) == align.MAX_SUPERSAMPLE
+    assert align.supersample(align.SIMSWAP, big, (224, 224)) == 1  # cv2.warpAffine: no filter
+    assert align.supersample(align.FFHQ, big, (256, 256)) == 8  # ceil(5) -> 8 (power of two)
+    assert align.supersample(align.FFHQ_E4E, big, (256, 256)) == 2  # floor(5 / 2) = 2
+    assert align.supersample(align.FFHQ_E4E, 3.9, (256, 256)) == 1  # e4e's script does not shrink below 4x
+    assert align.supersample(align.FFHQ, 0.7, (256, 256)) == 1
+    assert align.supersample(align.FFHQ, 100.0, (256, 256)) == align.MAX_SUPERSAMPLE
 
 
 def test_degenerate_landmarks_are_refused():
     with pytest.raises(align.AlignError):
         align.ffhq_affine(np.zeros((5, 2)), 256)
     with pytest.raises(align.AlignError):
-        align.crop("e4e", (256, 256), np.full((5, 2), np.nan), [0, 0, 1, 1], (10, 10))
+        align.crop("e4e", (256, 256), np.full((5, 2), np.nan), [0, 0, 1, 1], (10, 10), align.FFHQ_E4E)
+
+
+def test_a_victim_without_a_crop_rule_is_refused_not_given_the_ffhq_crop():
+    lm = np.array([[30.0, 40.0], [70.0, 40.0], [50.0, 60.0], [35.0, 80.0], [65.0, 80.0]])
+    with pytest.raises(align.AlignError, match="victim toy declares no crop rule"):
+        align.crop("toy", (64, 64), lm, [20, 20, 80, 100], (120, 120))
+    ok = align.crop("toy", (64, 64), lm, [20, 20, 80, 100], (120, 120), align.FFHQ)
+    np.testing.assert_allclose(ok.affine, align.ffhq_affine(lm, 64))
 
 
 # -- the warp --------------------------------------------------------------

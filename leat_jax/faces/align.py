@@ -32,8 +32,8 @@ Rules:
   box difference is within what ICface meets from dlib itself; this choice
   is not calibrated against dlib (not available here).
 
-Victims not listed (experiments, tests) get the FFHQ rule at their own input
-size, antialiased.
+Each victim declares its rule (``Victim.crop_rule``, one of the constants
+below); a victim without one gets an ``AlignError``, never a default crop.
 
 Antialiasing (``supersample``: sub-samples per output pixel and axis,
 averaged, i.e. a box filter over the output pixel's footprint): each rule
@@ -98,14 +98,11 @@ class Rule:
     border: str
 
 
-RULES = {
-    "e4e": Rule("ffhq", "e4e", "reflect"),
-    "diffae": Rule("ffhq", "full", "reflect"),
-    "simswap_id": Rule("simswap", "none", "constant"),
-    "simswap_G": Rule("simswap", "none", "constant"),
-    "icface": Rule("icface", "full", "edge"),
-}
-DEFAULT_RULE = Rule("ffhq", "full", "reflect")
+# The rules victims declare (``Victim.crop_rule``).
+FFHQ_E4E = Rule("ffhq", "e4e", "reflect")  # e4e's script: shrinks only when the face is 4x the crop or more
+FFHQ = Rule("ffhq", "full", "reflect")  # DiffAE's align.py (and a sensible choice for new FFHQ-style victims)
+SIMSWAP = Rule("simswap", "none", "constant")
+ICFACE = Rule("icface", "full", "edge")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,8 +126,12 @@ class Crop:
         return float(max(np.hypot(*self.affine[:, 0]), np.hypot(*self.affine[:, 1])))
 
 
-def rule_for(name: str) -> Rule:
-    return RULES.get(name, DEFAULT_RULE)
+def rule_for(name: str, rule: Rule | None) -> Rule:
+    """``rule``, checked; ``AlignError`` naming victim ``name`` when it declares none."""
+    if not isinstance(rule, Rule):
+        raise AlignError(f"victim {name} declares no crop rule (Victim.crop_rule, one of leat_jax.faces.align's "
+                         f"FFHQ, FFHQ_E4E, SIMSWAP, ICFACE), got {rule!r}")
+    return rule
 
 
 def _check(landmarks) -> np.ndarray:
@@ -278,9 +279,9 @@ def supersample(rule: Rule, scale: float, size: tuple[int, int]) -> int:
     return _pow2_at_most(scale)
 
 
-def crop(name: str, size: tuple[int, int], landmarks, box, photo_hw: tuple[int, int]) -> Crop:
-    """The crop of victim ``name`` (input ``size``) for one face; ``AlignError`` if none can be made."""
-    rule = rule_for(name)
+def crop(name: str, size: tuple[int, int], landmarks, box, photo_hw: tuple[int, int], rule: Rule | None = None) -> Crop:
+    """The crop of victim ``name`` (input ``size``, crop ``rule``) for one face; ``AlignError`` if none can be made."""
+    rule = rule_for(name, rule)
     size = (int(size[0]), int(size[1]))
     if rule.kind == "ffhq":
         if size[0] != size[1]:

@@ -172,7 +172,7 @@ def plan(victims, faces, photo_hw: tuple[int, int]) -> Plan:
     out, unusable = [], []
     for k, (box, prob, lm) in enumerate(_detections(faces)):
         try:
-            crops = tuple(align.crop(v.name, v.input_size, lm, box, photo_hw) for v in victims)
+            crops = tuple(align.crop(v.name, v.input_size, lm, box, photo_hw, v.crop_rule) for v in victims)
         except align.AlignError as e:
             unusable.append(f"face {k}: {e}")
             continue

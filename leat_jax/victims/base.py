@@ -7,6 +7,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from leat_jax.faces.align import Rule
+
 Params = Any
 Latent = Any  # an array or a pytree of arrays
 
@@ -31,6 +33,9 @@ class Victim:
       prepare: ``params -> params`` that ``apply`` also accepts, with the work
         that depends on the weights alone done ahead (the attack calls it once,
         outside its loop); identity by default.
+      crop_rule: how ``--faces detect`` cuts this victim's crop from a photo
+        (a ``leat_jax.faces.align.Rule``: its official alignment); None: the
+        victim takes aligned crops only, and detection refuses it.
     """
 
     name: str
@@ -40,15 +45,18 @@ class Victim:
     init_params: Callable[[int], Params]
     template: Params = dataclasses.field(default=None, compare=False, hash=False, repr=False)
     prepare: Callable[[Params], Params] = dataclasses.field(default=lambda params: params, compare=False, repr=False)
+    crop_rule: Rule | None = None
 
     def encode(self, params: Params, images: jax.Array) -> Latent:
         return self.apply(params, self.preprocess(images))
 
     @classmethod
-    def of(cls, network, *, name: str, input_size: tuple[int, int], preprocess, apply=None) -> "Victim":
+    def of(cls, network, *, name: str, input_size: tuple[int, int], preprocess, apply=None,
+           crop_rule: Rule | None = None) -> "Victim":
         """A victim around a ``models.base.Functional`` network (``apply`` defaults to its own)."""
         return cls(name=name, input_size=input_size, preprocess=preprocess, apply=apply or network.apply,
-                   init_params=network.init, template=network.template, prepare=network.prepare)
+                   init_params=network.init, template=network.template, prepare=network.prepare,
+                   crop_rule=crop_rule)
 
 
 def resize(images: jax.Array, size: tuple[int, int]) -> jax.Array:
