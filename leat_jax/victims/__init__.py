@@ -1,25 +1,45 @@
 """The registry of victims: name -> ``Victim``, and loading converted weights.
 
-Names are the golden folders' names. Each family's module is imported only
-when one of its victims is asked for, so importing the registry is cheap.
+Each victim is declared once, by its line in ``REGISTRY``: where its
+``Victim`` is built and how ``--faces detect`` crops a photo for it. Names are
+the golden folders' names; rooms outside the package that need more of a
+victim keep one table keyed by these names (``converters.CONVERTERS``,
+``benchmarks.pairs.REFERENCES``), and ``tests/test_registries.py`` fails when
+a name is missing from any of them (``CONTRIBUTING.md``). Each family's module
+is imported only when one of its victims is asked for, so importing the
+registry is cheap.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 
+from leat_jax.faces import align
 from leat_jax.victims.base import Params, Victim, imagenet_normalize, resize, to_unit
 
-# name -> (module, factory function returning a Victim)
-_REGISTRY: dict[str, tuple[str, str]] = {
-    "e4e": ("leat_jax.victims.e4e", "victim"),
-    "diffae": ("leat_jax.victims.diffae", "victim"),
-    "simswap_id": ("leat_jax.victims.simswap", "identity_victim"),
-    "simswap_G": ("leat_jax.victims.simswap", "generator_victim"),
-    "icface": ("leat_jax.victims.icface", "victim"),
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """A registered victim.
+
+    factory: ``"module:function"`` returning its ``Victim`` (imported on first use).
+    crop_rule: its official alignment, the ``Victim.crop_rule`` it gets.
+    """
+
+    factory: str
+    crop_rule: align.Rule
+
+
+REGISTRY: dict[str, Entry] = {
+    "e4e": Entry("leat_jax.victims.e4e:victim", align.FFHQ_E4E),
+    "diffae": Entry("leat_jax.victims.diffae:victim", align.FFHQ),
+    "simswap_id": Entry("leat_jax.victims.simswap:identity_victim", align.SIMSWAP),
+    "simswap_G": Entry("leat_jax.victims.simswap:generator_victim", align.SIMSWAP),
+    "icface": Entry("leat_jax.victims.icface:victim", align.ICFACE),
 }
 
-NAMES: tuple[str, ...] = tuple(_REGISTRY)
+NAMES: tuple[str, ...] = tuple(REGISTRY)
 
 
 class UnknownVictimError(ValueError):
@@ -29,10 +49,11 @@ class UnknownVictimError(ValueError):
 @functools.cache
 def get(name: str) -> Victim:
     """The victim registered under ``name``."""
-    if name not in _REGISTRY:
+    if name not in REGISTRY:
         raise UnknownVictimError(f"unknown victim {name!r}; known: {', '.join(NAMES)}")
-    module, attr = _REGISTRY[name]
-    return getattr(importlib.import_module(module), attr)()
+    entry = REGISTRY[name]
+    module, attr = entry.factory.split(":")
+    return dataclasses.replace(getattr(importlib.import_module(module), attr)(), crop_rule=entry.crop_rule)
 
 
 def load(name: str, directory) -> tuple[Victim, Params]:
@@ -49,4 +70,4 @@ def load(name: str, directory) -> tuple[Victim, Params]:
     return victim, params
 
 
-__all__ = ["NAMES", "Params", "Victim", "get", "load", "resize", "to_unit", "imagenet_normalize"]
+__all__ = ["Entry", "NAMES", "Params", "REGISTRY", "Victim", "get", "load", "resize", "to_unit", "imagenet_normalize"]

@@ -9,7 +9,6 @@ import functools
 
 import jax
 
-from leat_jax.faces import align
 from leat_jax.models.base import Functional
 from leat_jax.models.diffae import FFHQ256_ENCODER, SemanticEncoder
 from leat_jax.victims.base import Victim, resize
@@ -47,4 +46,4 @@ def preprocess(images: jax.Array) -> jax.Array:
 
 def victim() -> Victim:
     f = _functional()
-    return Victim.of(f, name=NAME, input_size=INPUT_SIZE, preprocess=preprocess, crop_rule=align.FFHQ)
+    return Victim.of(f, name=NAME, input_size=INPUT_SIZE, preprocess=preprocess)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 
-from leat_jax.faces import align
 from leat_jax.models.base import Functional
 from leat_jax.models.e4e import E4E, INPUT_SIZE
 from leat_jax.victims.base import Victim, resize
@@ -35,5 +34,4 @@ def apply(params, x):
 
 def victim() -> Victim:
     fn = _functional()
-    return Victim.of(fn, name="e4e", input_size=(INPUT_SIZE, INPUT_SIZE), preprocess=preprocess, apply=apply,
-                     crop_rule=align.FFHQ_E4E)
+    return Victim.of(fn, name="e4e", input_size=(INPUT_SIZE, INPUT_SIZE), preprocess=preprocess, apply=apply)

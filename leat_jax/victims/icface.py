@@ -15,7 +15,6 @@ import functools
 
 import numpy as np
 
-from leat_jax.faces import align
 from leat_jax.models.base import Functional
 from leat_jax.models.icface import icface_generator
 from leat_jax.victims.base import Victim, resize
@@ -59,8 +58,7 @@ def apply(params, x, attr=NEUTRAL_ATTR):
 
 def victim() -> Victim:
     fn = network()
-    return Victim.of(fn, name="icface", input_size=INPUT_SIZE, preprocess=preprocess, apply=apply,
-                     crop_rule=align.ICFACE)
+    return Victim.of(fn, name="icface", input_size=INPUT_SIZE, preprocess=preprocess, apply=apply)
 
 
 def reenact(params_g, neutral, attr):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 
-from leat_jax.faces import align
 from leat_jax.models.base import Functional
 from leat_jax.models.simswap import ArcFaceResNet, Generator, GeneratorEncoder, l2_normalize, nearest_resize_torch
 from leat_jax.victims.base import Victim, imagenet_normalize, resize, to_unit
@@ -55,8 +54,7 @@ def identity_apply(params, x):
 
 def identity_victim() -> Victim:
     f = arcface()
-    return Victim.of(f, name="simswap_id", input_size=INPUT_SIZE, preprocess=identity_preprocess, apply=identity_apply,
-                     crop_rule=align.SIMSWAP)
+    return Victim.of(f, name="simswap_id", input_size=INPUT_SIZE, preprocess=identity_preprocess, apply=identity_apply)
 
 
 def generator_preprocess(images):
@@ -71,5 +69,4 @@ def generator_apply(params, x):
 
 def generator_victim() -> Victim:
     f = generator_encoder()
-    return Victim.of(f, name="simswap_G", input_size=INPUT_SIZE, preprocess=generator_preprocess, apply=generator_apply,
-                     crop_rule=align.SIMSWAP)
+    return Victim.of(f, name="simswap_G", input_size=INPUT_SIZE, preprocess=generator_preprocess, apply=generator_apply)
