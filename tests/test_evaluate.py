@@ -307,9 +307,9 @@ def test_evaluate_without_protected_versions(protected, tmp_path, capsys, env):
     ({"unknown": ["Smiling:x"]}, "'Smiling:x'"),
 ])
 def test_diffae_settings_are_checked(section, message):
-    from leat_jax.pipeline import attributes
-    from leat_jax.pipeline.victimset import SetupError
+    from leat_jax.deepfakes import diffae
+    from leat_jax.errors import SetupError
 
     with pytest.raises(SetupError, match=message):
-        attributes._diffae_configure(section)
-        attributes._diffae_attributes(section, None, None, [], 0)
+        diffae.configure(section)
+        diffae.attributes(section, None, None, [], 0)

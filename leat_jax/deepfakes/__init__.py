@@ -13,6 +13,11 @@ functions are jitted and map over a stack of attributes with
 ``jax.vmap(apply, in_axes=(None, None, 0))`` (``over_attributes`` in each
 module). An unbatched attribute applies to every image of the batch.
 
+Each pipeline is declared once, by its module's ``DEEPFAKE``: the pure
+functions above and what evaluation needs of it (``load``, ``attributes``,
+``configure``, ``parts``: its sub-folders and the ``leat-jax convert`` name of
+each). The registry below maps names to those modules (``CONTRIBUTING.md``).
+
 This room may use ``leat_jax.models`` and ``leat_jax.victims`` (the encoders
 are the pipelines' first stages), never the attack or the pipeline rooms.
 """
@@ -21,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 # name -> (module, attribute holding its ``Deepfake``)
 _REGISTRY: dict[str, tuple[str, str]] = {
@@ -35,8 +40,16 @@ NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 
 @dataclasses.dataclass(frozen=True)
+class Attribute:
+    """One target attribute: a name for reports and its value (a pytree the pipeline takes)."""
+
+    name: str
+    value: Any
+
+
+@dataclasses.dataclass(frozen=True)
 class Deepfake:
-    """One deepfake pipeline, as pure functions.
+    """One deepfake pipeline: its pure functions and what evaluation needs of it.
 
     Attributes:
       name: registry name.
@@ -45,6 +58,17 @@ class Deepfake:
         ``apply`` vmapped over the leading axis of a stacked attribute pytree.
       output_size: (height, width) of the output images.
       attribute: what the attribute is, in words (for reports).
+      load: ``(folder or None, seed) -> params`` for evaluation; None: stand-in
+        weights of the real architecture.
+      attributes: ``(section, folder or None, params, clean images, seed) ->
+        (known, unknown)`` lists of ``Attribute``; ``section`` is the
+        pipeline's TOML table (possibly empty), ``clean images`` the (H, W, 3)
+        [-1, 1] arrays of the folder in sorted order.
+      configure: ``section -> (apply, over_attributes)`` to evaluate with
+        instead of ``apply`` / ``over_attributes`` (step counts, or params
+        holding more than ``apply`` takes); None: those two.
+      parts: sub-folder of the pipeline's folder -> the ``leat-jax convert``
+        model name that writes it (``<...>``: one folder per attribute).
     """
 
     name: str
@@ -52,6 +76,16 @@ class Deepfake:
     over_attributes: Callable[[Any, Any, Any], Any]
     output_size: tuple[int, int]
     attribute: str
+    load: Callable[[str | None, int], Any] | None = None
+    attributes: Callable[..., tuple[list[Attribute], list[Attribute]]] | None = None
+    configure: Callable[[Mapping], tuple[Callable, Callable]] | None = None
+    parts: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def functions(self, section: Mapping) -> tuple[Callable, Callable]:
+        """(apply, over_attributes) for this TOML section's settings."""
+        if self.configure is not None:
+            return self.configure(section)
+        return self.apply, self.over_attributes
 
 
 def vmap_over_attributes(apply: Callable) -> Callable:
@@ -74,4 +108,4 @@ def get(name: str) -> Deepfake:
     return getattr(importlib.import_module(module), attr)
 
 
-__all__ = ["Deepfake", "NAMES", "UnknownDeepfakeError", "get", "vmap_over_attributes"]
+__all__ = ["Attribute", "Deepfake", "NAMES", "UnknownDeepfakeError", "get", "vmap_over_attributes"]

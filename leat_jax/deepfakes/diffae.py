@@ -49,7 +49,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from leat_jax.deepfakes import Deepfake, vmap_over_attributes
+from leat_jax.deepfakes import Attribute, Deepfake, vmap_over_attributes
+from leat_jax.deepfakes.parts import load_part
+from leat_jax.errors import SetupError
 from leat_jax.models.base import Functional
 from leat_jax.models.diffae import (
     CELEBA_ATTRIBUTES,
@@ -319,6 +321,57 @@ def over_attributes_for(config: DiffAEConfig = DEFAULT):
     return vmap_over_attributes(functools.partial(_edit, config=config))
 
 
+# sub-folder -> the `leat-jax convert` model writing it
+PARTS = {"encoder": "diffae", "unet": "diffae_unet", "classifier": "diffae_cls"}
+KNOWN = ("Smiling:0.3", "Blond_Hair:0.3")
+UNKNOWN = ("Eyeglasses:0.3", "Young:-0.3")
+
+
+def load(folder, seed, config: DiffAEConfig | None = None):
+    """``{"encoder", "unet", "classifier"}`` params from ``folder`` (``PARTS``), or stand-ins of seed
+    ``seed`` (None) at ``config``'s model sizes (None: the official ffhq256)."""
+    config = config or DEFAULT
+    if folder is None:
+        return {"encoder": encoder_functional(config.encoder).init(seed),
+                "unet": unet_functional(config.unet).init(seed + 1),
+                "classifier": classifier_functional(config.unet.embed_channels).init(seed + 2)}
+    return {k: load_part(folder, k) for k in PARTS}
+
+
+def _parse_attribute(entry) -> Attribute:
+    name, _, strength = str(entry).partition(":")
+    try:
+        return Attribute(entry, attribute(name.strip(), float(strength) if strength else 0.3))
+    except ValueError as e:
+        raise SetupError(f"[diffae] {entry!r}: {e}") from None
+
+
+def attributes(section, folder, params, images, seed):
+    """``"Attribute:strength"`` entries (``Smiling:0.3``, signed); defaults ``KNOWN`` and ``UNKNOWN``."""
+    lists = {k: section.get(k, default) for k, default in (("known", KNOWN), ("unknown", UNKNOWN))}
+    for key, v in lists.items():
+        if not (isinstance(v, (list, tuple)) and all(isinstance(e, str) for e in v)):
+            raise SetupError(f'[diffae] {key} must list "Attribute:strength" entries, got {v!r}')
+    return [_parse_attribute(e) for e in lists["known"]], [_parse_attribute(e) for e in lists["unknown"]]
+
+
+def configure(section, base: DiffAEConfig | None = None):
+    """(apply, over_attributes) at ``base`` (None: the official settings) with the section's
+    ``inversion_steps`` / ``render_steps``; ``SetupError`` for a count that is not a DDIM step count."""
+    base = base or DEFAULT
+    steps = {k: section[k] for k in ("inversion_steps", "render_steps") if k in section}
+    for key, n in steps.items():
+        try:
+            if type(n) is not int:
+                raise ValueError("not an integer")
+            space_timesteps(base.num_train_steps, n)
+        except ValueError:
+            raise SetupError(f"[diffae] {key} must be a DDIM step count (an integer from 2 to "
+                             f"{base.num_train_steps} giving an integer stride), got {n!r}") from None
+    config = dataclasses.replace(base, **steps) if steps else base
+    return pipeline(config), over_attributes_for(config)
+
+
 DEEPFAKE = Deepfake(
     name="diffae",
     apply=edit,
@@ -326,10 +379,27 @@ DEEPFAKE = Deepfake(
     output_size=IMAGE_SIZE,
     attribute="signed strengths of the 40 CelebA attributes (40,), one-hot alpha for the official edit "
     f"(default alpha 0.3; inversion {DEFAULT.inversion_steps}, render {DEFAULT.render_steps} DDIM steps)",
+    load=load,
+    attributes=attributes,
+    configure=configure,
+    parts=PARTS,
 )
 
+
+def at_config(config: DiffAEConfig, load_fn=None, name: str = "diffae") -> Deepfake:
+    """DiffAE at ``config``'s model sizes and step counts (e.g. small test models), named ``name``.
+
+    ``load_fn``: ``(folder, seed) -> params`` instead of ``load`` at ``config``.
+    """
+    return dataclasses.replace(
+        DEEPFAKE, name=name, apply=pipeline(config), over_attributes=over_attributes_for(config),
+        output_size=(config.unet.image_size,) * 2, load=load_fn or functools.partial(load, config=config),
+        configure=functools.partial(configure, base=config))
+
+
 __all__ = [
-    "DDIMSteps", "DEEPFAKE", "DEFAULT", "DiffAEConfig", "IMAGE_SIZE", "attribute", "classifier_functional",
+    "DDIMSteps", "DEEPFAKE", "DEFAULT", "DiffAEConfig", "IMAGE_SIZE", "KNOWN", "PARTS", "UNKNOWN", "at_config",
+    "attribute", "attributes", "classifier_functional", "configure", "load",
     "classifier_logits", "ddim_loop", "ddim_step", "edit", "edit_latent", "encode", "encoder_functional",
     "inversion_schedule", "over_attributes_for", "pipeline", "preprocess", "render", "render_schedule",
     "space_timesteps", "spaced_alphas_cumprod", "stochastic_encode", "unet_functional",

@@ -23,7 +23,9 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from leat_jax.deepfakes import Deepfake, vmap_over_attributes
+from leat_jax.deepfakes import Attribute, Deepfake, vmap_over_attributes
+from leat_jax.deepfakes.parts import count, load_part
+from leat_jax.errors import SetupError
 from leat_jax.victims import icface as iv
 
 INPUT_SIZE = iv.INPUT_SIZE  # (128, 128)
@@ -68,10 +70,45 @@ def driving_vector(pose_rad, au_intensity) -> np.ndarray:
     return np.concatenate([(pose + POSE_SCALE[0]) / POSE_SCALE[1], au / AU_SCALE], axis=-1).astype(np.float32)
 
 
+# sub-folder -> the `leat-jax convert` model writing it
+PARTS = {"icface": "icface", "icface_full": "icface_full"}
+
+
+def load(folder, seed):
+    """``{"neutralizer", "generator"}`` params from ``folder`` (``PARTS``), or stand-ins of seed ``seed`` (None)."""
+    if folder is None:
+        return {"neutralizer": iv.network().init(seed), "generator": iv.network().init(seed + 1)}
+    return {"neutralizer": load_part(folder, "icface"), "generator": load_part(folder, "icface_full")}
+
+
+def driving_vectors(count: int, seed: int) -> np.ndarray:
+    """``count`` driving vectors (count, 20): head pose uniform in [-0.7, 0.7] rad per angle (the whole
+    normalised range [0, 1]), each of the 17 AU intensities active with probability 0.3, then uniform in [0, 5]."""
+    rng = np.random.default_rng(seed)
+    pose = rng.uniform(-0.7, 0.7, (count, 3))
+    au = rng.uniform(0.0, 5.0, (count, 17)) * (rng.random((count, 17)) < 0.3)
+    return driving_vector(pose, au)
+
+
+def attributes(section, folder, params, images, seed):
+    """Counts of driving vectors, default ``known = 2``, ``unknown = 2``, sampled with ``seed``
+    (the section's ``seed``, default the run's) by ``driving_vectors``."""
+    k, u = count(section, "known", 2, "icface"), count(section, "unknown", 2, "icface")
+    s = section.get("seed", seed)
+    if type(s) is not int:
+        raise SetupError(f"[icface] seed must be an integer, got {s!r}")
+    v = driving_vectors(k + u, s)
+    attrs = [Attribute(f"driving vector {i} (seed {s})", v[i]) for i in range(k + u)]
+    return attrs[:k], attrs[k:]
+
+
 DEEPFAKE = Deepfake(
     name="icface",
     apply=animate,
     over_attributes=over_attributes,
     output_size=INPUT_SIZE,
     attribute="driving frame: 20 normalised values (3 head-pose angles, 17 AU intensities)",
+    load=load,
+    attributes=attributes,
+    parts=PARTS,
 )

@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from leat_jax.deepfakes import Deepfake, vmap_over_attributes
+from leat_jax.deepfakes import Attribute, Deepfake, vmap_over_attributes
+from leat_jax.deepfakes.parts import count, load_part
+from leat_jax.errors import SetupError
 from leat_jax.victims import simswap as sv
 from leat_jax.victims.base import resize, to_unit
 
@@ -54,10 +57,53 @@ def source_identity(arcface_params, source_images):
     return sv.identity_apply(arcface_params, sv.identity_preprocess(source_images))
 
 
+# sub-folder -> the `leat-jax convert` model writing it
+PARTS = {"simswap_full": "simswap_full", "simswap_id": "simswap_id"}
+
+
+def load(folder, seed):
+    """``{"generator", "arcface"}`` params from ``folder`` (``PARTS``), or stand-ins of seed ``seed`` (None)."""
+    if folder is None:
+        return {"generator": sv.generator().init(seed), "arcface": sv.identity_victim().init_params(seed)}
+    return {"generator": load_part(folder, "simswap_full"), "arcface": load_part(folder, "simswap_id")}
+
+
+def attributes(section, folder, params, images, seed):
+    """Counts of source identities, default ``known = 2``, ``unknown = 2``.
+
+    The ArcFace identities of the first clean images of the folder, in sorted
+    order (known first); an image that is itself a source is swapped with its
+    own identity for that attribute (documented, not excluded).
+    """
+    k, u = count(section, "known", 2, "simswap"), count(section, "unknown", 2, "simswap")
+    if k + u > len(images):
+        raise SetupError(f"[simswap] {k + u} source identities asked for, but the folder has {len(images)} images")
+    ids = [np.asarray(source_identity(params["arcface"], np.asarray(im)[None]))[0] for im in images[:k + u]]
+    attrs = [Attribute(f"identity of image {i}", v) for i, v in enumerate(ids)]
+    return attrs[:k], attrs[k:]
+
+
+def _evaluation_swap(params, images, latent_id):
+    return _swap(params["generator"], images, latent_id)
+
+
+# evaluation's params hold the ArcFace too (for the attributes): the swap reads the generator's
+_EVALUATION = (jax.jit(_evaluation_swap), vmap_over_attributes(_evaluation_swap))
+
+
+def configure(section):
+    """(apply, over_attributes) on ``load``'s params (``{"generator", "arcface"}``)."""
+    return _EVALUATION
+
+
 DEEPFAKE = Deepfake(
     name="simswap",
     apply=swap,
     over_attributes=over_attributes,
     output_size=INPUT_SIZE,
     attribute="source identity: a unit ArcFace embedding latent_id (512,) from another person's face",
+    load=load,
+    attributes=attributes,
+    configure=configure,
+    parts=PARTS,
 )

@@ -22,10 +22,13 @@ clamp.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import jax
 
-from leat_jax.deepfakes import Deepfake, vmap_over_attributes
+from leat_jax.deepfakes import Attribute, Deepfake, vmap_over_attributes
+from leat_jax.deepfakes.parts import count, load_part
+from leat_jax.errors import SetupError
 from leat_jax.models.base import Functional
 from leat_jax.models.styleclip_mapper import edit as apply_edit
 from leat_jax.models.styleclip_mapper import levels_mapper
@@ -74,10 +77,57 @@ edit.__doc__ = """({"e4e", "generator"} params, faces [-1, 1] NHWC, mapper param
 
 over_attributes = vmap_over_attributes(_edit)
 
+# sub-folder -> the `leat-jax convert` model writing it
+PARTS = {"e4e": "e4e", "stylegan2": "stylegan2", "mappers/<prompt>": "styleclip_mapper"}
+
+
+def load(folder, seed):
+    """``{"e4e", "generator"}`` params from ``folder`` (``PARTS``), or stand-ins of seed ``seed`` (None)."""
+    if folder is None:
+        return {"e4e": e4e.victim().init_params(seed), "generator": generator().init(seed)}
+    return {"e4e": load_part(folder, "e4e"), "generator": load_part(folder, "stylegan2")}
+
+
+def _check_names(section, folder):
+    for key in ("known", "unknown"):
+        v = section.get(key)
+        if v is not None and not (isinstance(v, list) and all(isinstance(n, str) for n in v)):
+            raise SetupError(f"[styleclip] {key} must list mapper names (sub-folders of {Path(folder) / 'mappers'}), "
+                             f"got {v!r}")
+
+
+def attributes(section, folder, params, images, seed):
+    """Mapper prompt names (sub-folders of ``mappers/``).
+
+    Default: every mapper found, sorted, the first half (rounded up) known. On
+    stand-in weights (``folder`` None): ``known = 2``, ``unknown = 2`` stand-in
+    mappers (seeds ``seed + 1``, ...).
+    """
+    if folder is None:
+        k, u = count(section, "known", 2, "styleclip"), count(section, "unknown", 2, "styleclip")
+        stand_in = [Attribute(f"stand-in mapper {i}", mapper().init(seed + 1 + i)) for i in range(k + u)]
+        return stand_in[:k], stand_in[k:]
+    _check_names(section, folder)
+    found = sorted(p.name for p in (Path(folder) / "mappers").glob("*") if p.is_dir())
+    known, unknown = section.get("known"), section.get("unknown")
+    if known is None:
+        half = (len(found) + 1) // 2
+        known, unknown = found[:half], found[half:] if unknown is None else unknown
+    unknown = unknown or []
+    for n in [*known, *unknown]:
+        if n not in found:
+            raise SetupError(f"[styleclip] no mapper {n!r} in {Path(folder) / 'mappers'}; found: {', '.join(found)}")
+    return ([Attribute(n, load_part(Path(folder) / "mappers", n)) for n in known],
+            [Attribute(n, load_part(Path(folder) / "mappers", n)) for n in unknown])
+
+
 DEEPFAKE = Deepfake(
     name="styleclip",
     apply=edit,
     over_attributes=over_attributes,
     output_size=(OUTPUT_SIZE, OUTPUT_SIZE),
     attribute="text edit: the parameters of one StyleCLIP latent mapper (one per prompt)",
+    load=load,
+    attributes=attributes,
+    parts=PARTS,
 )
