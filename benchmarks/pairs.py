@@ -32,11 +32,27 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclasses.dataclass
 class Pair:
+    """One victim on both sides (``Pair.of`` builds one for any victim, e.g. a new one's)."""
+
     name: str
     victim: Victim
     params: Any
     torch_encoder: Callable[[torch.Tensor], torch.Tensor]  # [-1, 1] NCHW, any size -> latent
     torch_module: torch.nn.Module
+
+    @classmethod
+    def of(cls, name: str, victim: Victim, params, module: torch.nn.Module, official: Callable,
+           preprocess: Callable) -> "Pair":
+        """The pair of ``victim`` (with ``params``) and torch ``module`` (frozen, eval mode).
+
+        Args:
+          official: official input -> latent, on the torch side.
+          preprocess: [-1, 1] NCHW, any size -> official input.
+        """
+        module.eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        return cls(name, victim, params, lambda x: official(preprocess(x)), module)
 
 
 def _resize(x: torch.Tensor, size) -> torch.Tensor:
@@ -46,53 +62,89 @@ def _resize(x: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
 
 
-def _torch_module(name: str, sd: dict, extra: dict) -> tuple[torch.nn.Module, Callable]:
-    """(module, official-input -> latent) of the torch reference."""
-    t = {k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}
-    if name == "e4e":
-        from benchmarks.reference.e4e import build
+def _e4e(sd: dict, extra: dict) -> tuple[torch.nn.Module, Callable]:
+    from benchmarks.reference.e4e import build as build_e4e
 
-        net = build(sd, extra["latent_avg"])
-        return net, net
-    if name == "diffae":
-        from benchmarks.reference.diffae import from_state_dict
-
-        net = from_state_dict(sd)
-        return net, net
-    if name == "simswap_id":
-        from benchmarks.reference import simswap as ref
-
-        net = ref.load(ref.ArcFaceResNet(), sd)
-        return net, lambda x: ref.identity_embedding(net, x)
-    if name == "simswap_G":
-        from benchmarks.reference import simswap as ref
-
-        prefixes = ("first_layer.", "down1.", "down2.", "down3.")
-        net = ref.load(ref.GeneratorEncoder(), {k: v for k, v in sd.items() if k.startswith(prefixes)})
-        return net, net
-    if name == "icface":
-        from benchmarks.reference.icface import icface_generator
-        from leat_jax.victims.icface import NEUTRAL_ATTR
-
-        net = icface_generator()
-        net.load_state_dict(t, strict=True)
-        attr = torch.from_numpy(np.array(NEUTRAL_ATTR))
-        return net.eval(), lambda x: net(x, attr)
-    raise KeyError(name)
+    net = build_e4e(sd, extra["latent_avg"])
+    return net, net
 
 
-def _torch_preprocess(name: str, victim: Victim) -> Callable[[torch.Tensor], torch.Tensor]:
-    size = victim.input_size
-    if name == "simswap_id":
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        return lambda x: ((_resize(x, size) + 1) * 0.5 - mean) / std
-    if name == "simswap_G":
-        return lambda x: (_resize(x, size) + 1) * 0.5
+def _diffae(sd: dict, extra: dict) -> tuple[torch.nn.Module, Callable]:
+    from benchmarks.reference.diffae import from_state_dict
+
+    net = from_state_dict(sd)
+    return net, net
+
+
+def _simswap_id(sd: dict, extra: dict) -> tuple[torch.nn.Module, Callable]:
+    from benchmarks.reference import simswap as ref
+
+    net = ref.load(ref.ArcFaceResNet(), sd)
+    return net, lambda x: ref.identity_embedding(net, x)
+
+
+def _simswap_g(sd: dict, extra: dict) -> tuple[torch.nn.Module, Callable]:
+    from benchmarks.reference import simswap as ref
+
+    prefixes = ("first_layer.", "down1.", "down2.", "down3.")
+    net = ref.load(ref.GeneratorEncoder(), {k: v for k, v in sd.items() if k.startswith(prefixes)})
+    return net, net
+
+
+def _icface(sd: dict, extra: dict) -> tuple[torch.nn.Module, Callable]:
+    from benchmarks.reference.icface import icface_generator
+    from leat_jax.victims.icface import NEUTRAL_ATTR
+
+    net = icface_generator()
+    net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, strict=True)
+    attr = torch.from_numpy(np.array(NEUTRAL_ATTR))
+    return net.eval(), lambda x: net(x, attr)
+
+
+def resize_only(size) -> Callable[[torch.Tensor], torch.Tensor]:
+    """[-1, 1] NCHW -> the official input of a victim that takes [-1, 1] at ``size``."""
     return lambda x: _resize(x, size)
 
 
+def imagenet_input(size) -> Callable[[torch.Tensor], torch.Tensor]:
+    """[-1, 1] NCHW -> ImageNet-normalised at ``size`` (SimSwap's ArcFace)."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return lambda x: ((_resize(x, size) + 1) * 0.5 - mean) / std
+
+
+def unit_input(size) -> Callable[[torch.Tensor], torch.Tensor]:
+    """[-1, 1] NCHW -> [0, 1] at ``size`` (SimSwap's generator)."""
+    return lambda x: (_resize(x, size) + 1) * 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """The torch side of a victim.
+
+    module: ``(state_dict, extra) -> (torch module, official input -> latent)``
+      (``extra``: the golden layout's extra tensors, e.g. e4e's latent_avg).
+    preprocess: ``input size -> ([-1, 1] NCHW, any size -> official input)``.
+    """
+
+    module: Callable[[dict, dict], tuple[torch.nn.Module, Callable]]
+    preprocess: Callable[[tuple[int, int]], Callable[[torch.Tensor], torch.Tensor]]
+
+
+# One entry per name of the victims registry (tests/test_registries.py checks it).
+REFERENCES: dict[str, Reference] = {
+    "e4e": Reference(_e4e, resize_only),
+    "diffae": Reference(_diffae, resize_only),
+    "simswap_id": Reference(_simswap_id, imagenet_input),
+    "simswap_G": Reference(_simswap_g, unit_input),
+    "icface": Reference(_icface, resize_only),
+}
+
+
 def build(name: str, seed: int = 0, workdir=None) -> Pair:
+    """The pair of the registry's victim ``name`` on the golden recipe's weights of ``seed``."""
+    if name not in REFERENCES:
+        raise KeyError(f"no torch reference for victim {name!r}; known: {', '.join(REFERENCES)}")
     layout = json.loads((GOLDEN_DIR / name / "layout.json").read_text())
     sup = golden_cases.support(name)
     r = recipe()
@@ -104,9 +156,6 @@ def build(name: str, seed: int = 0, workdir=None) -> Pair:
         light(src, layout, seed) if light else sup.write_checkpoint(src, layout, seed, {})
         converters.convert(name, src, Path(tmp) / "flax")
         victim, params = victim_registry.load(name, Path(tmp) / "flax")
-    module, official = _torch_module(name, sd, extra)
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    pre = _torch_preprocess(name, victim)
-    return Pair(name, victim, params, lambda x: official(pre(x)), module)
+    ref = REFERENCES[name]
+    module, official = ref.module(sd, extra)
+    return Pair.of(name, victim, params, module, official, ref.preprocess(victim.input_size))

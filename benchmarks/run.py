@@ -35,12 +35,13 @@ from benchmarks.reference.attack import TorchAttackConfig
 from benchmarks.reference.attack import attack as torch_attack
 from benchmarks.reference.attack import direction as torch_direction
 from benchmarks.timing import alternate, clock, matmul_peak_flops
-from leat_jax import xla_cpu
+from leat_jax import parallel, xla_cpu
+from leat_jax import victims as victim_registry
 from leat_jax.attack import AttackConfig, clean_latents, ensemble_direction, image_key, make_attack, prepared
 from leat_jax.attack import run as jax_run
 
 HERE = Path(__file__).resolve().parent
-ALL = ("e4e", "diffae", "simswap_id", "simswap_G", "icface")
+ALL = victim_registry.NAMES
 RESULTS_BEGIN = "<!-- BEGIN measured: written by python -m benchmarks.run -->"
 RESULTS_END = "<!-- END measured -->"
 
@@ -135,8 +136,11 @@ def cosine(d_jax, d_torch) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def per_victim(pair, batch: int, repeats: int, config: AttackConfig, with_compile: bool, warmup: int = 1) -> dict:
-    x = sample_images(batch)
+def per_victim(pair, batch: int, repeats: int, config: AttackConfig, with_compile: bool, warmup: int = 1,
+               image_size: int = 256) -> dict:
+    """One attack iteration (forward + input gradient) of one victim, both frameworks, same start: timings,
+    XLA's FLOP counts, compile times and the two directions' cosine, on ``batch`` sample faces of ``image_size``."""
+    x = sample_images(batch, image_size)
     eta = random_start(x, np.arange(batch), 0, config.eps)
     victims = (pair.victim,)
     params = jax_prepare(victims, config, (pair.params,))
@@ -319,18 +323,18 @@ def device_sweep(names, counts, batch: int, iterations: int) -> dict:
     """Images/s of the sharded attack with N forced host devices (one child process each)."""
     out = {}
     for n in counts:
-        env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"}
+        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
+        env = {**os.environ, "XLA_FLAGS": flags}
         cmd = [sys.executable, "-m", "benchmarks.run", "--device-probe", str(n), "--victims", ",".join(names),
                "--probe-batch", str(batch), "--probe-iterations", str(iterations)]
         proc = subprocess.run(cmd, cwd=HERE.parent, env=env, capture_output=True, text=True)
-        line = [l for l in proc.stdout.splitlines() if l.startswith("PROBE ")]
+        line = [text for text in proc.stdout.splitlines() if text.startswith("PROBE ")]
         out[str(n)] = json.loads(line[-1][6:]) if line else {"error": proc.stderr[-500:]}
     return out
 
 
-def _device_probe(n: int, names, batch: int, iterations: int) -> None:
-    from leat_jax import parallel
-
+def device_probe(n: int, names, batch: int, iterations: int) -> None:
+    """The child of ``device_sweep``: prints one PROBE line of JSON."""
     ps = [pairs_mod.build(name) for name in names]
     victims = tuple(p.victim for p in ps)
     cfg = AttackConfig(iterations=iterations)
@@ -415,14 +419,16 @@ def write_results_md(res: dict, path: Path) -> None:
              f"{peak / 1e9:.0f} GFLOP/s.", "",
              "Per victim, one attack iteration (forward + input gradient), seconds per image "
              f"(batch {res['per_victim_batch']}):", "",
-             "| victim | GFLOP/img | leat-jax | torch eager | torch.compile | jax speed vs eager (vs compile) | jax GFLOP/s (% peak) | jax compile s | direction cosine |",
+             "| victim | GFLOP/img | leat-jax | torch eager | torch.compile | jax speed vs eager (vs compile) "
+             "| jax GFLOP/s (% peak) | jax compile s | direction cosine |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in res["per_victim"].items():
         tc = r["torch_compile_s_per_image"]
         vs_compile = "" if tc is None else f" ({tc / r['jax_s_per_image']:.2f}x)"
         lines.append(
-            f"| {name} | {r['flops_per_image'] / 1e9:.1f} | {r['jax_s_per_image']:.3f} | {r['torch_eager_s_per_image']:.3f} | "
-            f"{'n/a' if tc is None else f'{tc:.3f}'} | {r['torch_eager_s_per_image'] / r['jax_s_per_image']:.2f}x{vs_compile} | "
+            f"| {name} | {r['flops_per_image'] / 1e9:.1f} | {r['jax_s_per_image']:.3f} | "
+            f"{r['torch_eager_s_per_image']:.3f} | {'n/a' if tc is None else f'{tc:.3f}'} | "
+            f"{r['torch_eager_s_per_image'] / r['jax_s_per_image']:.2f}x{vs_compile} | "
             f"{r['jax_flops_per_s'] / 1e9:.0f} ({100 * r['jax_flops_per_s'] / peak:.0f}%) | {r['jax_compile_s']:.1f} | "
             f"{r['direction_cosine']:.6f} |")
 
@@ -440,7 +446,8 @@ def write_results_md(res: dict, path: Path) -> None:
               "once per run (apart).", ""]
     if res.get("batch_sweep"):
         lines += [f"Batch sweep ({res.get('batch_sweep_of', 'ensemble')}; images/s): " + "; ".join(
-            f"{fw}: " + ", ".join(f"b{b} {v:.4f}" for b, v in s.items() if v) for fw, s in res["batch_sweep"].items()), ""]
+            f"{fw}: " + ", ".join(f"b{b} {v:.4f}" for b, v in s.items() if v)
+            for fw, s in res["batch_sweep"].items()), ""]
     if res.get("device_sweep"):
         lines += ["Forced host devices (ensemble images/s): " + ", ".join(
             f"{n}: {v.get('images_per_s', float('nan')):.4f}" for n, v in res["device_sweep"].items()), ""]
@@ -453,7 +460,8 @@ def write_results_md(res: dict, path: Path) -> None:
     if bf:
         lines += [f"bf16 compute ({', '.join(bf['victims'])}; T = {bf['iterations']}, batch 2): "
                   f"{bf['bfloat16_images_per_s']:.4f} vs {bf['float32_images_per_s']:.4f} images/s (float32); "
-                  "final latent distance bf16/f32: " + ", ".join(f"{k} {v:.3f}" for k, v in bf["dist_end_ratio_bf16_over_f32"].items()), ""]
+                  "final latent distance bf16/f32: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in bf["dist_end_ratio_bf16_over_f32"].items()), ""]
     lines += [f"Peak RSS of the run: {res['peak_rss_bytes'] / 2**30:.1f} GiB.", "", RESULTS_END]
     block = "\n".join(lines)
     text = path.read_text() if path.exists() else "# Benchmark results\n\n" + RESULTS_BEGIN + "\n" + RESULTS_END + "\n"
@@ -466,13 +474,13 @@ def write_results_md(res: dict, path: Path) -> None:
     path.write_text(text)
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a run under ~5 minutes on 2 CPU cores")
     ap.add_argument("--json", default=str(HERE / "results.json"), help="where to write the JSON results")
     ap.add_argument("--results-md", default=str(HERE / "RESULTS.md"))
     ap.add_argument("--plot", default=str(HERE / "throughput_vs_batch.png"))
-    ap.add_argument("--victims", default=",".join(ALL))
+    ap.add_argument("--victims", default=",".join(ALL), help=f"comma-separated (default all: {', '.join(ALL)})")
     ap.add_argument("--iterations", type=int, help="T for the ensemble run (default 50; --quick 1)")
     ap.add_argument("--batch", type=int, help="ensemble batch size (default 2; --quick 1)")
     ap.add_argument("--batch-sizes", help="batch sweep, e.g. 1,2,4")
@@ -482,109 +490,194 @@ def main(argv=None) -> int:
     ap.add_argument("--device-probe", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--probe-batch", type=int, default=2, help=argparse.SUPPRESS)
     ap.add_argument("--probe-iterations", type=int, default=1, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    xla_cpu.cpu_flags()  # what the CLI runs with (before any computation)
-    names = [n for n in args.victims.split(",") if n]
-    if args.device_probe:
-        _device_probe(args.device_probe, names, args.probe_batch, args.probe_iterations)
-        return 0
-    quick = args.quick
-    # --quick (under 5 minutes on 2 cores): one warm-up and one timed run per
-    # measurement (a compiled program's first call is up to 2.5x slower), the
-    # ensemble at T = 1, batch 1; the batch sweep on SimSwap's generator
-    # encoder alone; the cross-check from the timed runs; bf16 on that encoder
-    # only; no device sweep, no torch.compile. Compilation dominates the run.
-    T = args.iterations or (1 if quick else 50)
-    batch = args.batch or (1 if quick else 2)
-    repeats = args.repeats or (1 if quick else 3)
-    sweep = [int(b) for b in (args.batch_sizes or ("1,2,4" if quick else "1,2,4")).split(",")]
-    devices = [int(n) for n in (args.devices or ("" if quick else "1,2")).split(",") if n]
-    with_compile = not args.no_torch_compile and not quick
-    config = AttackConfig()
+    return ap
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a run measures.
+
+    --quick (under 5 minutes on 2 cores): one warm-up and one timed run per
+    measurement (a compiled program's first call is up to 2.5x slower), the
+    ensemble at T = 1, batch 1; the batch sweep on SimSwap's generator encoder
+    alone; the cross-check from the timed runs; bf16 on that encoder only; no
+    device sweep, no torch.compile. Compilation dominates the run.
+    """
+
+    names: tuple[str, ...]
+    quick: bool
+    iterations: int
+    batch: int
+    repeats: int
+    sweep: tuple[int, ...]
+    devices: tuple[int, ...]
+    with_compile: bool
+    config: AttackConfig = AttackConfig()
+
+    @classmethod
+    def of(cls, args) -> "Plan":
+        quick = args.quick
+        return cls(
+            names=tuple(n for n in args.victims.split(",") if n), quick=quick,
+            iterations=args.iterations or (1 if quick else 50), batch=args.batch or (1 if quick else 2),
+            repeats=args.repeats or (1 if quick else 3),
+            sweep=tuple(int(b) for b in (args.batch_sizes or "1,2,4").split(",")),
+            devices=tuple(int(n) for n in (args.devices or ("" if quick else "1,2")).split(",") if n),
+            with_compile=not args.no_torch_compile and not quick)
+
+
+class Log:
+    """The results so far, saved as JSON after every stage (a run stopped late keeps what it measured)."""
+
+    def __init__(self, path: Path, res: dict):
+        self.path, self.res, self.started = path, res, time.perf_counter()
+
+    def say(self, msg: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')} +{time.perf_counter() - self.started:.0f}s] {msg}", flush=True)
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps(self.res, indent=2, default=float) + "\n")
+
+
+def setup_torch() -> None:
     torch.set_grad_enabled(True)
     # Every victim's encoder is a closure of one code object: without room
     # for more recompilations, dynamo falls back to eager after eight.
     torch._dynamo.config.recompile_limit = 256
     torch._dynamo.config.accumulated_recompile_limit = 1024
-    started = time.perf_counter()
 
-    def save(partial: dict) -> None:
-        """The JSON so far, after every stage: a run stopped late keeps what it measured."""
-        Path(args.json).write_text(json.dumps(partial, indent=2, default=float) + "\n")
 
-    def say(msg):
-        print(f"[bench {time.strftime('%H:%M:%S')} +{time.perf_counter() - started:.0f}s] {msg}", flush=True)
+def measure_machine(log: Log) -> None:
+    log.res["machine"] = {**machine_info(), **matmul_peak_flops()}
+    log.say(f"matmul peak {log.res['machine']['matmul_peak_flops'] / 1e9:.0f} GFLOP/s")
 
-    res: dict = {"command": "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
-                 "date": time.strftime("%Y-%m-%d %H:%M"), "victims": names, "per_victim_batch": 1, "quick": quick}
-    res["machine"] = machine_info()
-    res["machine"].update(matmul_peak_flops())
-    say(f"matmul peak {res['machine']['matmul_peak_flops'] / 1e9:.0f} GFLOP/s")
-    if devices:
-        # First, while this process holds no network: each child builds every
-        # network itself, and two full sets do not fit in 24 GiB (a parent
-        # holding its own was killed for memory during this sweep, twice).
-        say(f"device sweep {devices} (one child process each)")
-        res["device_sweep"] = device_sweep(names, devices, max(devices), 1)
-        save(res)
-    ps = []
+
+def measure_device_sweep(plan: Plan, log: Log) -> None:
+    # First, while this process holds no network: each child builds every
+    # network itself, and two full sets do not fit in 24 GiB (a parent
+    # holding its own was killed for memory during this sweep, twice).
+    log.say(f"device sweep {list(plan.devices)} (one child process each)")
+    log.res["device_sweep"] = device_sweep(plan.names, plan.devices, max(plan.devices), 1)
+    log.save()
+
+
+def build_pairs(names, log: Log) -> list:
+    out = []
     for name in names:
-        say(f"building {name} (recipe weights -> official file -> converter; torch reference)")
-        ps.append(pairs_mod.build(name))
-    res["per_victim"] = {}
+        log.say(f"building {name} (recipe weights -> official file -> converter; torch reference)")
+        out.append(pairs_mod.build(name))
+    return out
+
+
+def per_victim_line(name: str, r: dict) -> str:
+    """One victim's per-victim measurement (``per_victim``'s result), in words."""
+    tc = r["torch_compile_s_per_image"]
+    return (f"{name}: jax {r['jax_s_per_image']:.3f} s/img, torch eager {r['torch_eager_s_per_image']:.3f} s/img, "
+            + (f"torch.compile {tc:.3f} s/img, " if tc else "")
+            + f"{(r['flops_per_image'] or 0) / 1e9:.1f} GFLOP, direction cosine {r['direction_cosine']:.6f}")
+
+
+def measure_per_victim(ps, plan: Plan, log: Log) -> None:
+    log.res["per_victim"] = {}
     for p in ps:
-        r = per_victim(p, 1, repeats, config, with_compile)
-        res["per_victim"][p.name] = r
-        tc = r["torch_compile_s_per_image"]
-        say(f"{p.name}: jax {r['jax_s_per_image']:.3f} s/img, torch eager {r['torch_eager_s_per_image']:.3f} s/img, "
-            + (f"torch.compile {tc:.3f} s/img, " if tc else "") +
-            f"{(r['flops_per_image'] or 0) / 1e9:.1f} GFLOP, direction cosine {r['direction_cosine']:.6f}")
-    save(res)
-    flops_sum = sum(r["flops_per_image"] for r in res["per_victim"].values()) if quick else None
-    fwd_sum = sum(r["forward_flops_per_image"] for r in res["per_victim"].values()) if quick else None
-    res["ensemble"] = ensemble(ps, batch, T, max(1, repeats - 1) if T > 10 else repeats, config, with_compile,
-                               flops_per_image_iteration=flops_sum, forward_flops_per_image=fwd_sum)
-    tc = res["ensemble"]["torch_compile_images_per_s"]
-    say(f"ensemble T={T} b={batch}: jax {res['ensemble']['jax_images_per_s']:.4f} img/s, "
-        f"torch eager {res['ensemble']['torch_eager_images_per_s']:.4f} img/s"
-        + (f", torch.compile {tc:.4f} img/s" if tc else ""))
-    save(res)
+        r = per_victim(p, 1, plan.repeats, plan.config, plan.with_compile)
+        log.res["per_victim"][p.name] = r
+        log.say(per_victim_line(p.name, r))
+    log.save()
+
+
+def measure_ensemble(ps, plan: Plan, log: Log) -> None:
+    per = log.res["per_victim"].values()
+    # the quick run takes XLA's counts from the per-victim programs instead of compiling more
+    flops_sum = sum(r["flops_per_image"] for r in per) if plan.quick else None
+    fwd_sum = sum(r["forward_flops_per_image"] for r in per) if plan.quick else None
+    T = plan.iterations
+    ens = ensemble(ps, plan.batch, T, max(1, plan.repeats - 1) if T > 10 else plan.repeats, plan.config,
+                   plan.with_compile, flops_per_image_iteration=flops_sum, forward_flops_per_image=fwd_sum)
+    log.res["ensemble"] = ens
+    tc = ens["torch_compile_images_per_s"]
+    log.say(f"ensemble T={T} b={plan.batch}: jax {ens['jax_images_per_s']:.4f} img/s, "
+            f"torch eager {ens['torch_eager_images_per_s']:.4f} img/s"
+            + (f", torch.compile {tc:.4f} img/s" if tc else ""))
+    log.save()
+
+
+def batch_point(ps, b: int, plan: Plan, res: dict, small) -> dict:
+    """Images/s per framework at batch ``b``: ``small``'s one iteration, else the ensemble's T = 1."""
+    if small:
+        r = per_victim(small, b, plan.repeats, plan.config, False)
+        return {"jax": 1 / r["jax_s_per_image"], "torch_eager": 1 / r["torch_eager_s_per_image"]}
+    same = plan.iterations == 1 and b == plan.batch
+    r = res["ensemble"] if same else ensemble(ps, b, 1, plan.repeats, plan.config, False)
+    return {"jax": r["jax_images_per_s"], "torch_eager": r["torch_eager_images_per_s"]}
+
+
+def measure_batch_sweep(ps, plan: Plan, log: Log) -> None:
+    res = log.res
     res["batch_sweep"] = {"jax": {}, "torch_eager": {}}
-    small = [p for p in ps if p.name == "simswap_G"] if quick else []
+    small = next((p for p in ps if p.name == "simswap_G"), None) if plan.quick else None
     res["batch_sweep_of"] = "simswap_G, one iteration" if small else "the ensemble, T = 1"
-    for b in sweep:
-        if small:
-            r = per_victim(small[0], b, repeats, config, False)
-            ips = {"jax": 1 / r["jax_s_per_image"], "torch_eager": 1 / r["torch_eager_s_per_image"]}
-        else:
-            r = res["ensemble"] if (T == 1 and b == batch) else ensemble(ps, b, 1, repeats, config, False)
-            ips = {"jax": r["jax_images_per_s"], "torch_eager": r["torch_eager_images_per_s"]}
+    for b in plan.sweep:
+        ips = batch_point(ps, b, plan, res, small)
         for fw, v in ips.items():
             res["batch_sweep"][fw][str(b)] = v
-        say(f"batch {b} ({res['batch_sweep_of']}): jax {ips['jax']:.4f}, torch eager {ips['torch_eager']:.4f} img/s")
-    save(res)
-    if quick:
-        # The quick run's cross-check comes from the runs above: per-victim
-        # direction cosines (the ensemble's direction is their normalised sum)
-        # and the ensemble's final distances.
-        ens = res["ensemble"]
-        res["crosscheck"] = {
-            "first_direction_cosine": min(r["direction_cosine"] for r in res["per_victim"].values()),
-            "direction_cosine_per_victim": {k: r["direction_cosine"] for k, r in res["per_victim"].items()},
+        log.say(f"batch {b} ({res['batch_sweep_of']}): jax {ips['jax']:.4f}, "
+                f"torch eager {ips['torch_eager']:.4f} img/s")
+    log.save()
+
+
+def quick_crosscheck(res: dict) -> dict:
+    """The quick run's cross-check, from the runs already made: per-victim direction cosines (the
+    ensemble's direction is their normalised sum) and the ensemble's final distances."""
+    ens, per = res["ensemble"], res["per_victim"]
+    return {"first_direction_cosine": min(r["direction_cosine"] for r in per.values()),
+            "direction_cosine_per_victim": {k: r["direction_cosine"] for k, r in per.items()},
             "iterations": ens["iterations"], "dist_end_jax": ens["dist_end_jax"],
             "dist_end_torch": ens["dist_end_torch"], "dist_end_rel_diff": ens["dist_end_rel_diff"]}
-    else:
-        res["crosscheck"] = crosscheck(ps, 10, config)
-    say(f"cross-check: cosine {res['crosscheck']['first_direction_cosine']:.6f}")
-    bf_pairs = [p for p in ps if p.name == "simswap_G"] if quick else ps
-    if bf_pairs:
-        res["bf16"] = bf16_effect(bf_pairs, 2 if quick else min(T, 10), config)
-        say(f"bf16: {res['bf16']['dist_end_ratio_bf16_over_f32']}")
-    res["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    save(res)
-    write_results_md(res, Path(args.results_md))
-    plot(res["batch_sweep"], Path(args.plot), res["batch_sweep_of"])
-    say(f"wrote {args.json}, {args.results_md}, {args.plot}")
+
+
+def measure_crosscheck(ps, plan: Plan, log: Log) -> None:
+    log.res["crosscheck"] = quick_crosscheck(log.res) if plan.quick else crosscheck(ps, 10, plan.config)
+    log.say(f"cross-check: cosine {log.res['crosscheck']['first_direction_cosine']:.6f}")
+
+
+def measure_bf16(ps, plan: Plan, log: Log) -> None:
+    chosen = [p for p in ps if p.name == "simswap_G"] if plan.quick else ps
+    if chosen:
+        log.res["bf16"] = bf16_effect(chosen, 2 if plan.quick else min(plan.iterations, 10), plan.config)
+        log.say(f"bf16: {log.res['bf16']['dist_end_ratio_bf16_over_f32']}")
+
+
+def write_outputs(args, log: Log) -> None:
+    log.res["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    log.save()
+    write_results_md(log.res, Path(args.results_md))
+    plot(log.res["batch_sweep"], Path(args.plot), log.res["batch_sweep_of"])
+    log.say(f"wrote {args.json}, {args.results_md}, {args.plot}")
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    xla_cpu.cpu_flags()  # what the CLI runs with (before any computation)
+    plan = Plan.of(args)
+    if args.device_probe:
+        device_probe(args.device_probe, plan.names, args.probe_batch, args.probe_iterations)
+        return 0
+    setup_torch()
+    log = Log(Path(args.json), {
+        "command": "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M"), "victims": list(plan.names), "per_victim_batch": 1,
+        "quick": plan.quick})
+    measure_machine(log)
+    if plan.devices:
+        measure_device_sweep(plan, log)
+    ps = build_pairs(plan.names, log)
+    measure_per_victim(ps, plan, log)
+    measure_ensemble(ps, plan, log)
+    measure_batch_sweep(ps, plan, log)
+    measure_crosscheck(ps, plan, log)
+    measure_bf16(ps, plan, log)
+    write_outputs(args, log)
     return 0
 
 
