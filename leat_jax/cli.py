@@ -38,8 +38,16 @@ def _attack_defaults():
     return AttackConfig(), ENSEMBLES, COMPUTE_DTYPES
 
 
+def _names() -> tuple[str, str]:
+    # The registries' names, for the help texts (both registries import their members lazily).
+    from leat_jax import deepfakes, victims
+
+    return ", ".join(victims.NAMES), ", ".join(deepfakes.NAMES)
+
+
 def _add_immunize(sub) -> None:
     d, ensembles, dtypes = _attack_defaults()
+    victim_names, _ = _names()
     p = sub.add_parser(
         "immunize",
         help="protect every image under SRC, writing each to the same relative path under DST",
@@ -67,7 +75,8 @@ def _add_immunize(sub) -> None:
                         "photos: faces are found and each victim attacked through its own official crop of each "
                         "face; only those pixels change, a photo without a face is written unchanged")
     g = p.add_argument_group("victims")
-    g.add_argument("--victims", metavar="NAME=DIR,...", help="victims and their converted checkpoints")
+    g.add_argument("--victims", metavar="NAME=DIR,...",
+                   help=f"victims and their converted checkpoints (NAME: {victim_names})")
     g.add_argument("--config", metavar="FILE.toml", help="settings file ([victims], [attack], run settings)")
     g.add_argument("--stand-in-weights", action="store_true", default=None,
                    help="allow bare victim names: random weights of the real architectures (no protection; "
@@ -100,13 +109,15 @@ def _add_immunize(sub) -> None:
 
 
 def _add_convert(sub) -> None:
+    victim_names, pipeline_names = _names()
     p = sub.add_parser(
         "convert",
         help="convert an official PyTorch checkpoint into a leat-jax weights folder",
         description="Convert the official checkpoint SRC of network MODEL into the folder DST (replaced if present).",
     )
-    p.add_argument("model", metavar="MODEL", help="a victim (e4e, diffae, simswap_id, simswap_G, icface), a "
-                   "pipeline network (stylegan2, styleclip_mapper, simswap_full, icface_full, ...) or mtcnn")
+    p.add_argument("model", metavar="MODEL", help=f"a victim ({victim_names}), a network of an evaluation "
+                   f"pipeline ({pipeline_names}: each one's PARTS in leat_jax/deepfakes/NAME.py names them, "
+                   "e.g. stylegan2) or mtcnn")
     p.add_argument("src", metavar="SRC", help="the official checkpoint file (mtcnn: the facenet-pytorch 2.6.0 wheel "
                    "or a folder with its pnet.pt, rnet.pt, onet.pt)")
     p.add_argument("dst", metavar="DST", help="the folder to write")
@@ -114,6 +125,7 @@ def _add_convert(sub) -> None:
 
 
 def _add_evaluate(sub) -> None:
+    _, pipeline_names = _names()
     p = sub.add_parser(
         "evaluate",
         help="measure how much protected images disrupt deepfake pipelines (DSR, PSNR, SSIM)",
@@ -124,10 +136,11 @@ def _add_evaluate(sub) -> None:
             "Exit code 0: done; 2: could not start."
         ),
         epilog=(
-            "Pipelines: --pipelines styleclip=DIR,simswap=DIR,... (folders of converted networks; see "
-            "leat_jax.pipeline.attributes), or bare names with --stand-in-weights (random weights: the numbers "
-            "mean nothing). LEAT_EXTRA_DEEPFAKES=module:function[,...] adds pipelines (a function returning "
-            "{name: EvalPipeline}), for tests and experiments."
+            f"Pipelines: --pipelines NAME=DIR,... with NAME among {pipeline_names} (folders of converted "
+            "networks, in the sub-folders each pipeline's PARTS in leat_jax/deepfakes/NAME.py names), or bare "
+            "names with --stand-in-weights (random weights: the numbers mean nothing). "
+            "LEAT_EXTRA_DEEPFAKES=module:function[,...] adds pipelines (a function returning "
+            "{name: Deepfake}), for tests and experiments."
         ),
     )
     p.add_argument("clean", metavar="CLEAN_DIR", help="the original images")
