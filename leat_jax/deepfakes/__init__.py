@@ -29,14 +29,14 @@ import importlib
 from typing import Any, Callable, Mapping
 
 # name -> (module, attribute holding its ``Deepfake``)
-_REGISTRY: dict[str, tuple[str, str]] = {
+REGISTRY: dict[str, tuple[str, str]] = {
     "styleclip": ("leat_jax.deepfakes.styleclip", "DEEPFAKE"),
     "simswap": ("leat_jax.deepfakes.simswap", "DEEPFAKE"),
     "icface": ("leat_jax.deepfakes.icface", "DEEPFAKE"),
     "diffae": ("leat_jax.deepfakes.diffae", "DEEPFAKE"),
 }
 
-NAMES: tuple[str, ...] = tuple(_REGISTRY)
+NAMES: tuple[str, ...] = tuple(REGISTRY)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,10 +102,10 @@ class UnknownDeepfakeError(ValueError):
 @functools.cache
 def get(name: str) -> Deepfake:
     """The pipeline registered under ``name``."""
-    if name not in _REGISTRY:
+    if name not in REGISTRY:
         raise UnknownDeepfakeError(f"unknown deepfake pipeline {name!r}; known: {', '.join(NAMES)}")
-    module, attr = _REGISTRY[name]
+    module, attr = REGISTRY[name]
     return getattr(importlib.import_module(module), attr)
 
 
-__all__ = ["Attribute", "Deepfake", "NAMES", "UnknownDeepfakeError", "get", "vmap_over_attributes"]
+__all__ = ["Attribute", "Deepfake", "NAMES", "REGISTRY", "UnknownDeepfakeError", "get", "vmap_over_attributes"]
