@@ -142,7 +142,8 @@ def _patches(x, k_hw, strides, pads):
     """(N, Ho, Wo, kh * kw * C): every window, taps in HWI order (the kernel's reshape order)."""
     ho, wo = _out_hw(x.shape[1:3], k_hw, strides, pads)
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    return jnp.concatenate([xp[:, i:i + (ho - 1) * strides[0] + 1:strides[0], j:j + (wo - 1) * strides[1] + 1:strides[1]]
+    rows, cols = (ho - 1) * strides[0] + 1, (wo - 1) * strides[1] + 1
+    return jnp.concatenate([xp[:, i:i + rows:strides[0], j:j + cols:strides[1]]
                             for i in range(k_hw[0]) for j in range(k_hw[1])], axis=-1)
 
 

@@ -44,14 +44,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from leat_jax.models.layers import Buffer
+
 _NHWC = ("NHWC", "HWIO", "NHWC")
 SQRT2 = math.sqrt(2.0)
 # make_kernel([1, 3, 3, 1]) * 4 is outer(K1, K1): the 1-D factor, gain 2 per axis.
 FIR_1D = (0.25, 0.75, 0.75, 0.25)
-
-
-class Buffer(nnx.Variable):
-    """A stored, untrained tensor (the fixed noise maps)."""
 
 
 @dataclasses.dataclass(frozen=True)
