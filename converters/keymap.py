@@ -79,10 +79,6 @@ def _child(node, part: str):
     return None
 
 
-def _key(node, part: str):
-    return int(part) if part.isdigit() and int(part) in node else part
-
-
 def convert_state_dict(
     state_dict: Mapping[str, np.ndarray],
     template,
