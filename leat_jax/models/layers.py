@@ -87,9 +87,9 @@ def group_norm(num_groups: int, num_channels: int, eps: float = 1e-5, *, rngs: n
     """``torch.nn.GroupNorm`` (eps 1e-5, where Flax defaults to 1e-6).
 
     Two-pass variance, as torch computes it: Flax's fast E[x^2] - E[x]^2
-    loses digits on activations with a large mean (measured on DiffAE).
+    loses digits on activations with a large mean (DiffAE's).
     ``norms.GroupNorm`` rather than ``nnx.GroupNorm``: same parameters, its
-    statistics as matrix products (2-3x faster on CPU, ``models.norms``).
+    statistics as matrix products (faster on CPU, ``models.norms``).
     """
     return norms.GroupNorm(num_channels, num_groups, eps, rngs=rngs)
 
