@@ -78,7 +78,7 @@ def nchw(a) -> torch.Tensor:
 # ----------------------------------------------------------------------------- jax side
 
 def jax_prepare(victims, config, params):
-    """The parameters as the attack's loop sees them: cast, weight-only work done once (``attack.prepare``).
+    """The parameters as the attack's loop sees them: cast, weight-only work done once (``attack.prepared``).
 
     Timing one iteration on these measures what each of the T iterations
     costs inside the attack, where that work sits outside the loop.

@@ -13,7 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
-from converters.keymap import ConversionError, convert_state_dict
+from converters.keymap import ConversionError, convert_state_dict, strip_module_prefix
 from converters.torch_io import Stub
 
 ENCODER_PREFIX = "encoder."
@@ -35,10 +35,7 @@ def _state_dict(ckpt, source: str) -> Mapping[str, np.ndarray]:
     sd = ckpt.get("state_dict", ckpt)  # the official loader also accepts a bare pSp state_dict
     if not isinstance(sd, Mapping):
         raise ConversionError(f"{source}: 'state_dict' is a {type(sd).__name__}, not a mapping")
-    keys = [k for k in sd if isinstance(k, str)]
-    # A pSp saved from inside DataParallel/DDP prefixes every key with 'module.'.
-    if keys and all(k.startswith("module.") for k in keys):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+    sd = strip_module_prefix(sd, source=source)  # a pSp saved from inside DataParallel/DDP
     if not any(k.startswith(ENCODER_PREFIX) for k in sd):
         raise ConversionError(
             f"{source}: no key starts with {ENCODER_PREFIX!r} (found e.g. {list(sd)[:3]}); "
@@ -56,7 +53,8 @@ def _latent_avg(ckpt, source: str, shape) -> np.ndarray:
     # [512] (a generator's mean W) or [1, 512] broadcast over the 18 slots as
     # latent_avg.repeat(N, 1, 1) does; [18, 512] is the released file's shape.
     if value.shape not in ((shape[-1],), (1, shape[-1]), tuple(shape)):
-        raise ConversionError(f"{source}: latent_avg has shape {value.shape}, expected {tuple(shape)} or ({shape[-1]},)")
+        raise ConversionError(
+            f"{source}: latent_avg has shape {value.shape}, expected {tuple(shape)} or ({shape[-1]},)")
     return np.ascontiguousarray(np.broadcast_to(value, shape), np.float32)
 
 
@@ -66,7 +64,8 @@ def convert(ckpt, template, source: str = "checkpoint") -> dict:
     encoder_type = _opt(opts, "encoder_type")
     if encoder_type is not None and encoder_type != "Encoder4Editing":
         # pSp's GradualStyleEncoder has the same keys but another forward pass.
-        raise ConversionError(f"{source}: opts.encoder_type is {encoder_type!r}; this converter is for 'Encoder4Editing'")
+        raise ConversionError(
+            f"{source}: opts.encoder_type is {encoder_type!r}; this converter is for 'Encoder4Editing'")
     sd = _state_dict(ckpt, source)
     encoder_template = {"encoder": template["encoder"]}
     params = convert_state_dict(sd, encoder_template, ignore=IGNORE, source=source)

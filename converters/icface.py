@@ -19,10 +19,9 @@ from typing import Mapping
 
 import numpy as np
 
-from converters.keymap import ConversionError, Rule, convert_state_dict
+from converters.keymap import ConversionError, Rule, convert_state_dict, is_state_dict, strip_module_prefix
 from converters.torch_io import Stub, module_state_dict
 
-PREFIX = "module."
 N_BLOCKS = 6
 
 
@@ -52,20 +51,14 @@ def extract_state_dict(ckpt, source: str = "checkpoint") -> dict[str, np.ndarray
         sd = ckpt["state_dict"]
         if isinstance(sd, Stub):
             sd = module_state_dict(sd)
-    elif isinstance(ckpt, Mapping) and ckpt and all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in ckpt.items()):
+    elif is_state_dict(ckpt):
         sd = ckpt
     else:
         keys = list(ckpt)[:6] if isinstance(ckpt, Mapping) else type(ckpt).__name__
         raise ConversionError(f"{source}: expected a dict with 'state_dict' (ICface's latest_net_G*.pth), found {keys}")
     if not isinstance(sd, Mapping) or not sd:
         raise ConversionError(f"{source}: 'state_dict' is empty or not a mapping")
-    prefixed = [k for k in sd if k.startswith(PREFIX)]
-    if prefixed and len(prefixed) != len(sd):
-        plain = [k for k in sd if not k.startswith(PREFIX)]
-        raise ConversionError(f"{source}: some keys carry the {PREFIX!r} prefix and some do not (e.g. {plain[:3]})")
-    if prefixed:
-        sd = {k[len(PREFIX):]: v for k, v in sd.items()}
-    return dict(sd)
+    return strip_module_prefix(sd, source=source)
 
 
 def state_dict_to_params(sd: Mapping[str, np.ndarray], template, n_blocks: int = N_BLOCKS, source: str = "checkpoint"):

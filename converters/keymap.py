@@ -79,10 +79,6 @@ def _child(node, part: str):
     return None
 
 
-def _key(node, part: str):
-    return int(part) if part.isdigit() and int(part) in node else part
-
-
 def convert_state_dict(
     state_dict: Mapping[str, np.ndarray],
     template,
@@ -166,9 +162,36 @@ def _few(items: list[str], n: int = 6) -> str:
     return f"[{head}{', ... (%d in all)' % len(items) if len(items) > n else ''}]"
 
 
-def strip_prefix(state_dict: Mapping[str, np.ndarray], prefix: str, *, required: bool = True, source: str = "checkpoint"):
+def is_state_dict(obj) -> bool:
+    """A non-empty mapping of string keys to arrays (what ``torch_io`` reads a state_dict as)."""
+    return isinstance(obj, Mapping) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items()
+    )
+
+
+def strip_prefix(state_dict: Mapping[str, np.ndarray], prefix: str, *, required: bool = True,
+                 source: str = "checkpoint") -> dict:
     """Keys under ``prefix`` with it removed; the others are left out."""
     out = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
     if required and not out:
         raise ConversionError(f"{source}: no key starts with {prefix!r} (found e.g. {_few(list(state_dict), 3)})")
     return out
+
+
+MODULE_PREFIX = "module."  # what DataParallel / DistributedDataParallel put before every key
+
+
+def strip_module_prefix(state_dict: Mapping[str, np.ndarray], *, source: str = "checkpoint") -> dict:
+    """The state_dict with DataParallel's ``module.`` prefix removed when every key carries it.
+
+    Raises ``ConversionError`` when only some keys carry it (no network here
+    has a child named ``module``, so that file is not one we know).
+    """
+    prefixed = [k for k in state_dict if isinstance(k, str) and k.startswith(MODULE_PREFIX)]
+    if not prefixed:
+        return dict(state_dict)
+    if len(prefixed) != len(state_dict):
+        plain = [k for k in state_dict if not (isinstance(k, str) and k.startswith(MODULE_PREFIX))]
+        raise ConversionError(f"{source}: some keys carry the {MODULE_PREFIX!r} prefix and some do not "
+                              f"(e.g. {_few([str(k) for k in plain], 3)})")
+    return strip_prefix(state_dict, MODULE_PREFIX, source=source)

@@ -28,24 +28,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from converters.keymap import ConversionError, convert_state_dict
+from converters.keymap import ConversionError, convert_state_dict, is_state_dict, strip_module_prefix
 from converters.torch_io import Stub, module_state_dict, stub_class_name
 
 ARCFACE_BLOCKS = (3, 4, 23, 3)  # SE-LResNet101E-IR
 GENERATOR_DECODER = r"(BottleNeck|up[0-9]|last_layer)\..*"
-
-
-def _is_state_dict(obj) -> bool:
-    return isinstance(obj, Mapping) and bool(obj) and all(
-        isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items()
-    )
-
-
-def _strip_module_prefix(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """DataParallel's ``module.`` prefix, removed when every key carries it."""
-    if sd and all(k.startswith("module.") for k in sd):
-        return {k[len("module."):]: v for k, v in sd.items()}
-    return dict(sd)
 
 
 def _network_state_dict(obj: Any, source: str, what: str, depth: int = 0) -> dict[str, np.ndarray]:
@@ -59,9 +46,9 @@ def _network_state_dict(obj: Any, source: str, what: str, depth: int = 0) -> dic
         # DataParallel(net) keeps the network as its only child ``module``
         if list(modules) == ["module"] and (stub_class_name(obj) or "").endswith("DataParallel"):
             return _network_state_dict(modules["module"], source, what, depth + 1)
-        return _strip_module_prefix(module_state_dict(obj))
-    if _is_state_dict(obj):
-        return _strip_module_prefix(obj)
+        return strip_module_prefix(module_state_dict(obj), source=source)
+    if is_state_dict(obj):
+        return strip_module_prefix(obj, source=source)
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict", "net", "netG"):  # training-checkpoint wrappers
             if key in obj:

@@ -17,11 +17,18 @@ constant, hard-coded in the port: they are checked against it, not loaded.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 
-from converters.keymap import ConversionError, Rule, convert_state_dict
+from converters.keymap import (
+    ConversionError,
+    Rule,
+    convert_state_dict,
+    is_state_dict,
+    strip_module_prefix,
+    strip_prefix,
+)
 from converters.torch_io import Stub
 
 DECODER_PREFIX = "decoder."
@@ -62,35 +69,23 @@ def _opt(opts, name: str):
     return None
 
 
-def _is_state_dict(obj) -> bool:
-    return isinstance(obj, Mapping) and bool(obj) and all(
-        isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items()
-    )
-
-
-def _strip(sd: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-
-
 def _wrapped_state_dict(ckpt, source: str) -> Mapping[str, np.ndarray]:
     """``ckpt['state_dict']`` (``module.`` removed when every key has it), or a bare state_dict."""
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else ckpt
-    if not _is_state_dict(sd):
+    if not is_state_dict(sd):
         raise ConversionError(f"{source}: expected a checkpoint dict with a 'state_dict' of tensors")
-    if all(k.startswith("module.") for k in sd):
-        sd = _strip(sd, "module.")
-    return sd
+    return strip_module_prefix(sd, source=source)
 
 
 def generator_state_dict(ckpt, source: str = "checkpoint") -> dict[str, np.ndarray]:
     """The generator's own keys from an e4e, StyleCLIP-mapper or rosinality file."""
     if isinstance(ckpt, Mapping) and "g_ema" in ckpt:  # rosinality: the EMA generator is the one used
         sd = ckpt["g_ema"]
-        if not _is_state_dict(sd):
+        if not is_state_dict(sd):
             raise ConversionError(f"{source}: 'g_ema' is not a state_dict")
         return dict(sd)
     sd = _wrapped_state_dict(ckpt, source)
-    dec = _strip(sd, DECODER_PREFIX)
+    dec = strip_prefix(sd, DECODER_PREFIX, required=False)
     if dec:
         return dec
     if "conv1.conv.weight" in sd:  # a bare generator state_dict
@@ -142,7 +137,7 @@ def mapper_to_params(ckpt, source: str = "mapper.pt", template=None):
         raise ConversionError(f"{source}: opts.mapper_type is {mapper_type!r}; only 'LevelsMapper' is supported")
     if _opt(opts, "work_in_stylespace"):
         raise ConversionError(f"{source}: a StyleSpace mapper (work_in_stylespace=True) is not supported")
-    sd = _strip(_wrapped_state_dict(ckpt, source), MAPPER_PREFIX)
+    sd = strip_prefix(_wrapped_state_dict(ckpt, source), MAPPER_PREFIX, required=False)
     if not sd:
         raise ConversionError(f"{source}: no {MAPPER_PREFIX!r} keys: not a StyleCLIP mapper checkpoint")
     zero = {}

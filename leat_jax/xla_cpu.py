@@ -1,17 +1,14 @@
 """XLA's CPU settings for convolution-heavy attacks, applied by the CLI and the benchmark.
 
-XLA (jaxlib 0.10) hands forward convolutions to YNNPACK by default. For these
-networks Eigen's convolutions are faster: one attack iteration (forward +
-input gradient), measured side by side with torch eager on 2 cores
-(``python -m benchmarks.xla_flags``, 2026-11-29), went from 0.73-0.84x of
-torch's speed to 0.90-1.10x (e4e 3.34 -> 2.73 s, ICface 1.47 -> 1.12 s,
-ArcFace 0.33 -> 0.26 s). ``benchmarks/RESULTS.md`` has the table.
-
-XLA reads ``XLA_FLAGS`` once, when the first computation creates the CPU
-client, so this must run before any JAX computation; it never overrides a
-choice already in ``XLA_FLAGS``. An unknown flag aborts XLA at start-up, so
-it is only added for the jaxlib versions it was measured on.
-Set ``LEAT_JAX_XLA_DEFAULTS=1`` to keep XLA's own defaults.
+XLA (jaxlib 0.10) hands forward convolutions to YNNPACK by default; on these
+networks Eigen's are faster (``benchmarks/RESULTS.md``, "Which library runs
+the convolutions"), so YNNPACK fusions are turned off. XLA reads
+``XLA_FLAGS`` once, when the first computation creates the CPU client, so
+this must run before any JAX computation; it never overrides a choice
+already in ``XLA_FLAGS``. An unknown flag aborts XLA at start-up, so it is
+only added for the jaxlib versions it was measured on (the pins in
+``pyproject.toml`` allow only those). ``LEAT_JAX_XLA_DEFAULTS=1`` keeps XLA's
+own defaults.
 """
 from __future__ import annotations
 

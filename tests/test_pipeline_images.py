@@ -11,6 +11,7 @@ import zlib
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image, ImageOps
 
 from leat_jax.pipeline import images, inputs, png16, tiff16
@@ -119,13 +120,34 @@ def test_tiff16_colour_is_read_at_16_bits(channels, compression, predictor, endi
         np.testing.assert_array_equal(d.alpha, samples[..., 3])
 
 
-def test_tiff16_unsupported_layouts_say_how_to_resave():
-    data = bytearray(tiff16_bytes(RNG.integers(0, 65536, (4, 4, 3), dtype=np.uint16)))
-    # Compression 1 -> 5 (LZW): the entry's value sits after its tag, type and count.
-    at = bytes(data).index(struct.pack("<HHIH", 259, 3, 1, 1))
-    data[at + 8 : at + 10] = struct.pack("<H", 5)
-    with pytest.raises(images.ImageError, match="LZW compression is not supported; re-save"):
-        images.decode(bytes(data), max_side=64)
+@pytest.mark.parametrize("options", [
+    {"compression": "lzw"}, {"compression": "packbits"}, {"tile": (16, 16)}, {"planarconfig": "separate"},
+    {"compression": "zlib", "predictor": 2, "byteorder": ">"},
+])
+def test_tiff16_other_layouts_are_read_by_tifffile(options):
+    samples = RNG.integers(0, 65536, (20, 24, 4), dtype=np.uint16)
+    buf = io.BytesIO()
+    planar = options.get("planarconfig") == "separate"
+    tifffile.imwrite(buf, np.moveaxis(samples, -1, 0) if planar else samples, photometric="rgb",
+                     extrasamples=("unassalpha",), **options)
+    d = images.decode(buf.getvalue(), max_side=64)
+    assert d.bits == 16
+    np.testing.assert_array_equal(d.levels, samples[..., :3])
+    np.testing.assert_array_equal(d.alpha, samples[..., 3])
+
+
+def test_tiff16_refusals_and_damage_are_one_line_errors():
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, RNG.integers(0, 65536, (4, 4, 4), dtype=np.uint16), photometric="rgb",
+                     extrasamples=("assocalpha",))
+    with pytest.raises(images.ImageError, match=r"premultiplied alpha is not supported; re-save"):
+        images.decode(buf.getvalue(), max_side=64)
+    good = tiff16_bytes(RNG.integers(0, 65536, (8, 8, 3), dtype=np.uint16), compression=8)
+    broken = bytearray(good)
+    broken[8:40] = bytes(32)  # the first strip's Deflate stream
+    with pytest.raises(images.ImageError, match="damaged or truncated") as e:
+        images.decode(bytes(broken), max_side=64)
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("filt", [0, 1, 2, 3, 4])

@@ -9,12 +9,11 @@ from leat_jax.attack.pgd import (
     image_key,
     latent_distances,
     make_attack,
-    prepare,
     prepared,
     run,
 )
 
 __all__ = [
     "ENSEMBLES", "AttackConfig", "AttackResult", "attack_image", "clean_latents", "ensemble_direction",
-    "image_key", "latent_distances", "latent_mse", "make_attack", "prepare", "prepared", "run",
+    "image_key", "latent_distances", "latent_mse", "make_attack", "prepared", "run",
 ]

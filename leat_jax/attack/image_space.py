@@ -8,9 +8,9 @@ pipelines' outputs over the attacker's *known* attributes:
 with one ``out_k`` per (pipeline, known attribute) pair. The step is LEAT's:
 same eps, step, iterations and random start (keyed per image by
 ``pgd.image_key(seed, image id)``), a sign step and the same projection
-(``pgd._project``: the eps-ball, then the [-1, 1] box). Everything is per
+(``step.project``: the eps-ball, then the [-1, 1] box). Everything is per
 image (vmapped), so a batch gives exactly what each image gives alone.
-``AttackConfig.compute_dtype`` applies as in LEAT (``pgd._compute``): with
+``AttackConfig.compute_dtype`` applies as in LEAT (``step.compute_params``): with
 ``bfloat16`` the parameters (attributes included) and the pipelines' inputs
 are cast, while the loss, the gradient and the perturbation stay float32.
 ``make_sharded_image_attack`` splits the batch over a 1-D device mesh
@@ -32,7 +32,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from leat_jax.attack.config import AttackConfig
-from leat_jax.attack.pgd import _compute, _project, image_key
+from leat_jax.attack.pgd import image_key
+from leat_jax.attack.step import compute_params, project
 
 OutputFn = Callable[[Any, jax.Array], Any]  # (params_k, images [1, H, W, C]) -> output pytree
 
@@ -60,13 +61,13 @@ def output_loss(outputs: Sequence[OutputFn], params: Sequence, x, eta, clean, dt
 
 def attack_image(outputs: Sequence[OutputFn], config: AttackConfig, params: Sequence, x, key) -> ImageAttackResult:
     """The baseline on one image ``x`` (H, W, C) in [-1, 1]."""
-    dtype, params = _compute(config, params)
+    dtype, params = compute_params(config, params)
     clean = [jax.lax.stop_gradient(f(p, x[None].astype(dtype))) for f, p in zip(outputs, params)]
     if config.random_start:
         eta0 = jax.random.uniform(key, x.shape, jnp.float32, -config.eps, config.eps)
     else:
         eta0 = jnp.zeros_like(x)
-    eta0 = _project(x, eta0, config.eps)
+    eta0 = project(x, eta0, config.eps)
     loss = functools.partial(output_loss, outputs, params, x, clean=clean, dtype=dtype)
 
     def step(i, carry):
@@ -74,7 +75,7 @@ def attack_image(outputs: Sequence[OutputFn], config: AttackConfig, params: Sequ
         value, g = jax.value_and_grad(loss)(eta)
         # The first step's loss is the start loss: no extra forward, and one copy of the
         # gradient program (compiling a whole pipeline's backward pass takes minutes).
-        return _project(x, eta + config.step * jnp.sign(g), config.eps), jnp.where(i == 0, value, start)
+        return project(x, eta + config.step * jnp.sign(g), config.eps), jnp.where(i == 0, value, start)
 
     if config.iterations:
         # The loss slot derives from x so that, under shard_map, it varies over devices as the loop's output does.

@@ -13,12 +13,12 @@ from typing import NamedTuple, Sequence
 import chex
 import jax
 import jax.numpy as jnp
-import optax
 
 from leat_jax.attack import ensembles
 from leat_jax.attack.config import AttackConfig
 from leat_jax.attack.losses import latent_mse
-from leat_jax.models.base import cast_floating
+from leat_jax.attack.step import compute_params as _compute
+from leat_jax.attack.step import project as _project
 from leat_jax.victims import Victim
 
 
@@ -42,46 +42,28 @@ def image_key(seed, image_id) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), image_id)
 
 
-def _project(x, eta, eps):
-    """Back onto the eps-ball, then x + eta back into the image range."""
-    eta = optax.projections.projection_linf_ball(eta, eps)
-    return optax.projections.projection_box(x + eta, -1.0, 1.0) - x
-
-
-def _compute(config: AttackConfig, params: Sequence):
-    dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
-    if dtype != jnp.float32:
-        params = [cast_floating(p, dtype) for p in params]
-    return dtype, list(params)
-
-
 def _encode(victim: Victim, params, image, dtype):
     """One image's latent, float32 whatever the compute dtype."""
     latent = victim.encode(params, image[None].astype(dtype))
     return jax.tree.map(lambda a: a.astype(jnp.float32), latent)
 
 
-def prepare(victims: Sequence[Victim], config: AttackConfig, params: Sequence) -> list:
+def prepared(victims: Sequence[Victim], config: AttackConfig, params: Sequence) -> tuple:
     """Weights in the compute dtype, with each victim's weight-only work done (``Victim.prepare``).
 
-    Done once per attack, before the loop: XLA would otherwise redo it every
-    iteration. Everything downstream accepts prepared or plain parameters.
+    XLA would otherwise redo that work in every iteration; the attack does it
+    once per call, and a run calls this once so every batch's call gets
+    prepared parameters, which pass through untouched (e4e: about 1 GB of
+    kernel copies per call saved, seconds on a CPU). Op by op, not jitted:
+    the weights stay the caller's arrays (a jitted function would return
+    copies of all of them) and nothing is compiled. Costs the extra kernels'
+    memory (as large as the convolution weights) for the run.
+
+    Returns:
+        One parameter tree per victim, prepared, as a tuple.
     """
     _, params = _compute(config, params)
-    return [v.prepare(p) for v, p in zip(victims, params)]
-
-
-def prepared(victims: Sequence[Victim], config: AttackConfig, params: Sequence) -> tuple:
-    """``prepare`` once, outside the attack: what a run hands to every batch's attack call.
-
-    The attack prepares whatever it is given, but inside one call that work
-    is redone for every batch (e4e: about 1 GB of kernel copies, seconds on a
-    CPU); prepared parameters pass through it untouched. Run op by op, not
-    jitted: the weights themselves stay the caller's arrays (a jitted function
-    would return copies of all of them) and nothing is compiled. Costs the
-    extra kernels' memory (as large as the convolution weights) for the run.
-    """
-    return tuple(prepare(victims, config, params))
+    return tuple(v.prepare(p) for v, p in zip(victims, params))
 
 
 def clean_latents(victims: Sequence[Victim], config: AttackConfig, params: Sequence, x: jax.Array):
@@ -128,7 +110,7 @@ def attack_image(
     key: jax.Array,
 ):
     """LEAT on one image ``x`` (H, W, C) in [-1, 1]; see ``AttackResult``."""
-    params = prepare(victims, config, params)
+    params = prepared(victims, config, params)
     clean = clean_latents(victims, config, params, x)
     if config.random_start:
         eta0 = jax.random.uniform(key, x.shape, jnp.float32, -config.eps, config.eps)

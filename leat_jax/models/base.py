@@ -6,7 +6,6 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from leat_jax.models import conv
@@ -89,7 +88,3 @@ def cast_floating(params: Params, dtype) -> Params:
         return a
 
     return jax.tree.map(cast, params)
-
-
-def tree_shapes(params: Params):
-    return jax.tree.map(lambda a: tuple(np.shape(a)), params)

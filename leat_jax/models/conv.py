@@ -1,35 +1,19 @@
-"""A 2-D convolution whose input gradient reads a pre-flipped kernel.
+"""A 2-D convolution whose input gradient can read a kernel flipped once, before the attack's loop.
 
-The attack differentiates every network with respect to its *input*, dozens
-of times with the same weights. XLA's own transpose rule for a convolution
-flips the kernel and swaps its in/out features inside the gradient, and on
-CPU that weight shuffling is materialised on every call: measured on e4e
-(267 M parameters, mostly 3x3 kernels on small maps), 36% of one attack
-iteration went to ``transpose``/``reverse`` copies of the weights.
+The attack differentiates every network with respect to its input, many
+times with the same weights. Here the input gradient is the stride-1
+convolution of the (dilated) output gradient with ``flip(kernel)``, in/out
+swapped: a kernel computed from the weights alone, once per run
+(``Functional.prepare``), and taken ready made (``with_input_grad_kernel``);
+without it the gradient computes it itself. Convolutions with at most 2x2
+outputs are patches times the kernel matrix (``_patch_conv``), and the input
+gradient of a convolution reading an image goes tap by tap
+(``_input_grad_by_taps``), where XLA's CPU code was slow
+(``benchmarks/RESULTS.md``, "Closing the convolution gap").
 
-Here the input gradient is written out as the stride-1 convolution of the
-(dilated) output gradient with ``flip(kernel)`` with in/out swapped, a plain
-HWIO kernel computed from the weights alone. XLA's CPU pipeline does not
-hoist that computation out of a while loop, so the attack computes these
-kernels once, before its loop (``Functional.prepare``), and the convolution
-takes them ready made (``with_input_grad_kernel``); without a prepared kernel
-the gradient computes it itself. Values are those of
-``lax.conv_general_dilated`` (same arithmetic); the kernel gradient is the
-standard one, dead code that XLA removes where only the input gradient is
-used.
-
-Convolutions whose output is at most 2x2 (e4e's map-to-style heads end with
-three such per style, 3x3 512->512 kernels on 4x4, 2x2 and 1x1 maps) are
-written as patches times the kernel matrix instead: there XLA's simplifier
-swaps a convolution's operands (the map is smaller than the kernel) and
-reverses the 9 MB kernel on every call, which made those layers 3-10x slower
-than a matrix product (``_patch_conv``). Likewise the input gradient of a
-convolution that reads an image (three channels) is patch gradients added
-back tap by tap (``_input_grad_by_taps``), not XLA's convolution with three
-output channels.
-
-Covered: NHWC/HWIO, any strides and explicit padding, no dilation, one
-group; anything else falls back to ``lax.conv_general_dilated``.
+Values are those of ``lax.conv_general_dilated`` (same arithmetic). Covered:
+NHWC/HWIO, any strides and explicit padding, no dilation, one group; anything
+else falls back to ``lax.conv_general_dilated``.
 """
 from __future__ import annotations
 
@@ -142,7 +126,8 @@ def _patches(x, k_hw, strides, pads):
     """(N, Ho, Wo, kh * kw * C): every window, taps in HWI order (the kernel's reshape order)."""
     ho, wo = _out_hw(x.shape[1:3], k_hw, strides, pads)
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    return jnp.concatenate([xp[:, i:i + (ho - 1) * strides[0] + 1:strides[0], j:j + (wo - 1) * strides[1] + 1:strides[1]]
+    rows, cols = (ho - 1) * strides[0] + 1, (wo - 1) * strides[1] + 1
+    return jnp.concatenate([xp[:, i:i + rows:strides[0], j:j + cols:strides[1]]
                             for i in range(k_hw[0]) for j in range(k_hw[1])], axis=-1)
 
 

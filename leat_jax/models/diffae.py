@@ -14,7 +14,7 @@ linear head and z_sem statistics).
 Modules mirror the official attribute names and ``nn.Sequential`` indices
 (``input_blocks.13.1.qkv``, ``out.3``, ``time_embed.time_embed.2``...), so the
 checkpoint keys map by position; parameter-free torch layers (SiLU, pooling,
-dropout, Flatten) are kept as empty modules only to hold those indices in place.
+dropout, Flatten) are ``layers.Slot``s, there only to hold those indices.
 
 Numerics follow the official code in eval mode:
 - GroupNorm32: ``min(32, C)`` groups, eps 1e-5 (Flax's default is 1e-6),
@@ -44,6 +44,7 @@ import numpy as np
 from flax import nnx
 
 from leat_jax.models import layers
+from leat_jax.models.layers import Buffer, Slot
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,27 +75,6 @@ def group_norm32(channels: int, *, rngs: nnx.Rngs) -> nnx.Module:
     return layers.group_norm(min(32, channels), channels, eps=1e-5, rngs=rngs)
 
 
-class SiLU(nnx.Module):
-    """``nn.SiLU`` (holds its index in a Sequential; no parameters)."""
-
-    def __call__(self, x):
-        return jax.nn.silu(x)
-
-
-class GlobalAvgPool(nnx.Module):
-    """``nn.AdaptiveAvgPool2d((1, 1))`` on NHWC."""
-
-    def __call__(self, x):
-        return jnp.mean(x, axis=(1, 2), keepdims=True)
-
-
-class Flatten(nnx.Module):
-    """``nn.Flatten()`` after a 1x1 spatial map: (N, 1, 1, C) -> (N, C)."""
-
-    def __call__(self, x):
-        return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
-
-
 def avg_pool2(x: jax.Array) -> jax.Array:
     """``nn.AvgPool2d(2, 2)`` on NHWC (an odd trailing row/column is dropped, as torch does)."""
     n, h, w, c = x.shape
@@ -105,13 +85,6 @@ def avg_pool2(x: jax.Array) -> jax.Array:
 def upsample2(x: jax.Array) -> jax.Array:
     """``F.interpolate(scale_factor=2, mode='nearest')`` on NHWC: each pixel repeated 2x2."""
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-
-
-class Dropout(nnx.Module):
-    """``nn.Dropout`` in eval mode (the released models are only run so): identity."""
-
-    def __call__(self, x):
-        return x
 
 
 class ResBlock(nnx.Module):
@@ -152,17 +125,17 @@ class ResBlock(nnx.Module):
         self.has_lateral = has_lateral
         self.in_layers = nnx.List([
             group_norm32(channels, rngs=rngs),
-            SiLU(),
+            Slot(jax.nn.silu),
             layers.conv2d(channels, out_channels, 3, padding=1, rngs=rngs),
         ])
         if emb_channels is not None:
-            self.emb_layers = nnx.List([SiLU(), nnx.Linear(emb_channels, 2 * out_channels, rngs=rngs)])
+            self.emb_layers = nnx.List([Slot(jax.nn.silu), nnx.Linear(emb_channels, 2 * out_channels, rngs=rngs)])
             cond_channels = cond_channels or emb_channels
-            self.cond_emb_layers = nnx.List([SiLU(), nnx.Linear(cond_channels, out_channels, rngs=rngs)])
+            self.cond_emb_layers = nnx.List([Slot(jax.nn.silu), nnx.Linear(cond_channels, out_channels, rngs=rngs)])
             self.out_layers = nnx.List([
                 group_norm32(out_channels, rngs=rngs),
-                SiLU(),
-                Dropout(),
+                Slot(jax.nn.silu),
+                Slot(layers.identity, "Dropout"),
                 layers.conv2d(out_channels, out_channels, 3, padding=1, rngs=rngs),
             ])
         else:
@@ -274,10 +247,10 @@ class SemanticEncoder(nnx.Module):
         ])
         self.out = nnx.List([
             group_norm32(ch, rngs=rngs),
-            SiLU(),
-            GlobalAvgPool(),  # pool before the 1x1 conv, as the official head
+            Slot(jax.nn.silu),
+            Slot(layers.global_avg_pool),  # pool before the 1x1 conv, as the official head
             layers.conv2d(ch, cfg.out_channels, 1, rngs=rngs),
-            Flatten(),
+            Slot(layers.nchw_flatten),
         ])
 
     def __call__(self, x):
@@ -350,7 +323,7 @@ class TimeStyleSeperateEmbed(nnx.Module):
     def __init__(self, time_channels: int, time_out_channels: int, *, rngs: nnx.Rngs):
         self.time_embed = nnx.List([
             nnx.Linear(time_channels, time_out_channels, rngs=rngs),
-            SiLU(),
+            Slot(jax.nn.silu),
             nnx.Linear(time_out_channels, time_out_channels, rngs=rngs),
         ])
 
@@ -438,7 +411,7 @@ class ConditionalUNet(nnx.Module):
         self.output_num_blocks = tuple(output_num_blocks[::-1])  # in visiting order (deepest first)
         self.out = nnx.List([
             group_norm32(ch, rngs=rngs),
-            SiLU(),
+            Slot(jax.nn.silu),
             layers.conv2d(input_ch, cfg.out_channels, 3, padding=1, rngs=rngs),
         ])
 
@@ -465,10 +438,6 @@ class ConditionalUNet(nnx.Module):
 
 
 # --- the attribute classifier (ffhq256_autoenc_cls) ---------------------------------
-
-
-class Buffer(nnx.Variable):
-    """A registered torch buffer: part of the checkpoint, not trained here."""
 
 
 CELEBA_ATTRIBUTES = (

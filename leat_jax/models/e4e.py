@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from leat_jax.models.layers import PReLU, batch_norm, conv2d
+from leat_jax.models.layers import Buffer, PReLU, Slot, batch_norm, conv2d
 
 STYLE_COUNT = 18  # 2 * log2(1024) - 2: one W+ slot per StyleGAN2-1024 layer input
 COARSE_IND = 3    # slots 0-2 read c3 (16 px)
@@ -31,24 +31,6 @@ INPUT_SIZE = 256  # the heads reduce exactly to 1x1 only from a 256 input
 # ArcFace IR-SE50 stages: (in channels, depth, units); the first unit strides 2.
 IR_SE50 = ((64, 64, 3), (64, 128, 4), (128, 256, 14), (256, 512, 3))
 TAP_C1, TAP_C2, TAP_C3 = 6, 20, 23  # body indices of the FPN taps (64, 32, 16 px)
-
-
-class Buffer(nnx.Variable):
-    """A stored tensor that is not trained (the checkpoint's ``latent_avg``)."""
-
-
-class _Activation(nnx.Module):
-    """A parameterless slot of an official ``nn.Sequential`` (keeps indices aligned)."""
-
-    def __init__(self, fn, name: str):
-        self._fn = fn
-        self._name = name
-
-    def __call__(self, x):
-        return self._fn(x)
-
-    def __repr__(self):
-        return self._name
 
 
 def _leaky_relu_001(x):
@@ -127,7 +109,7 @@ class GradualStyleBlock(nnx.Module):
         layers = []
         for i in range(int(np.log2(spatial))):
             layers.append(conv2d(in_c if i == 0 else out_c, out_c, 3, stride=2, padding=1, bias=True, rngs=rngs))
-            layers.append(_Activation(_leaky_relu_001, "LeakyReLU(0.01)"))
+            layers.append(Slot(_leaky_relu_001, "LeakyReLU(0.01)"))
         self.convs = nnx.List(layers)  # convs at even indices, as in the official Sequential
         self.linear = EqualLinear(out_c, out_c, lr_mul=1.0, rngs=rngs)
 

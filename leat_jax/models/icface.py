@@ -26,35 +26,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from leat_jax.models.layers import batch_norm, conv2d, reflection_pad
+from leat_jax.models.layers import Slot, batch_norm, conv2d, identity, reflection_pad, reflection_pad_slot
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-class ReflectionPad2d(nnx.Module):
-    def __init__(self, pad: int):
-        self.pad = pad
-
-    def __call__(self, x):
-        return reflection_pad(x, self.pad)
-
-
-class ReLU(nnx.Module):
-    def __call__(self, x):
-        return jax.nn.relu(x)
-
-
-class Tanh(nnx.Module):
-    def __call__(self, x):
-        return jnp.tanh(x)
-
-
-class Dropout(nnx.Module):
-    """``nn.Dropout`` at inference: the identity. Kept only so the official
-    indices after it (``conv_block.6``, ``conv_block.7``) stay where they are."""
-
-    def __call__(self, x):
-        return x
 
 
 class ConvTranspose2d(nnx.Module):
@@ -98,11 +72,11 @@ class ResnetBlock(nnx.Module):
     """
 
     def __init__(self, dim: int, use_dropout: bool, *, rngs: nnx.Rngs):
-        layers = [ReflectionPad2d(1), conv2d(dim, dim, 3, bias=False, rngs=rngs),
-                  batch_norm(dim, rngs=rngs), ReLU()]
+        layers = [reflection_pad_slot(1), conv2d(dim, dim, 3, bias=False, rngs=rngs),
+                  batch_norm(dim, rngs=rngs), Slot(jax.nn.relu)]
         if use_dropout:
-            layers.append(Dropout())
-        layers += [ReflectionPad2d(1), conv2d(dim, dim, 3, bias=False, rngs=rngs), batch_norm(dim, rngs=rngs)]
+            layers.append(Slot(identity, "Dropout"))
+        layers += [reflection_pad_slot(1), conv2d(dim, dim, 3, bias=False, rngs=rngs), batch_norm(dim, rngs=rngs)]
         self.conv_block = nnx.List(layers)
 
     def __call__(self, x):
@@ -123,18 +97,18 @@ class ResnetGenerator(nnx.Module):
     def __init__(self, input_nc: int = 23, output_nc: int = 3, ngf: int = 128, n_blocks: int = 6,
                  use_dropout: bool = True, *, rngs: nnx.Rngs):
         self.input_nc = input_nc
-        layers = [ReflectionPad2d(3), conv2d(input_nc, ngf, 7, bias=False, rngs=rngs),
-                  batch_norm(ngf, rngs=rngs), ReLU()]
+        layers = [reflection_pad_slot(3), conv2d(input_nc, ngf, 7, bias=False, rngs=rngs),
+                  batch_norm(ngf, rngs=rngs), Slot(jax.nn.relu)]
         for i in range(2):  # downsampling, torch pads (1, 1) at stride 2, not "SAME"'s (0, 1)
             c = ngf * 2**i
             layers += [conv2d(c, 2 * c, 3, stride=2, padding=1, bias=False, rngs=rngs),
-                       batch_norm(2 * c, rngs=rngs), ReLU()]
+                       batch_norm(2 * c, rngs=rngs), Slot(jax.nn.relu)]
         layers += [ResnetBlock(ngf * 4, use_dropout, rngs=rngs) for _ in range(n_blocks)]
         for i in range(2):  # upsampling
             c = ngf * 2 ** (2 - i)
             layers += [ConvTranspose2d(c, c // 2, 3, stride=2, padding=1, output_padding=1, bias=False, rngs=rngs),
-                       batch_norm(c // 2, rngs=rngs), ReLU()]
-        layers += [ReflectionPad2d(3), conv2d(ngf, output_nc, 7, bias=True, rngs=rngs), Tanh()]
+                       batch_norm(c // 2, rngs=rngs), Slot(jax.nn.relu)]
+        layers += [reflection_pad_slot(3), conv2d(ngf, output_nc, 7, bias=True, rngs=rngs), Slot(jnp.tanh)]
         self.model = nnx.List(layers)
 
     def __call__(self, x, attr=None):

@@ -1,19 +1,58 @@
-"""Layers with PyTorch's numerics, NHWC.
+"""Layers every network family shares, with PyTorch's numerics, NHWC.
 
-Flax's defaults differ from torch's in ways that matter for an exact port:
-padding "SAME" is asymmetric at stride 2 where torch pads both sides equally,
-BatchNorm and GroupNorm epsilons differ (1e-5 in torch, 1e-6 for Flax's
-GroupNorm), PReLU in torch is per channel. These helpers fix each choice once.
-Parameter names follow Flax (``kernel``, ``scale``, ``mean``, ``var``) except
-where the layer is ours (PReLU keeps torch's ``weight``).
+Flax's defaults differ from torch's where an exact port cares (stride-2
+"SAME" padding, norm epsilons, per-channel PReLU); these helpers fix each
+choice once. Also the two pieces that keep a port's tree the official one:
+``Buffer`` (a stored, untrained tensor) and ``Slot`` (a parameter-free layer
+holding its ``nn.Sequential`` index). Parameter names follow Flax (``kernel``,
+``scale``, ``mean``, ``var``) except in our own layers (PReLU's ``weight``).
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from leat_jax.models import conv, norms
+
+
+class Buffer(nnx.Variable):
+    """A registered torch buffer: part of the checkpoint, never trained (``latent_avg``, noise maps)."""
+
+
+class Slot(nnx.Module):
+    """A parameter-free layer of an official ``nn.Sequential`` (activation, Dropout, padding, Flatten).
+
+    It adds nothing to the parameter tree; it only holds its index, so the
+    official keys after it (``model.4``, ``conv_block.6``) map by position.
+    """
+
+    def __init__(self, fn: Callable[[jax.Array], jax.Array], name: str | None = None):
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", type(fn).__name__)
+
+    def __call__(self, x):
+        return self.fn(x)
+
+    def __repr__(self):
+        return f"Slot({self.name})"
+
+
+def identity(x: jax.Array) -> jax.Array:
+    """``nn.Dropout`` in eval mode (the only mode the released models are run in)."""
+    return x
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+    """``nn.AdaptiveAvgPool2d((1, 1))`` on NHWC."""
+    return jnp.mean(x, axis=(1, 2), keepdims=True)
+
+
+def reflection_pad_slot(pad: int) -> Slot:
+    """``nn.ReflectionPad2d(pad)`` as a Sequential slot."""
+    return Slot(lambda x: reflection_pad(x, pad), f"ReflectionPad2d({pad})")
 
 
 def conv2d(
@@ -48,9 +87,9 @@ def group_norm(num_groups: int, num_channels: int, eps: float = 1e-5, *, rngs: n
     """``torch.nn.GroupNorm`` (eps 1e-5, where Flax defaults to 1e-6).
 
     Two-pass variance, as torch computes it: Flax's fast E[x^2] - E[x]^2
-    loses digits on activations with a large mean (measured on DiffAE).
+    loses digits on activations with a large mean (DiffAE's).
     ``norms.GroupNorm`` rather than ``nnx.GroupNorm``: same parameters, its
-    statistics as matrix products (2-3x faster on CPU, ``models.norms``).
+    statistics as matrix products (faster on CPU, ``models.norms``).
     """
     return norms.GroupNorm(num_channels, num_groups, eps, rngs=rngs)
 

@@ -22,25 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from leat_jax.models.layers import PReLU, batch_norm, conv2d, nchw_flatten, reflection_pad
+from leat_jax.models.layers import PReLU, Slot, batch_norm, conv2d, nchw_flatten, reflection_pad_slot
 
 ARCFACE_R101 = (3, 4, 23, 3)
 
 
 # ----------------------------------------------------------------------------
 # Parameter-free pieces (they keep their nn.Sequential slot)
-
-
-class ReflectionPad(nnx.Module):
-    def __init__(self, pad: int):
-        self.pad = pad
-
-    def __call__(self, x):
-        return reflection_pad(x, self.pad)
-
-
-def relu(x):
-    return jax.nn.relu(x)
 
 
 def upsample2x_bilinear(x):
@@ -72,7 +60,7 @@ class SEBlock(nnx.Module):
             nnx.Linear(channels, hidden, rngs=rngs),
             PReLU(1),
             nnx.Linear(hidden, channels, rngs=rngs),
-            jax.nn.sigmoid,
+            Slot(jax.nn.sigmoid),
         ])
 
     def __call__(self, x):
@@ -176,12 +164,12 @@ class GeneratorEncoder(nnx.Module):
 
     def __init__(self, input_nc: int = 3, *, rngs: nnx.Rngs):
         self.first_layer = nnx.List([
-            ReflectionPad(3), conv2d(input_nc, 64, 7, rngs=rngs), batch_norm(64, rngs=rngs), relu,
+            reflection_pad_slot(3), conv2d(input_nc, 64, 7, rngs=rngs), batch_norm(64, rngs=rngs), Slot(jax.nn.relu),
         ])
         # stride-2 convs pad (1, 1) with zeros as torch does ('SAME' would pad (0, 1))
-        self.down1 = nnx.List([conv2d(64, 128, 3, 2, 1, rngs=rngs), batch_norm(128, rngs=rngs), relu])
-        self.down2 = nnx.List([conv2d(128, 256, 3, 2, 1, rngs=rngs), batch_norm(256, rngs=rngs), relu])
-        self.down3 = nnx.List([conv2d(256, 512, 3, 2, 1, rngs=rngs), batch_norm(512, rngs=rngs), relu])
+        self.down1 = nnx.List([conv2d(64, 128, 3, 2, 1, rngs=rngs), batch_norm(128, rngs=rngs), Slot(jax.nn.relu)])
+        self.down2 = nnx.List([conv2d(128, 256, 3, 2, 1, rngs=rngs), batch_norm(256, rngs=rngs), Slot(jax.nn.relu)])
+        self.down3 = nnx.List([conv2d(256, 512, 3, 2, 1, rngs=rngs), batch_norm(512, rngs=rngs), Slot(jax.nn.relu)])
 
     def encode(self, x):
         for seq in (self.first_layer, self.down1, self.down2, self.down3):
@@ -214,13 +202,13 @@ class ApplyStyle(nnx.Module):
 
 class ResnetBlockAdain(nnx.Module):
     def __init__(self, dim: int, latent_size: int, *, rngs: nnx.Rngs):
-        self.conv1 = nnx.List([ReflectionPad(1), conv2d(dim, dim, 3, rngs=rngs), instance_norm])
+        self.conv1 = nnx.List([reflection_pad_slot(1), conv2d(dim, dim, 3, rngs=rngs), Slot(instance_norm)])
         self.style1 = ApplyStyle(latent_size, dim, rngs=rngs)
-        self.conv2 = nnx.List([ReflectionPad(1), conv2d(dim, dim, 3, rngs=rngs), instance_norm])
+        self.conv2 = nnx.List([reflection_pad_slot(1), conv2d(dim, dim, 3, rngs=rngs), Slot(instance_norm)])
         self.style2 = ApplyStyle(latent_size, dim, rngs=rngs)
 
     def __call__(self, x, latent):
-        y = relu(self.style1(run(self.conv1, x), latent))
+        y = jax.nn.relu(self.style1(run(self.conv1, x), latent))
         y = self.style2(run(self.conv2, y), latent)
         return x + y  # no activation after the add
 
@@ -233,10 +221,13 @@ class Generator(GeneratorEncoder):
                  *, rngs: nnx.Rngs):
         super().__init__(input_nc, rngs=rngs)
         self.BottleNeck = nnx.List([ResnetBlockAdain(512, latent_size, rngs=rngs) for _ in range(n_blocks)])
-        self.up3 = nnx.List([upsample2x_bilinear, conv2d(512, 256, 3, 1, 1, rngs=rngs), batch_norm(256, rngs=rngs), relu])
-        self.up2 = nnx.List([upsample2x_bilinear, conv2d(256, 128, 3, 1, 1, rngs=rngs), batch_norm(128, rngs=rngs), relu])
-        self.up1 = nnx.List([upsample2x_bilinear, conv2d(128, 64, 3, 1, 1, rngs=rngs), batch_norm(64, rngs=rngs), relu])
-        self.last_layer = nnx.List([ReflectionPad(3), conv2d(64, output_nc, 7, rngs=rngs), jnp.tanh])
+        self.up3 = nnx.List([Slot(upsample2x_bilinear), conv2d(512, 256, 3, 1, 1, rngs=rngs),
+                                batch_norm(256, rngs=rngs), Slot(jax.nn.relu)])
+        self.up2 = nnx.List([Slot(upsample2x_bilinear), conv2d(256, 128, 3, 1, 1, rngs=rngs),
+                                batch_norm(128, rngs=rngs), Slot(jax.nn.relu)])
+        self.up1 = nnx.List([Slot(upsample2x_bilinear), conv2d(128, 64, 3, 1, 1, rngs=rngs),
+                                batch_norm(64, rngs=rngs), Slot(jax.nn.relu)])
+        self.last_layer = nnx.List([reflection_pad_slot(3), conv2d(64, output_nc, 7, rngs=rngs), Slot(jnp.tanh)])
 
     def decode(self, feat, latent_id):
         x = feat

@@ -1,39 +1,12 @@
-"""StyleGAN2's generator (rosinality's PyTorch port, FFHQ config-f) in Flax NNX, NHWC.
+"""StyleGAN2's generator (rosinality's PyTorch port, FFHQ config-f) in Flax NNX, NHWC: e4e's and StyleCLIP's decoder.
 
-The generator e4e and StyleCLIP decode W+ codes with: ``Generator(1024, 512,
-8, channel_multiplier=2)`` of rosinality/stylegan2-pytorch (MIT), as vendored
-by encoder4editing and StyleCLIP (same state_dict). Written from the notes in
-``shared/research/stylegan2.md``; attribute names and list indices mirror the
-official modules (``conv1``, ``to_rgb1``, ``convs.<i>``, ``to_rgbs.<k>``,
-``style.<i>``, ``noises.noise_<i>``, ``input.input``), so the converter needs
-only layout rules.
-
-Only the evaluation call is implemented: ``G([w], input_is_latent=True,
-randomize_noise=False, truncation=1)``: the W+ code feeds the synthesis
-network directly (the mapping network ``style`` is kept, for ``mapping(z)``
-and so the checkpoint maps key for key), noise comes from the stored
-buffers, no truncation, no style mixing. The image is returned raw (no tanh,
-no clamp), [N, size, size, 3].
-
-Numerics (rosinality, pure-PyTorch path):
-
-* EqualLinear: ``x @ (W * lr_mul / sqrt(in)) + b * lr_mul``; with the fused
-  activation, ``leaky_relu(. + b * lr_mul, 0.2) * sqrt(2)``.
-* ModulatedConv2d: style ``s = modulation(w_slot)``; weight
-  ``W * s_in / sqrt(in * k * k)``, demodulated per output channel by
-  ``rsqrt(sum_{in,kh,kw} W'^2 + 1e-8)`` (not in ToRGB). Computed here in the
-  equivalent per-sample form: scale the input by ``s``, convolve with the
-  shared weight, scale the output by the demodulation factor, so the batch
-  shares one convolution and the gradient w.r.t. ``s`` is elementwise.
-* Upsampling conv: stride-2 transposed conv (output 2H+1), then the 4x4 FIR
-  blur ``[1,3,3,1]`` (x4 gain) with padding (1, 1) -> 2H.
-* ToRGB skip: ``upfirdn2d(up=2, pad=(2, 1))`` with the same FIR, i.e. per axis
-  ``out[2m] = x[m-1]/4 + 3x[m]/4``, ``out[2m+1] = 3x[m]/4 + x[m+1]/4`` with
-  zeros outside (not bilinear resizing, which clamps the edges).
-* StyledConv: modulated conv, ``+ noise_weight * noise`` (one [r, r] map
-  shared by batch and channels), ``leaky_relu(. + bias, 0.2) * sqrt(2)``.
-* W+ routing: ``conv1`` slot 0, ``to_rgb1`` 1; for resolution step k,
-  ``convs.2k`` slot 2k+1, ``convs.2k+1`` slot 2k+2, ``to_rgbs.k`` slot 2k+3.
+``Generator(1024, 512, 8, channel_multiplier=2)`` of rosinality/stylegan2-pytorch
+(MIT), as encoder4editing and StyleCLIP vendor it; attribute names and list
+indices mirror the official modules (``convs.<i>``, ``noises.noise_<i>``...), so
+the converter needs only layout rules. Only the evaluation call is implemented,
+``G([w], input_is_latent=True, randomize_noise=False, truncation=1)``: stored
+noise, no truncation, no style mixing, the raw image [N, size, size, 3] (no
+tanh, no clamp). The numerics, layer by layer, are in ``Generator``'s docstring.
 """
 from __future__ import annotations
 
@@ -44,14 +17,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from leat_jax.models.layers import Buffer
+
 _NHWC = ("NHWC", "HWIO", "NHWC")
 SQRT2 = math.sqrt(2.0)
 # make_kernel([1, 3, 3, 1]) * 4 is outer(K1, K1): the 1-D factor, gain 2 per axis.
 FIR_1D = (0.25, 0.75, 0.75, 0.25)
-
-
-class Buffer(nnx.Variable):
-    """A stored, untrained tensor (the fixed noise maps)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,7 +257,28 @@ class Noises(nnx.Module):
 
 
 class Generator(nnx.Module):
-    """``Generator(size, style_dim, n_mlp, channel_multiplier)``: ``synthesis(w_plus)`` -> image."""
+    """``Generator(size, style_dim, n_mlp, channel_multiplier)``: ``synthesis(w_plus)`` -> image.
+
+    Numerics (rosinality, pure-PyTorch path):
+
+    * EqualLinear: ``x @ (W * lr_mul / sqrt(in)) + b * lr_mul``; with the fused
+      activation, ``leaky_relu(. + b * lr_mul, 0.2) * sqrt(2)``.
+    * ModulatedConv2d: style ``s = modulation(w_slot)``; weight
+      ``W * s_in / sqrt(in * k * k)``, demodulated per output channel by
+      ``rsqrt(sum_{in,kh,kw} W'^2 + 1e-8)`` (not in ToRGB). Computed here in the
+      equivalent per-sample form: scale the input by ``s``, convolve with the
+      shared weight, scale the output by the demodulation factor, so the batch
+      shares one convolution and the gradient w.r.t. ``s`` is elementwise.
+    * Upsampling conv: stride-2 transposed conv (output 2H+1), then the 4x4 FIR
+      blur ``[1,3,3,1]`` (x4 gain) with padding (1, 1) -> 2H.
+    * ToRGB skip: ``upfirdn2d(up=2, pad=(2, 1))`` with the same FIR, i.e. per axis
+      ``out[2m] = x[m-1]/4 + 3x[m]/4``, ``out[2m+1] = 3x[m]/4 + x[m+1]/4`` with
+      zeros outside (not bilinear resizing, which clamps the edges).
+    * StyledConv: modulated conv, ``+ noise_weight * noise`` (one [r, r] map
+      shared by batch and channels), ``leaky_relu(. + bias, 0.2) * sqrt(2)``.
+    * W+ routing: ``conv1`` slot 0, ``to_rgb1`` 1; for resolution step k,
+      ``convs.2k`` slot 2k+1, ``convs.2k+1`` slot 2k+2, ``to_rgbs.k`` slot 2k+3.
+    """
 
     def __init__(self, config: GeneratorConfig = GeneratorConfig(), *, rngs: nnx.Rngs):
         self.config = config

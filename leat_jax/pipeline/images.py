@@ -161,7 +161,7 @@ def decode(data: bytes, max_side: int) -> Decoded:
             bits, mode = 16, {1: "grey", 2: "grey+alpha", 3: "RGB", 4: "RGBA"}[samples.shape[-1]]
             icc = icc16 or icc
         elif tiff16.is_deep_colour(im):
-            samples, has_alpha = tiff16.decode(im, data)
+            samples, has_alpha = tiff16.decode(data)
             bits, mode = 16, "RGBA" if has_alpha else "RGB"
         else:
             with warnings.catch_warnings():

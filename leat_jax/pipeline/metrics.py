@@ -1,36 +1,10 @@
-"""Disruption and imperceptibility metrics, as pure numpy functions.
+"""The evaluation's numbers: disruption (output MSE, CMUA's masked MSE, DSR, Avg-DSR,
+E-DSR) and imperceptibility (PSNR, SSIM), as pure numpy float64 functions.
 
-Conventions: images are float arrays ``[..., H, W, C]`` in [-1, 1] (the
-project convention) unless said otherwise; every function is per image over
-the trailing three axes and keeps the leading ones.
-
-What is computed (the paper's exact definitions are not available; these are
-ours, stated precisely):
-
-* ``mse(adv, clean)``: ``mean((out(x_adv, c) - out(x, c))**2)`` over H, W, C,
-  in [-1, 1]; one (image, pipeline, attribute) is *disrupted* when it is
-  strictly above ``threshold`` (0.05, Ruiz et al. 2020).
-* ``masked_mse``: CMUA-Watermark's variant. ``mask = sum_c |out(x, c) - x| > 0.5``
-  (the clean output against the input resized to the output size, summed
-  over channels); ``sum((adv - clean)**2 * mask) / (sum(mask) * 3)``. When the
-  mask is empty (the edit changed nothing visible) the value is NaN and the
-  pair counts as *not* disrupted.
-* ``dsr(success)``: for one pipeline, ``success`` is a boolean (images,
-  attributes) table; DSR = the fraction of (image, attribute) pairs disrupted.
-* ``avg_dsr``: the mean of the pipelines' DSRs.
-* ``e_dsr``: an image counts as disrupted on a pipeline when it is disrupted
-  for *every* attribute of the set evaluated (whatever the attacker picks);
-  E-DSR = the fraction of images disrupted on every pipeline.
-  ``image_dsr`` is the per-pipeline version (fraction of images disrupted for
-  every attribute).
-* ``psnr(x_adv, x)``: on [0, 1] images (``(v + 1) / 2``), data range 1:
-  ``10 log10(1 / mean((a - b)**2))``; +inf for identical images.
-* ``ssim(x_adv, x)``: Wang et al. 2004 on [0, 1] images: 11x11 Gaussian window,
-  sigma 1.5, K1 = 0.01, K2 = 0.03, L = 1, computed per channel on the
-  positions where the whole window fits ("valid", as the authors'
-  ``ssim_index.m``), averaged over positions and channels. Images smaller
-  than the window use the whole window size available (the window is cut to
-  the image, renormalised).
+Images are float arrays ``[..., H, W, C]`` in [-1, 1] unless said otherwise;
+every function is per image over the trailing three axes and keeps the
+leading ones. The paper's exact definitions are not available: each
+function's docstring states ours.
 """
 from __future__ import annotations
 
@@ -46,7 +20,11 @@ SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 
 def mse(adv, clean) -> np.ndarray:
-    """Per-image ``mean((adv - clean)**2)`` over the last three axes."""
+    """Per-image ``mean((adv - clean)**2)`` over the last three axes.
+
+    Applied to ``out(x_adv, c)`` and ``out(x, c)``: the pair (image, attribute)
+    is disrupted when this is above ``THRESHOLD`` (Ruiz et al. 2020).
+    """
     d = np.asarray(adv, np.float64) - np.asarray(clean, np.float64)
     return np.mean(np.square(d), axis=(-3, -2, -1))
 
@@ -59,7 +37,11 @@ def cmua_mask(clean_out, x_in, threshold: float = MASK_THRESHOLD) -> np.ndarray:
 
 
 def masked_mse(adv, clean, mask) -> np.ndarray:
-    """CMUA's ``sum((adv - clean)**2 * mask) / (sum(mask) * C)`` per image; NaN where the mask is empty."""
+    """CMUA's ``sum((adv - clean)**2 * mask) / (sum(mask) * C)`` per image.
+
+    NaN where the mask is empty (the edit changed nothing visible): such a
+    pair counts as not disrupted.
+    """
     adv = np.asarray(adv, np.float64)
     clean = np.asarray(clean, np.float64)
     m = np.asarray(mask, np.float64)
@@ -97,9 +79,10 @@ def avg_dsr(success: Mapping[str, np.ndarray]) -> float | None:
 
 
 def e_dsr(success: Mapping[str, np.ndarray]) -> float | None:
-    """Fraction of images disrupted, for every attribute, on every pipeline.
+    """Fraction of images disrupted, for every attribute, on every pipeline (E-DSR).
 
-    ``success`` maps pipeline -> (images, attributes) bool, the same images
+    An image counts on a pipeline when it is disrupted for every attribute
+    evaluated, whatever the attacker picks. ``success`` maps pipeline -> (images, attributes) bool, the same images
     (rows) in the same order; pipelines without attributes are left out.
     """
     tables = [np.asarray(s, bool) for s in success.values() if np.asarray(s).size]
@@ -140,7 +123,14 @@ def _filter_valid(a: np.ndarray, g: np.ndarray) -> np.ndarray:
 
 
 def ssim(adv, clean, window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
-    """Mean SSIM per image of [-1, 1] images, computed on [0, 1] (see the module docstring)."""
+    """Mean SSIM per image of [-1, 1] images, computed on [0, 1].
+
+    Wang et al. 2004: Gaussian window (11x11, sigma 1.5), K1 = 0.01, K2 = 0.03,
+    L = 1, per channel at the positions where the whole window fits ("valid",
+    as the authors' ``ssim_index.m``), averaged over positions and channels.
+    An image smaller than the window uses the window cut to its size,
+    renormalised.
+    """
     a, b = _unit(adv), _unit(clean)
     size = min(window, a.shape[-3], a.shape[-2])
     g = gaussian_window(size, sigma)

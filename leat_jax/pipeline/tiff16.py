@@ -1,19 +1,19 @@
-"""16-bit colour TIFF, read here: Pillow reads RGB(A) TIFFs of 16 bits a
+"""16-bit colour TIFF, read with tifffile: Pillow reads RGB(A) TIFFs of 16 bits a
 sample as 8 bits, which would silently halve what such a scan holds.
 
-Pillow still parses the tags; this reads the strips: uncompressed or
-Deflate, with or without the horizontal predictor, contiguous samples.
-Other layouts (LZW, tiles, planar) are refused with a message saying how to
-re-save the file. 16-bit grey TIFFs need none of this: Pillow reads them.
+Every compression, predictor, strip or tile layout and planar configuration
+tifffile and imagecodecs decode is read; signed, floating-point and
+premultiplied-alpha samples are refused in one line. 16-bit grey TIFFs need
+none of this: Pillow reads them.
 """
 from __future__ import annotations
 
-import zlib
+import io
 
 import numpy as np
+import tifffile
 
-_COMPRESSION = {1: "no", 5: "LZW", 7: "JPEG", 8: "Deflate", 32946: "Deflate", 32773: "PackBits"}
-_RESAVE = "re-save it uncompressed or with Deflate, or as a 16-bit PNG"
+_RESAVE = "re-save it as unsigned 16-bit RGB(A), or as a 16-bit PNG"
 
 
 class TiffError(ValueError):
@@ -33,47 +33,39 @@ def is_deep_colour(im) -> bool:
     return tags.get(277, 1) >= 3 and any(b > 8 for b in bits)
 
 
-def decode(im, data: bytes) -> tuple[np.ndarray, bool]:
-    """(samples (H, W, C) uint16, last channel is alpha) of a 16-bit RGB(A) TIFF."""
-    tags = im.tag_v2
-    bits = _tuple(tags.get(258))
-    spp = tags.get(277, 1)
-    if set(bits) != {16}:
-        raise TiffError(f"TIFF with {'/'.join(map(str, bits))} bits a sample is not supported")
-    if tags.get(262) != 2 or spp not in (3, 4):
-        raise TiffError(f"16-bit TIFF of photometric type {tags.get(262)} with {spp} samples is not supported")
-    if tags.get(339, 1) not in (1, (1,) * spp):
-        raise TiffError("16-bit TIFF of signed or floating-point samples is not supported")
-    if 322 in tags:
-        raise TiffError(f"tiled 16-bit colour TIFFs are not supported; {_RESAVE}")
-    if tags.get(284, 1) != 1:
-        raise TiffError(f"planar 16-bit colour TIFFs are not supported; {_RESAVE}")
-    if spp == 4 and _tuple(tags.get(338, (2,)))[0] == 1:
+def _check(page: tifffile.TiffPage) -> None:
+    spp = page.samplesperpixel
+    if page.bitspersample != 16:
+        raise TiffError(f"TIFF with {page.bitspersample} bits a sample is not supported; {_RESAVE}")
+    if page.photometric != tifffile.PHOTOMETRIC.RGB or spp not in (3, 4):
+        raise TiffError(f"16-bit TIFF of photometric type {int(page.photometric)} with {spp} samples "
+                        f"is not supported; {_RESAVE}")
+    if page.sampleformat != tifffile.SAMPLEFORMAT.UINT:
+        raise TiffError(f"16-bit TIFF of signed or floating-point samples is not supported; {_RESAVE}")
+    if spp == 4 and page.extrasamples[:1] == (tifffile.EXTRASAMPLE.ASSOCALPHA,):
         raise TiffError(f"16-bit TIFF with premultiplied alpha is not supported; {_RESAVE}")
-    compression, predictor = tags.get(259, 1), tags.get(317, 1)
-    if compression not in (1, 8, 32946):
-        name = _COMPRESSION.get(compression, f"type {compression}")
-        raise TiffError(f"16-bit colour TIFF with {name} compression is not supported; {_RESAVE}")
-    if predictor not in (1, 2):
-        raise TiffError(f"16-bit colour TIFF with predictor {predictor} is not supported; {_RESAVE}")
-    width, height = im.size
-    strips = []
-    for offset, count in zip(_tuple(tags.get(273, ())), _tuple(tags.get(279, ()))):
-        raw = data[offset : offset + count]
-        if len(raw) < count:
-            raise TiffError("truncated TIFF (a strip runs past the end of the file)")
-        if compression != 1:
-            try:
-                raw = zlib.decompress(raw)
-            except zlib.error as e:
-                raise TiffError(f"corrupt TIFF image data ({e})") from None
-        strips.append(raw)
-    buf = b"".join(strips)
-    need = height * width * spp * 2
-    if len(buf) < need:
-        raise TiffError(f"truncated TIFF ({len(buf)} of {need} bytes of image data)")
-    dtype = np.dtype("<u2" if tags._endian == "<" else ">u2")
-    samples = np.frombuffer(buf[:need], dtype).reshape(height, width, spp).astype(np.uint16)
-    if predictor == 2:  # horizontal differencing, modulo 2**16 along each row
-        samples = np.cumsum(samples, axis=1, dtype=np.uint16)
-    return samples, spp == 4
+
+
+def decode(data: bytes) -> tuple[np.ndarray, bool]:
+    """The first image of a 16-bit RGB(A) TIFF file's bytes.
+
+    Returns:
+        ``(samples (H, W, C) uint16, whether the last channel is alpha)``.
+
+    Raises:
+        TiffError: a layout refused above, or damaged image data (one line).
+    """
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages.first
+            _check(page)
+            samples = page.asarray()
+            planar = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE
+    except TiffError:
+        raise
+    except Exception as e:  # tifffile and its codecs raise many kinds on damaged files
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TiffError(f"damaged or truncated TIFF image data ({why})") from None
+    if planar:
+        samples = np.moveaxis(samples, 0, -1)
+    return np.ascontiguousarray(samples, np.uint16), samples.shape[-1] == 4
