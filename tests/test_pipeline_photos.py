@@ -20,7 +20,7 @@ from PIL import Image
 
 from leat_jax import cli
 from leat_jax.pipeline import config as settings
-from leat_jax.pipeline import immunize, inputs, photos, victimset
+from leat_jax.pipeline import immunize, inputs, job, photos, victimset
 from tests.golden_harness import GOLDEN_DIR
 from tests.pipeline_toys import ENV
 from tests.pipeline_toys import victims as toy_victims
@@ -209,12 +209,12 @@ def test_faces_mode_keys_the_settings(tmp_path):
     aligned = settings.build("src", "dst", victims=(victimset.VictimSpec("toy_a"),), stand_in_weights=True)
     detect = settings.build("src", "dst", victims=(victimset.VictimSpec("toy_a"),), stand_in_weights=True,
                             faces="detect")
-    s_aligned, h_aligned = immunize._settings(aligned, loaded)
-    s_detect, h_detect = immunize._settings(detect, loaded, photos.settings(FakeDetector()))
+    s_aligned, h_aligned = job.settings(aligned, loaded)
+    s_detect, h_detect = job.settings(detect, loaded, photos.settings(FakeDetector()))
     assert h_aligned != h_detect and s_aligned["faces"] == {"mode": "aligned"}
     # another detector or alignment version also redoes the work
     other = types.SimpleNamespace(identity="another")
-    assert immunize._settings(detect, loaded, photos.settings(other))[1] != h_detect
+    assert job.settings(detect, loaded, photos.settings(other))[1] != h_detect
     with pytest.raises(victimset.SetupError, match="faces must be one of"):
         settings.build("src", "dst", faces="sideways")
     toml = tmp_path / "run.toml"
