@@ -91,6 +91,8 @@ def _add_immunize(sub) -> None:
                    "jpeg weakens the protection)")
     g.add_argument("--jpeg-quality", type=int, metavar="N", help="quality of --format jpeg (default 95)")
     g.add_argument("--force", action="store_true", default=None, help="redo images already done")
+    g.add_argument("--verify", action="store_true", default=None,
+                   help="check images already done by hashing input and output (default: size and time)")
     g.add_argument("--quiet", action="store_true", default=None, help="no progress bar or summary")
     g.add_argument("--contact-sheet", type=int, metavar="N", help="images on the contact sheet (default 4; 0: none)")
     g.add_argument("--compile-cache", metavar="DIR",
@@ -226,7 +228,7 @@ def _immunize(args, parser) -> int:
             batch_size=args.batch_size, devices=args.devices, workers=args.workers, format=args.format,
             jpeg_quality=args.jpeg_quality, max_size=args.max_size, force=args.force, quiet=args.quiet,
             contact_sheet=args.contact_sheet, faces=args.faces,
-            compile_cache=False if args.no_compile_cache else args.compile_cache,
+            compile_cache=False if args.no_compile_cache else args.compile_cache, verify=args.verify,
             distributed=DistributedConfig.from_env(
                 coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id
             ) if args.distributed else None,

@@ -65,6 +65,8 @@ class ImmunizeConfig:
         those pixels change; see ``leat_jax.pipeline.photos``).
       compile_cache: JAX's persistent compilation cache: True (default) under
         the user's cache folder, a folder, or False (off).
+      verify: a rerun checks done images by hashing input and output (default:
+        by size and modification time; shards with a valid done marker are skipped).
     """
 
     src: str | None
@@ -86,6 +88,7 @@ class ImmunizeConfig:
     contact_sheet: int = 4
     faces: str = "aligned"
     compile_cache: bool | str = True
+    verify: bool = False
 
     def __post_init__(self):
         # Values may come from a TOML file: check types, not just ranges.
@@ -105,7 +108,7 @@ class ImmunizeConfig:
             raise SetupError(f"seed must be an integer in 0..2**32-1, got {self.seed!r}")
         if not isinstance(self.compile_cache, (bool, str)) or self.compile_cache == "":
             raise SetupError(f"compile_cache must be true, false or a folder, got {self.compile_cache!r}")
-        for name in ("stand_in_weights", "force", "quiet"):
+        for name in ("stand_in_weights", "force", "quiet", "verify"):
             if type(getattr(self, name)) is not bool:
                 raise SetupError(f"{name} must be true or false, got {getattr(self, name)!r}")
 

@@ -22,10 +22,24 @@ from pathlib import Path
 from leat_jax import parallel
 from leat_jax.attack import prepared
 from leat_jax.parallel.mesh import replicate
-from leat_jax.pipeline import compile_cache, faults, inputs, job, manifest, photos, reading, report, victimset, writing
+from leat_jax.pipeline import (
+    compile_cache,
+    faults,
+    inputs,
+    job,
+    manifest,
+    photos,
+    reading,
+    report,
+    shards,
+    victimset,
+    writing,
+)
 from leat_jax.pipeline.aligned import AlignedAttack
 from leat_jax.pipeline.config import ImmunizeConfig
+from leat_jax.pipeline.lock import Lock
 from leat_jax.pipeline.progress import Progress
+from leat_jax.pipeline.resume import Resume
 from leat_jax.pipeline.victimset import SetupError
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
@@ -69,10 +83,10 @@ def join(cfg: ImmunizeConfig) -> tuple[int, int]:
         raise SetupError(f"--distributed: cannot join the job ({type(e).__name__}: {str(e).splitlines()[0]})") from None
 
 
-def list_inputs(src: Path, dst: Path, fmt: str) -> list[inputs.Item]:
-    """The list stage: every input under ``src``; ``SetupError`` when SRC is unusable."""
+def list_inputs(src: Path, dst: Path, fmt: str):
+    """The list stage: every input under ``src``, streamed; ``SetupError`` when SRC is unusable."""
     try:
-        return inputs.discover(src, dst, fmt)
+        return inputs.stream(src, dst, fmt)
     except inputs.InputError as e:
         raise SetupError(str(e)) from None
 
@@ -119,59 +133,67 @@ def run(cfg: ImmunizeConfig, stream=None, detector=None) -> Summary:
     """
     stream = stream if stream is not None else sys.stderr
     start = time.monotonic()
-    say = (lambda text: None) if cfg.quiet else (lambda text: print(text, file=stream, flush=True))
     process_index, process_count = join(cfg)
     src = Path(cfg.src) if cfg.src is not None else SAMPLES
     dst = Path(cfg.dst)
     items = list_inputs(src, dst, cfg.format)
     tmp_dir = writing.prepare_dst(dst, process_index)
-    loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
-    mesh = mesh_of(cfg)
-    detector, faces = face_detector(cfg, detector)
-    settings, settings_hash = job.settings(cfg, loaded, faces)
-    warning = STAND_IN_WARNING.format(names=", ".join(loaded.stand_in)) if loaded.stand_in else None
-    for line in (warning, JPEG_WARNING if cfg.format == "jpeg" else None):
-        if line:
-            print(line, file=stream, flush=True)
-    compile_cache.use(compile_cache.resolve(cfg.compile_cache))
-    mine = parallel.process_share(items, process_index, process_count)
-    ctx = job.Context(dst, tmp_dir, settings_hash, process_index, cfg.attack.eps, cfg.format, cfg.jpeg_quality,
-                      cfg.max_size, tuple(loaded.names), {} if cfg.force else manifest.read(dst))
-    progress = Progress(len(mine), stream=stream, quiet=cfg.quiet)
-    stage = attack_stage(cfg, ctx, loaded, mesh, detector, progress.message)
-    share = f" ({len(mine)} for process {process_index} of {process_count})" if process_count > 1 else ""
-    say(
-        f"leat-jax: {len(items)} images{share} from {src} -> {dst}; victims: {', '.join(loaded.names)}; "
-        f"{mesh.devices.size} {mesh.devices.flat[0].platform} device(s), batch {stage.batch}; "
-        f"eps {cfg.attack.eps}, {cfg.attack.iterations} iterations"
-        + ("; faces: detected in each photo, attacked on one device" if cfg.faces == "detect" else "")
-    )
-    try:
-        write_settings(ctx, settings)
-        with compile_cache.Counter() as compiles:
-            try:
-                counts = job.drive(mine, functools.partial(reading.read, ctx), stage, job.Recorder(ctx, progress),
-                                   functools.partial(writing.failed_record, ctx), cfg.workers)
-            finally:
-                progress.close()
-        seconds = time.monotonic() - start
-        stats = {"process": process_index, "inputs": len(mine), "protected": counts.protected,
-                 "skipped": counts.skipped, "failed": counts.failed, "seconds": seconds, "no_face": counts.no_face,
-                 "devices": int(mesh.devices.size), "platform": mesh.devices.flat[0].platform,
-                 "compile_cache": {"folder": jax_cache_folder(cfg), **compiles.stats()}, **stage.stats()}
-        report_path, sheet_path = write_report(cfg, ctx, src, items, settings, stats, process_count, warning)
-    except OSError as e:  # DST became unwritable (disk full, unmounted...) mid-run
-        raise faults.JobFailed(
-            f"{e.filename or dst}: {e.strerror or e}; the job stopped, finished images are kept"
-        ) from None
-    except Exception as e:
-        if not faults.is_out_of_memory(e):
-            raise
-        raise faults.JobFailed(f"device out of memory ({str(e).strip().splitlines()[0]})") from None
-    say(closing_line(counts, seconds, report_path, sheet_path))
+    with Lock(manifest.state_dir(dst), process_index):
+        loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
+        mesh = mesh_of(cfg)
+        detector, faces = face_detector(cfg, detector)
+        settings, settings_hash = job.settings(cfg, loaded, faces)
+        warning = STAND_IN_WARNING.format(names=", ".join(loaded.stand_in)) if loaded.stand_in else None
+        for line in (warning, JPEG_WARNING if cfg.format == "jpeg" else None):
+            if line:
+                print(line, file=stream, flush=True)
+        compile_cache.use(compile_cache.resolve(cfg.compile_cache))
+        base = job.Context(dst, tmp_dir, settings_hash, process_index, cfg.attack.eps, cfg.format, cfg.jpeg_quality,
+                           cfg.max_size, tuple(loaded.names), {}, cfg.verify)
+        try:
+            summary = run_stages(cfg, base, items, (src, settings, warning, process_count), loaded, mesh, detector,
+                                 stream, start)
+        except OSError as e:  # DST became unwritable (disk full, unmounted...) mid-run
+            gone = not manifest.state_dir(dst).is_dir()
+            where, why = (dst, writing.GONE) if gone else (e.filename or dst, e.strerror or e)
+            raise faults.JobFailed(f"{where}: {why}; the job stopped, finished images are kept") from None
+        except Exception as e:
+            if not faults.is_out_of_memory(e):
+                raise
+            raise faults.JobFailed(f"device out of memory ({str(e).strip().splitlines()[0]})") from None
     if loaded.stand_in:
         print("leat-jax: reminder: stand-in weights; this output protects against nothing.", file=stream, flush=True)
-    return Summary(len(mine), counts.protected, counts.skipped, counts.failed, seconds, report_path, sheet_path,
+    return summary
+
+
+def run_stages(cfg, base: job.Context, items, about, loaded, mesh, detector, stream, start) -> Summary:
+    """List (spilled into shards), then read, attack, write and record this process's shards; the report."""
+    src, settings, warning, process_count = about
+    say = (lambda text: None) if cfg.quiet else (lambda text: print(text, file=stream, flush=True))
+    state, index = manifest.state_dir(base.dst), base.process_index
+    work = state / f"work-p{index}"
+    resume = Resume(shards.Store(state), work, shards.spill(items, work, index, process_count), base.dst,
+                    base.settings_hash, cfg.force, cfg.verify)
+    ctx = dataclasses.replace(base, previous=resume)
+    progress = Progress(resume.total, stream=stream, quiet=cfg.quiet)
+    stage = attack_stage(cfg, ctx, loaded, mesh, detector, progress.message)
+    say(opening_line(cfg, src, base.dst, resume.total, index, process_count, loaded, mesh, stage))
+    write_settings(ctx, settings)
+    recorder = job.Recorder(ctx, progress, resume)
+    with compile_cache.Counter() as compiles:
+        try:
+            counts = job.drive(resume.items(recorder.skipped_shard), functools.partial(reading.read, ctx), stage,
+                               recorder, functools.partial(writing.failed_record, ctx), cfg.workers)
+        finally:
+            progress.close()
+    seconds = time.monotonic() - start
+    stats = {"process": index, "inputs": resume.total, "protected": counts.protected, "skipped": counts.skipped,
+             "failed": counts.failed, "seconds": seconds, "no_face": counts.no_face,
+             "devices": int(mesh.devices.size), "platform": mesh.devices.flat[0].platform,
+             "compile_cache": {"folder": jax_cache_folder(cfg), **compiles.stats()}, **stage.stats()}
+    report_path, sheet_path = write_report(cfg, ctx, src, settings, stats, process_count, warning)
+    say(closing_line(counts, seconds, report_path, sheet_path))
+    return Summary(resume.total, counts.protected, counts.skipped, counts.failed, seconds, report_path, sheet_path,
                    loaded.stand_in, counts.no_face)
 
 
@@ -189,7 +211,26 @@ def write_settings(ctx: job.Context, settings: dict) -> None:
         writing.write_atomic(ctx.dst / inputs.SETTINGS, text, ctx.tmp_dir, ctx.tag)
 
 
-def write_report(cfg, ctx: job.Context, src, items, settings, stats, process_count, warning):
+def opening_line(cfg, src, dst, total, process_index, process_count, loaded, mesh, stage) -> str:
+    share = f" for process {process_index} of {process_count}" if process_count > 1 else ""
+    return (
+        f"leat-jax: {total} images{share} from {src} -> {dst}; victims: {', '.join(loaded.names)}; "
+        f"{mesh.devices.size} {mesh.devices.flat[0].platform} device(s), batch {stage.batch}; "
+        f"eps {cfg.attack.eps}, {cfg.attack.iterations} iterations"
+        + ("; faces: detected in each photo, attacked on one device" if cfg.faces == "detect" else "")
+    )
+
+
+def shard_rows(state: Path, process_count: int):
+    """(inputs, records by path) of every shard, one at a time, from this run's listings."""
+    store = shards.Store(state)
+    for s in range(shards.SHARDS):
+        items = shards.listing(state / f"work-p{shards.owner(s, process_count)}", s)
+        if items:
+            yield items, store.records(s)
+
+
+def write_report(cfg, ctx: job.Context, src, settings, stats, process_count, warning):
     """This process's stats, then (process 0, once every process is done) the report; its paths."""
     state = manifest.state_dir(ctx.dst)
     writing.write_atomic(state / f"run-{ctx.process_index}.json", json.dumps(stats).encode(), ctx.tmp_dir, ctx.tag)
@@ -201,7 +242,7 @@ def write_report(cfg, ctx: job.Context, src, items, settings, stats, process_cou
     if ctx.process_index != 0:
         return None, None
     runs = [json.loads((state / f"run-{i}.json").read_text()) for i in range(process_count)]
-    return report.write(ctx.dst, src, items, manifest.read(ctx.dst), settings, runs, warning, cfg.contact_sheet,
+    return report.write(ctx.dst, src, shard_rows(state, process_count), settings, runs, warning, cfg.contact_sheet,
                         cfg.attack.eps)
 
 

@@ -4,8 +4,9 @@ SRC is a folder (walked recursively, images recognised by suffix), one image,
 or a text file listing paths (one a line; blank lines and ``#`` comments
 skipped; relative paths are relative to the list's folder). Every input gets
 a relative path: its key in the manifest, the source of its id, and where its
-result goes under DST. The list is sorted so every process of a distributed
-run sees the same order and takes a disjoint share of it.
+result goes under DST. ``stream`` yields a folder's inputs one directory at
+a time (sorted within each directory), never holding the whole tree;
+``discover`` is the sorted list, for small jobs.
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ class Item:
     path: Path
     output: str
     problem: str | None = None
+    size: int | None = None  # bytes, from the listing (None: unknown)
+    mtime_ns: int | None = None
 
     @property
     def image_id(self) -> int:
@@ -156,6 +159,71 @@ def _assign_outputs(found: list[tuple[str, Path, str | None]], fmt: str) -> list
             problem = f"its output name {out} is reserved for leat-jax's own files"
         items.append(Item(rel=rel, path=path, output=out, problem=problem))
     return sorted(items, key=lambda i: i.rel)
+
+
+def _stat(entry: os.DirEntry) -> tuple[int | None, int | None]:
+    try:
+        st = entry.stat()
+    except OSError:
+        return None, None  # a broken link: reading reports it
+    return st.st_size, st.st_mtime_ns
+
+
+def _stream_folder(src: Path, folder: Path, skip: Path, fmt: str):
+    """Items of ``folder`` (its files, sorted, outputs assigned), then of each sub-folder, depth first."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+        rel = folder.relative_to(src).as_posix() or "."
+        yield Item(rel, folder, rel, f"cannot list this folder ({e.strerror or e})")
+        return
+    found, stats, subfolders = [], {}, []
+    for entry in entries:
+        path = Path(entry.path)
+        rel = path.relative_to(src).as_posix()
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            is_dir = False
+        if is_dir:
+            if path.resolve() == skip or entry.name == STATE_DIR:
+                continue  # DST inside SRC: never protect our own outputs
+            if is_image_name(entry.name):
+                found.append((rel, path, "a directory named like an image; not protected"))
+            elif not entry.is_symlink():  # symlinked folders could loop
+                subfolders.append(path)
+        elif is_image_name(entry.name):
+            found.append((rel, path, None))
+            stats[rel] = _stat(entry)
+    for item in _assign_outputs(found, fmt):  # outputs keep the folder: clashes are among siblings only
+        yield dataclasses.replace(item, size=stats.get(item.rel, (None, None))[0],
+                                  mtime_ns=stats.get(item.rel, (None, None))[1])
+    for sub in subfolders:
+        yield from _stream_folder(src, sub, skip, fmt)
+
+
+def stream(src, dst, fmt: str = "png"):
+    """Every input under ``src``, streamed: a folder one directory at a time, sorted within it.
+
+    Raises ``InputError`` (before yielding anything) when SRC cannot be used.
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.exists():
+        raise InputError(f"{src}: no such file or folder")
+    if src.is_dir():
+        if src.resolve() == dst.resolve():
+            raise InputError(f"{src}: SRC and DST are the same folder; the inputs would be overwritten")
+        return _stream_folder(src, src, dst.resolve(), fmt)
+    return (dataclasses.replace(i, size=st[0], mtime_ns=st[1]) for i in discover(src, dst, fmt)
+            for st in [_path_stat(i.path)])
+
+
+def _path_stat(path: Path) -> tuple[int | None, int | None]:
+    try:
+        st = path.stat()
+    except OSError:
+        return None, None
+    return st.st_size, st.st_mtime_ns
 
 
 def discover(src, dst, fmt: str = "png") -> list[Item]:

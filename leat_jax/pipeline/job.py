@@ -49,7 +49,9 @@ class Context:
       process_index: this process (records and temporary names carry it).
       eps, format, jpeg_quality, max_size: the run's settings the host stages use.
       names: the victims' names, in the attack's order.
-      previous: the manifest's latest record per relative path ({} with --force).
+      previous: the previous record of a relative path (``.get(rel)``; a
+        ``resume.Resume`` or a dict).
+      verify: check done images by hashing input and output, not by size and time.
     """
 
     dst: Path
@@ -62,6 +64,7 @@ class Context:
     max_size: int
     names: tuple[str, ...]
     previous: Mapping[str, dict]
+    verify: bool = False
 
     @property
     def tag(self) -> str:
@@ -214,18 +217,28 @@ class Recorder:
     images in a row fail for the same job-level reason.
     """
 
-    def __init__(self, ctx: Context, progress, streak: faults.Streak | None = None):
+    def __init__(self, ctx: Context, progress, resume=None, streak: faults.Streak | None = None):
         self.ctx = ctx
         self.progress = progress
+        self.resume = resume
         self.counts = Counts()
         self.streak = streak or faults.Streak()
         self.writer = manifest.Writer(ctx.dst, ctx.process_index)
 
-    def skipped(self) -> None:
-        self.counts.skipped += 1
-        self.progress.update(skipped=1)
+    def skipped(self, item: inputs.Item) -> None:
+        """One input done before."""
+        if self.resume is not None:
+            self.resume.settle([], [item])
+        self.skipped_shard(1)
+
+    def skipped_shard(self, n: int) -> None:
+        """``n`` inputs done before (a whole shard, not opened)."""
+        self.counts.skipped += n
+        self.progress.update(skipped=n)
 
     def add(self, records: list[dict]) -> None:
+        if self.resume is not None:  # the state first: a kill between the two never redoes an image
+            self.resume.settle(records)
         self.writer.append(records)
         failed = [r for r in records if r["status"] == "failed"]
         for r in failed:
@@ -274,7 +287,7 @@ def drive(items: Iterable[inputs.Item], read: Callable, stage: AttackStage, reco
     try:
         for got in prefetched(pool, inspected, items, depth):
             if isinstance(got, Skipped):
-                recorder.skipped()
+                recorder.skipped(got.item)
             elif isinstance(got, Failure):
                 recorder.add([failed(got.item, got.error)])
             else:

@@ -111,6 +111,7 @@ def write_image(ctx: Context, p: Prepared, protected: np.ndarray, distances: dic
     try:
         data, measured = encode_checked(ctx, p, protected)
         write_atomic(target, data, ctx.tmp_dir, ctx.tag)
+        out = target.stat()
     except images.ImageError as e:
         return failed_record(ctx, item, f"{item.path}: {e}")
     except (FileExistsError, NotADirectoryError):
@@ -127,6 +128,10 @@ def write_image(ctx: Context, p: Prepared, protected: np.ndarray, distances: dic
         "settings": ctx.settings_hash,
         "output": item.output,
         "output_sha256": sha256(data),
+        "input_size": item.size,
+        "input_mtime_ns": item.mtime_ns,
+        "output_size": out.st_size,
+        "output_mtime_ns": out.st_mtime_ns,
         "distances": distances,
         "linf": measured,
         "size": [int(p.image.size[0]), int(p.image.size[1])],
