@@ -84,9 +84,9 @@ def listing(folder: Path, shard: int) -> list[Item]:
         return sorted((_item_of(line) for line in f), key=lambda i: i.rel)
 
 
-def _output_stat(dst: Path, item: Item) -> tuple[int, int] | None:
+def _output_stat(dst: str, item: Item) -> tuple[int, int] | None:
     try:
-        st = os.stat(dst / item.output)
+        st = os.stat(os.path.join(dst, item.output))
     except OSError:
         return None
     return st.st_size, st.st_mtime_ns
@@ -94,9 +94,9 @@ def _output_stat(dst: Path, item: Item) -> tuple[int, int] | None:
 
 def digest(items: Iterable[Item], dst: Path) -> str:
     """What a done marker vouches for: each input's path, size and time, and its output's size and time."""
-    h = hashlib.sha256()
+    h, folder = hashlib.sha256(), str(dst)
     for item in items:
-        h.update(json.dumps([item.rel, item.size, item.mtime_ns, item.output, _output_stat(dst, item)]).encode())
+        h.update(json.dumps([item.rel, item.size, item.mtime_ns, item.output, _output_stat(folder, item)]).encode())
     return h.hexdigest()
 
 
