@@ -9,9 +9,9 @@ runs each phase in a fresh process and reports its peak resident memory
 * listing: walk the tree (streamed, sorted per folder), spill it into shards;
 * records: the manifest code appends a ``done`` record per input to its
   shard's manifest and writes each shard's done marker (setup for the next two);
-* rerun: decide a fully done rerun: list and spill again, then per shard
-  read its listing, digest it with the outputs' size and time, check the
-  marker (every shard skipped, no image opened);
+* rerun: decide a fully done rerun: list and spill again (digesting each
+  shard with its outputs' size and time on the way), then check each
+  shard's marker (every shard skipped, no listing read back, no image opened);
 * report: build the report, streamed over the shards.
 
 No image is decoded and nothing is attacked: this measures the state alone.
@@ -43,8 +43,8 @@ def make_tree(src: Path, n: int) -> None:
 def _listing(src: Path, dst: Path) -> dict:
     from leat_jax.pipeline import inputs, shards
 
-    counts = shards.spill(inputs.stream(src, dst), dst / ".leat-jax" / "work-p0", 0, 1)
-    return {"inputs": sum(counts.values()), "shards": len(counts)}
+    found = shards.spill(inputs.stream(src, dst), dst / ".leat-jax" / "work-p0", 0, 1, dst)
+    return {"inputs": sum(found.counts.values()), "shards": len(found.counts)}
 
 
 def _records(src: Path, dst: Path) -> dict:
@@ -67,9 +67,9 @@ def _rerun(src: Path, dst: Path) -> dict:
     from leat_jax.pipeline.resume import Resume
 
     work = dst / ".leat-jax" / "work-p0"
-    counts = shards.spill(inputs.stream(src, dst), work, 0, 1)
+    found = shards.spill(inputs.stream(src, dst), work, 0, 1, dst)
     skipped = []
-    resume = Resume(shards.Store(dst / ".leat-jax"), work, counts, dst, SETTINGS["settings_hash"])
+    resume = Resume(shards.Store(dst / ".leat-jax"), work, found, dst, SETTINGS["settings_hash"])
     todo = sum(1 for _ in resume.items(skipped.append))
     return {"to_do": todo, "skipped": sum(skipped)}
 

@@ -34,9 +34,12 @@ def test_shards_depend_on_the_path_only_and_split_by_process(tmp_path):
     items = [inputs.Item(f"d/{i}.png", tmp_path / f"{i}.png", f"d/{i}.png", None, i, i) for i in range(500)]
     assert shards.shard_of("d/1.png") == 224  # a stable hash: the same in every process and run
     assert len({shards.shard_of(i.rel) for i in items}) > 100
-    per = [shards.spill(items, tmp_path / f"w{p}", p, 3) for p in range(3)]
+    per = [shards.spill(items, tmp_path / f"w{p}", p, 3, tmp_path).counts for p in range(3)]
     assert sum(sum(c.values()) for c in per) == 500 and all(per)
     back = [i for p in range(3) for s in per[p] for i in shards.listing(tmp_path / f"w{p}", s)]
+    found = shards.spill(items, tmp_path / "all", 0, 1, tmp_path)
+    s = next(iter(found.counts))  # the walk's digest is the marker's, whatever the order
+    assert found.digest(s) == shards.digest(reversed(shards.listing(tmp_path / "all", s)), tmp_path)
     assert sorted(back, key=lambda i: i.rel) == sorted(items, key=lambda i: i.rel)  # every field back
 
 

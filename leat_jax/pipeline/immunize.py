@@ -172,7 +172,7 @@ def run_stages(cfg, base: job.Context, items, about, loaded, mesh, detector, str
     say = (lambda text: None) if cfg.quiet else (lambda text: print(text, file=stream, flush=True))
     state, index = manifest.state_dir(base.dst), base.process_index
     work = state / f"work-p{index}"
-    resume = Resume(shards.Store(state), work, shards.spill(items, work, index, process_count), base.dst,
+    resume = Resume(shards.Store(state), work, shards.spill(items, work, index, process_count, base.dst), base.dst,
                     base.settings_hash, cfg.force, cfg.verify)
     ctx = dataclasses.replace(base, previous=resume)
     progress = Progress(resume.total, stream=stream, quiet=cfg.quiet)

@@ -22,16 +22,17 @@ class Resume:
     Args:
       store: the shards' manifests and markers.
       work: the folder this run's listing was spilled into.
-      counts: {shard: inputs} of this process (from ``shards.spill``).
+      spilled: this process's shards, as ``shards.spill`` found them.
       dst: output folder.
       settings_hash: this run's settings hash.
       redo: ignore previous records and markers (``--force``).
       verify: ignore markers; the read stage re-hashes (``--verify``).
     """
 
-    def __init__(self, store: shards.Store, work: Path, counts: dict[int, int], dst: Path, settings_hash: str,
+    def __init__(self, store: shards.Store, work: Path, spilled: shards.Spilled, dst: Path, settings_hash: str,
                  redo: bool = False, verify: bool = False):
-        self.store, self.work, self.counts, self.dst = store, work, counts, dst
+        self.store, self.work, self.spilled, self.dst = store, work, spilled, dst
+        self.counts = spilled.counts
         self.settings_hash, self.redo, self.verify = settings_hash, redo, verify
         self.open: dict[int, dict] = {}
         self.shard_of_path: dict[str, int] = {}
@@ -43,11 +44,10 @@ class Resume:
     def items(self, skip_shard: Callable[[int], None]) -> Iterator[Item]:
         """This process's inputs still to look at, shard by shard; ``skip_shard(n)`` for each done shard."""
         for s in sorted(self.counts):
-            items = shards.listing(self.work, s)
-            if not (self.redo or self.verify) and self.store.is_done(s, self.settings_hash,
-                                                                      shards.digest(items, self.dst)):
-                skip_shard(len(items))
+            if not (self.redo or self.verify) and self.store.is_done(s, self.settings_hash, self.spilled.digest(s)):
+                skip_shard(self.counts[s])
                 continue
+            items = shards.listing(self.work, s)
             self.store.clear_done(s)
             previous = {} if self.redo else self.store.records(s)
             self.open[s] = {"items": items, "previous": previous, "pending": len(items), "done": 0}

@@ -12,10 +12,12 @@ process count finds the same shards. In DST/.leat-jax/:
 * ``shards/<s>.done``: written last, when every input of the shard is done:
   the settings hash and a digest of the listing (path, size, modification
   time) and of the outputs' size and time. A rerun whose listing and outputs
-  give the same digest skips the shard without opening any image.
+  give the same digest (taken during the walk) skips the shard without
+  reading its listing back or opening any image.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -30,6 +32,7 @@ SHARDS = 256
 COMPACT = ("path", "status", "settings", "output", "input_sha256", "input_size", "input_mtime_ns", "output_sha256",
            "output_size", "output_mtime_ns", "distances", "linf", "error", "no_face", "size", "image")
 _SPILL_LINES = 512  # listing lines held per shard before they are appended to its file
+_MODULUS = 1 << 128  # shard digests: sums of 128-bit hashes
 
 
 def shard_of(rel: str, shards: int = SHARDS) -> int:
@@ -50,13 +53,29 @@ def _item_of(line: str) -> Item:
     return Item(rel, Path(path), output, problem, size, mtime_ns)
 
 
-def spill(items: Iterable[Item], folder: Path, process_index: int, process_count: int) -> dict[int, int]:
-    """Write this process's shards' listings under ``folder`` (emptied first); {shard: inputs}."""
+@dataclasses.dataclass
+class Spilled:
+    """What ``spill`` found: inputs per shard, and each shard's digest (as ``digest`` computes it)."""
+
+    counts: dict[int, int]
+    sums: dict[int, int]
+
+    def digest(self, shard: int) -> str:
+        return f"{self.sums.get(shard, 0):032x}"
+
+
+def spill(items: Iterable[Item], folder: Path, process_index: int, process_count: int, dst: Path) -> Spilled:
+    """Write this process's shards' listings under ``folder`` (emptied first), digesting each shard on the way.
+
+    The digest is taken here, in the one walk, so a fully done rerun decides
+    every shard without reading any listing back.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.jsonl"):
         old.unlink()
     held: dict[int, list[str]] = {}
-    counts: dict[int, int] = {}
+    found = Spilled({}, {})
+    out = str(dst)
 
     def flush(s: int) -> None:
         with open(folder / f"{s}.jsonl", "a", encoding="utf-8") as f:
@@ -66,13 +85,15 @@ def spill(items: Iterable[Item], folder: Path, process_index: int, process_count
         s = shard_of(item.rel)
         if owner(s, process_count) != process_index:
             continue
-        held.setdefault(s, []).append(_item_line(item))
-        counts[s] = counts.get(s, 0) + 1
+        line = _item_line(item)
+        held.setdefault(s, []).append(line)
+        found.counts[s] = found.counts.get(s, 0) + 1
+        found.sums[s] = (found.sums.get(s, 0) + _term(line, _output_stat(out, item))) % _MODULUS
         if len(held[s]) >= _SPILL_LINES:
             flush(s)
     for s in list(held):
         flush(s)
-    return counts
+    return found
 
 
 def listing(folder: Path, shard: int) -> list[Item]:
@@ -92,12 +113,19 @@ def _output_stat(dst: str, item: Item) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
+def _term(line: str, output_stat) -> int:
+    return int.from_bytes(hashlib.sha256((line + json.dumps(output_stat)).encode()).digest()[:16], "little")
+
+
 def digest(items: Iterable[Item], dst: Path) -> str:
-    """What a done marker vouches for: each input's path, size and time, and its output's size and time."""
-    h, folder = hashlib.sha256(), str(dst)
+    """What a done marker vouches for: each input's path, size and time, and its output's size and time.
+
+    A sum of per-input hashes, so it does not depend on the inputs' order.
+    """
+    total, out = 0, str(dst)
     for item in items:
-        h.update(json.dumps([item.rel, item.size, item.mtime_ns, item.output, _output_stat(folder, item)]).encode())
-    return h.hexdigest()
+        total = (total + _term(_item_line(item), _output_stat(out, item))) % _MODULUS
+    return f"{total:032x}"
 
 
 class Store:
