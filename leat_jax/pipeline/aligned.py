@@ -14,7 +14,7 @@ import numpy as np
 
 from leat_jax import parallel
 from leat_jax.pipeline import faults, writing
-from leat_jax.pipeline.job import Context, Prepared, finite
+from leat_jax.pipeline.job import IN_FLIGHT, Context, Prepared, finite
 
 
 class AlignedAttack:
@@ -38,6 +38,7 @@ class AlignedAttack:
         self.compiled: set[tuple[int, int, int]] = set()
         self.out_of_memory: list[dict] = []
         self.lock = threading.Lock()
+        self.in_flight = IN_FLIGHT
 
     @property
     def batch(self) -> int:

@@ -117,7 +117,8 @@ def attack_stage(cfg: ImmunizeConfig, ctx: job.Context, loaded, mesh, detector, 
     # Weight-only work (kernel flips, compute-dtype cast) once per run, not once per batch.
     params = prepared(loaded.victims, cfg.attack, loaded.params)
     if cfg.faces == "detect":
-        return photos.PhotoAttack(ctx, loaded.victims, cfg.attack, params, cfg.seed, detector, say)
+        return photos.PhotoAttack(ctx, loaded.victims, cfg.attack, params, cfg.seed, tuple(mesh.devices.flat), detector,
+                                  say)
     per_device = cfg.batch_size or (1 if mesh.devices.flat[0].platform == "cpu" else 8)
     return AlignedAttack(ctx, loaded.victims, cfg.attack, replicate(params, mesh), cfg.seed, mesh, per_device, say)
 
@@ -217,7 +218,7 @@ def opening_line(cfg, src, dst, total, process_index, process_count, loaded, mes
         f"leat-jax: {total} images{share} from {src} -> {dst}; victims: {', '.join(loaded.names)}; "
         f"{mesh.devices.size} {mesh.devices.flat[0].platform} device(s), batch {stage.batch}; "
         f"eps {cfg.attack.eps}, {cfg.attack.iterations} iterations"
-        + ("; faces: detected in each photo, attacked on one device" if cfg.faces == "detect" else "")
+        + ("; faces: detected in each photo, photos spread over the devices" if cfg.faces == "detect" else "")
     )
 
 

@@ -112,6 +112,7 @@ class AttackStage(Protocol):
     """
 
     batch: int
+    in_flight: int  # pieces launched and not yet written, at most
 
     def inspect(self, got: Prepared) -> Prepared | Failure: ...
 
@@ -271,13 +272,13 @@ def drive(items: Iterable[inputs.Item], read: Callable, stage: AttackStage, reco
       failed: (item, error) -> the record of an input that failed before the attack.
       workers: reader and writer threads.
     """
-    depth = max(2 * stage.batch, 2 * workers)
+    depth = max(2 * stage.batch, 2 * workers, stage.in_flight + workers)
     pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="leat-io")
     in_flight: collections.deque = collections.deque()
 
     def launched(pieces):
         in_flight.extend(pool.submit(stage.finish, piece) for piece in pieces)
-        while len(in_flight) > IN_FLIGHT:
+        while len(in_flight) > stage.in_flight:
             recorder.add(in_flight.popleft().result())
 
     def inspected(item):

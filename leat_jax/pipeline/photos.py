@@ -25,7 +25,8 @@ was sampled from.
 ``PhotoAttack`` is the job's attack stage for photos; every other stage
 (reading, skipping, quantising, checking the bound after rounding, atomic
 writes, the manifest) is the one aligned crops go through. Photos are
-attacked one group at a time on one device; the random start of group g of
+spread over the local devices, one photo per device at a time, its groups
+one after another; the random start of group g of
 a photo is keyed by (seed, the photo's id, g), so results do not depend on
 run order or interruption.
 """
@@ -211,8 +212,9 @@ def group_key(seed: int, image_id: int, group: int):
     return jax.random.fold_in(image_key(seed, np.uint32(image_id)), group)
 
 
-def attack_groups(victims, config, params, x: np.ndarray, the_plan: Plan, seed: int, image_id: int):
-    """Dispatch every group's attack (asynchronously); a list of (group, device results)."""
+def attack_groups(victims, config, params, x: np.ndarray, the_plan: Plan, seed: int, image_id: int, device=None):
+    """Dispatch every group's attack (asynchronously, on ``device`` if given); a list of (group, device results)."""
+    import jax
     import jax.numpy as jnp
 
     from leat_jax.victims.warped import make_warp, warped
@@ -230,7 +232,8 @@ def attack_groups(victims, config, params, x: np.ndarray, the_plan: Plan, seed: 
                 wvs.append(warped(v, c.border, c.supersample))
                 ps.append((p, make_warp(c.affine, (y0, x0), photo_hw)))
         fn = _jitted(tuple(wvs), config)
-        launched.append((group, fn(tuple(ps), jnp.asarray(region), group_key(seed, image_id, g))))
+        region = jnp.asarray(region) if device is None else jax.device_put(region, device)
+        launched.append((group, fn(tuple(ps), region, group_key(seed, image_id, g))))
     return launched
 
 
@@ -258,17 +261,28 @@ def paste(x: np.ndarray, the_plan: Plan, launched, n_victims: int):
 class PhotoAttack:
     """The attack stage for photos (``--faces detect``): detect, attack every face group, paste, write.
 
+    Photos go one at a time, round robin over ``devices`` (each holds a copy
+    of the weights), their face groups one after another on that device; a
+    result does not depend on the device it ran on.
+
     Args:
       ctx: the job's context.
-      victims, attack, params, seed: what the attack needs (``params`` on one device).
+      victims, attack, params, seed: what the attack needs.
+      devices: the local devices to spread photos over.
       detector: ``detect(uint8 HWC image) -> Faces``.
       say: shows a line to the user (compilations).
     """
 
-    batch = 1  # photos go one at a time, their face groups one after another
+    batch = 1
 
-    def __init__(self, ctx: Context, victims, attack, params, seed: int, detector, say):
-        self.ctx, self.victims, self.attack, self.params, self.seed = ctx, victims, attack, params, seed
+    def __init__(self, ctx: Context, victims, attack, params, seed: int, devices, detector, say):
+        import jax
+
+        self.ctx, self.victims, self.attack, self.seed = ctx, victims, attack, seed
+        self.devices = tuple(devices)
+        self.params = [jax.device_put(params, d) for d in self.devices]
+        self.in_flight = 2 * len(self.devices)  # keep every device busy while results are written
+        self.next = 0
         self.detector = detector
         self.say = say
         self.seen: set = set()
@@ -293,8 +307,9 @@ class PhotoAttack:
                     f"{key[1]} face(s) (once per region size)"
                 )
             self.seen.add(key)
-        return [(got, attack_groups(self.victims, self.attack, self.params, got.x, got.plan, self.seed,
-                                    got.item.image_id))]
+        k, self.next = self.next, (self.next + 1) % len(self.devices)
+        return [(got, attack_groups(self.victims, self.attack, self.params[k], got.x, got.plan, self.seed,
+                                    got.item.image_id, self.devices[k]))]
 
     def flush(self) -> list:
         return []
@@ -328,7 +343,7 @@ class PhotoAttack:
         return [writing.write_image(self.ctx, p, protected, mean, extra)]
 
     def stats(self) -> dict:
-        return {"batch": 1, "out_of_memory": []}
+        return {"batch": 1, "photo_devices": len(self.devices), "out_of_memory": []}
 
 
 def _mean(values):
