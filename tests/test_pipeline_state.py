@@ -13,6 +13,7 @@ import time
 from PIL import Image
 
 from leat_jax.pipeline import inputs, reading, shards
+from leat_jax.pipeline.resume import Resume
 from tests.golden_harness import REPO
 from tests.pipeline_toys import ENV
 from tests.test_pipeline_immunize import ATTACK, immunize, noise, outputs, report, simple_set, toy_victims  # noqa: F401
@@ -65,6 +66,14 @@ def test_done_rerun_skips_shards_unopened_and_verify_rehashes(tmp_path, capsys, 
     monkeypatch.setattr(reading, "load", lambda ctx, item: opened.append(item.rel) or real(ctx, item))
     assert immunize(capsys, src, dst)[0] == 0
     assert opened == [] and report(dst)["run"]["already_done"] == 20 and report(dst)["totals"]["done"] == 20
+    # another process count finds the same shards done: 2 processes would each skip all of theirs
+    store, seen = shards.Store(dst / inputs.STATE_DIR), 0
+    for p in range(2):
+        found = shards.spill(inputs.stream(src, dst), tmp_path / f"w{p}", p, 2, dst)
+        skipped = []
+        assert list(Resume(store, tmp_path / f"w{p}", found, dst, run_hash(dst)).items(skipped.append)) == []
+        seen += sum(skipped)
+    assert seen == 20
     assert immunize(capsys, src, dst, "--verify")[0] == 0
     assert sorted(opened) == sorted(first) and report(dst)["run"]["protected"] == 0
     # touched (same bytes, new time): its shard is checked, the image re-hashed, not redone
@@ -72,6 +81,10 @@ def test_done_rerun_skips_shards_unopened_and_verify_rehashes(tmp_path, capsys, 
     opened.clear()
     assert immunize(capsys, src, dst)[0] == 0
     assert "img3.png" in opened and report(dst)["run"]["protected"] == 0 and outputs(dst) == first
+
+
+def run_hash(dst) -> str:
+    return report(dst)["settings"]["settings_hash"]
 
 
 def _alive_pid():
