@@ -4,7 +4,8 @@ Subcommands: ``immunize`` (protect a folder of face images), ``evaluate``
 (measure the disruption of deepfake pipelines) and ``convert`` (official
 PyTorch checkpoint -> converted Flax weights). Expected failures
 end with a one-line message and a non-zero exit code, never a traceback:
-1 when some images failed, 2 when the job could not start, 130 on Ctrl-C.
+1 when some images failed, 2 when the job could not start, 3 when the job
+itself failed on the way (disk full, output folder gone), 130 on Ctrl-C.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from leat_jax import __version__
 
 EXIT_FAILED_IMAGES = 1
 EXIT_SETUP = 2
+EXIT_JOB_FAILED = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -56,7 +58,8 @@ def _add_immunize(sub) -> None:
             "Protect every image under SRC (a folder, walked recursively; one image; or a text file listing "
             "paths) against the victims' latent encoders, writing each result to the same relative path "
             "under DST (as PNG by default). Resumable: a manifest in DST records what is done; a rerun "
-            "skips it. Exit code 0: all done; 1: some images failed; 2: the job could not start."
+            "skips it. Exit code 0: all done; 1: some images failed; 2: the job could not start; 3: the job "
+            "itself failed on the way (disk full, output folder gone; the reason in one line)."
         ),
         epilog=(
             "Victims: --victims e4e=DIR,diffae=DIR (folders made by `leat-jax convert`), or --config "
@@ -97,8 +100,14 @@ def _add_immunize(sub) -> None:
                    "jpeg weakens the protection)")
     g.add_argument("--jpeg-quality", type=int, metavar="N", help="quality of --format jpeg (default 95)")
     g.add_argument("--force", action="store_true", default=None, help="redo images already done")
+    g.add_argument("--verify", action="store_true", default=None,
+                   help="check images already done by hashing input and output (default: size and time)")
     g.add_argument("--quiet", action="store_true", default=None, help="no progress bar or summary")
     g.add_argument("--contact-sheet", type=int, metavar="N", help="images on the contact sheet (default 4; 0: none)")
+    g.add_argument("--compile-cache", metavar="DIR",
+                   help="JAX's persistent compilation cache, so a restart does not compile again "
+                        "(default: leat-jax/jax under the user's cache folder)")
+    g.add_argument("--no-compile-cache", action="store_true", help="no persistent compilation cache")
     g = p.add_argument_group("multi-host")
     g.add_argument("--distributed", action="store_true",
                    help="join a jax.distributed job; each process takes a disjoint share of the files")
@@ -207,6 +216,7 @@ def _immunize(args, parser) -> int:
     from leat_jax.parallel import DistributedConfig
     from leat_jax.pipeline import config as settings
     from leat_jax.pipeline import immunize
+    from leat_jax.pipeline.faults import JobFailed
     from leat_jax.pipeline.victimset import EXTRA_VICTIMS_ENV, parse
 
     if args.samples:
@@ -219,6 +229,8 @@ def _immunize(args, parser) -> int:
         src, dst = args.paths
     if not args.distributed and any(v is not None for v in (args.coordinator, args.num_processes, args.process_id)):
         parser.error("--coordinator, --num-processes and --process-id need --distributed")
+    if args.no_compile_cache and args.compile_cache:
+        parser.error("--compile-cache and --no-compile-cache exclude each other")
     extra = tuple(e for e in os.environ.get(EXTRA_VICTIMS_ENV, "").split(",") if e.strip())
     try:
         toml = settings.read_toml(args.config) if args.config else {}
@@ -230,6 +242,7 @@ def _immunize(args, parser) -> int:
             batch_size=args.batch_size, devices=args.devices, workers=args.workers, format=args.format,
             jpeg_quality=args.jpeg_quality, max_size=args.max_size, force=args.force, quiet=args.quiet,
             contact_sheet=args.contact_sheet, faces=args.faces,
+            compile_cache=False if args.no_compile_cache else args.compile_cache, verify=args.verify,
             distributed=DistributedConfig.from_env(
                 coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id
             ) if args.distributed else None,
@@ -239,6 +252,9 @@ def _immunize(args, parser) -> int:
     except SetupError as e:
         _error(str(e))
         return EXIT_SETUP
+    except JobFailed as e:
+        _error(str(e))
+        return EXIT_JOB_FAILED
     if summary.failed:
         _error(f"{summary.failed} image(s) failed (listed above and in the report); the rest are done")
         return EXIT_FAILED_IMAGES

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -18,10 +21,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leat_jax import cli
+from leat_jax import cli, errors
 from leat_jax.pipeline import config as settings
-from leat_jax.pipeline import immunize, inputs, photos, victimset
-from tests.golden_harness import GOLDEN_DIR
+from leat_jax.pipeline import immunize, inputs, job, photos, victimset
+from tests.golden_harness import GOLDEN_DIR, REPO
 from tests.pipeline_toys import ENV
 from tests.pipeline_toys import victims as toy_victims
 
@@ -204,18 +207,34 @@ def test_same_seed_same_bytes_and_rerun_skips(run_once, capsys, fake, tmp_path):
     assert (other / "two.png").read_bytes() != (dst / "two.png").read_bytes()
 
 
+def test_photos_on_four_host_devices_give_the_files_of_one(run_once, tmp_path):
+    src, dst, _ = run_once
+    env = {**os.environ, **ENV, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
+    env["XLA_FLAGS"] = " ".join([*flags, "--xla_force_host_platform_device_count=4"])
+    four = tmp_path / "four"
+    cmd = [sys.executable, "-m", "tests.pipeline_photo_child", "immunize", str(src), str(four), *ATTACK,
+           "--faces", "detect", "--quiet", "--contact-sheet", "0"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("two.png", "pair.png", "empty.png"):
+        assert (four / name).read_bytes() == (dst / name).read_bytes()
+    run = json.loads((four / inputs.REPORT).read_text())["run"]
+    assert run["devices"] == 4 and run["per_process"][0]["photo_devices"] == 4
+
+
 def test_faces_mode_keys_the_settings(tmp_path):
     loaded = victimset.Loaded((), (), (), ())
     aligned = settings.build("src", "dst", victims=(victimset.VictimSpec("toy_a"),), stand_in_weights=True)
     detect = settings.build("src", "dst", victims=(victimset.VictimSpec("toy_a"),), stand_in_weights=True,
                             faces="detect")
-    s_aligned, h_aligned = immunize._settings(aligned, loaded)
-    s_detect, h_detect = immunize._settings(detect, loaded, photos.settings(FakeDetector()))
+    s_aligned, h_aligned = job.settings(aligned, loaded)
+    s_detect, h_detect = job.settings(detect, loaded, photos.settings(FakeDetector()))
     assert h_aligned != h_detect and s_aligned["faces"] == {"mode": "aligned"}
     # another detector or alignment version also redoes the work
     other = types.SimpleNamespace(identity="another")
-    assert immunize._settings(detect, loaded, photos.settings(other))[1] != h_detect
-    with pytest.raises(victimset.SetupError, match="faces must be one of"):
+    assert job.settings(detect, loaded, photos.settings(other))[1] != h_detect
+    with pytest.raises(errors.SetupError, match="faces must be one of"):
         settings.build("src", "dst", faces="sideways")
     toml = tmp_path / "run.toml"
     toml.write_text('faces = "detect"\n')

@@ -64,6 +64,10 @@ class ImmunizeConfig:
         attacked whole) or ``detect`` (inputs are photos: faces are detected,
         each victim attacked through its official crop of each face, only
         those pixels change; see ``leat_jax.pipeline.photos``).
+      compile_cache: JAX's persistent compilation cache: True (default) under
+        the user's cache folder, a folder, or False (off).
+      verify: a rerun checks done images by hashing input and output (default:
+        by size and modification time; shards with a valid done marker are skipped).
     """
 
     src: str | None
@@ -84,6 +88,8 @@ class ImmunizeConfig:
     extra_victims: tuple[str, ...] = ()
     contact_sheet: int = 4
     faces: str = "aligned"
+    compile_cache: bool | str = True
+    verify: bool = False
 
     def __post_init__(self):
         # Values may come from a TOML file: check types, not just ranges.
@@ -101,7 +107,9 @@ class ImmunizeConfig:
             raise SetupError(f"contact_sheet must be a non-negative integer, got {self.contact_sheet!r}")
         if type(self.seed) is not int or not 0 <= self.seed < 2**32:
             raise SetupError(f"seed must be an integer in 0..2**32-1, got {self.seed!r}")
-        for name in ("stand_in_weights", "force", "quiet"):
+        if not isinstance(self.compile_cache, (bool, str)) or self.compile_cache == "":
+            raise SetupError(f"compile_cache must be true, false or a folder, got {self.compile_cache!r}")
+        for name in ("stand_in_weights", "force", "quiet", "verify"):
             if type(getattr(self, name)) is not bool:
                 raise SetupError(f"{name} must be true or false, got {getattr(self, name)!r}")
 

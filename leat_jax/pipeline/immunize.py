@@ -1,12 +1,9 @@
 """The immunize job: protect every image under SRC, write each under DST.
 
-Threads read, hash and decode ahead of the devices; the main thread groups
-images by size into batches of fixed shape and hands them to the sharded
-attack; threads then quantise, encode, check and write each result (atomic:
-a temporary file renamed into place) while the devices work on the next
-batch. The main thread alone appends to the manifest, once per batch, after
-the batch's files are in place: a run killed at any moment loses at most the
-batches in flight, and a rerun skips what the manifest holds.
+``run`` sets the job up and runs its stages (``leat_jax.pipeline.job``):
+list (``inputs``) -> read and decode (``reading``) -> attack (``aligned`` for
+face crops, ``photos`` for photos) -> quantise, encode and write
+(``writing``) -> record (``job.Recorder``, the manifest) -> report.
 
 Results do not depend on batch size, device count, process count or
 interruption: an image's random start is keyed by (seed, its relative
@@ -15,31 +12,37 @@ the same shape (the last one padded), so each image meets the same program.
 """
 from __future__ import annotations
 
-import collections
-import concurrent.futures as cf
 import dataclasses
-import errno
-import hashlib
+import functools
 import json
-import os
 import sys
 import time
-import uuid
 from pathlib import Path
 
-import numpy as np
-
-from leat_jax import __version__
+from leat_jax import parallel
+from leat_jax.attack import prepared
 from leat_jax.errors import SetupError
-from leat_jax.pipeline import images, inputs, manifest, report, victimset
+from leat_jax.parallel.mesh import replicate
+from leat_jax.pipeline import (
+    compile_cache,
+    faults,
+    inputs,
+    job,
+    manifest,
+    photos,
+    reading,
+    report,
+    shards,
+    victimset,
+    writing,
+)
+from leat_jax.pipeline.aligned import AlignedAttack
 from leat_jax.pipeline.config import ImmunizeConfig
+from leat_jax.pipeline.lock import Lock
 from leat_jax.pipeline.progress import Progress
+from leat_jax.pipeline.resume import Resume
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
-# Bumped when the pipeline's output for the same settings changes.
-PIPELINE_VERSION = "1"
-# Batches handed to the devices and not yet written: enough to keep them busy.
-IN_FLIGHT = 2
 STAND_IN_WARNING = (
     "WARNING: stand-in weights ({names}): random networks of the real architectures. "
     "This output protects against NOTHING; it only shows the job working. "
@@ -70,439 +73,187 @@ class Summary:
         return 1 if self.failed else 0
 
 
-@dataclasses.dataclass
-class _Prepared:
-    item: inputs.Item
-    input_sha256: str
-    image: images.Decoded
-    x: np.ndarray  # (H, W, 3) float32 in [-1, 1]
-
-
-@dataclasses.dataclass
-class _Failure:
-    item: inputs.Item
-    error: str  # one line naming the file
-
-
-class _Skipped:
-    pass
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _finite(value: float) -> float | None:
-    value = float(value)
-    return value if np.isfinite(value) else None
-
-
-def _write_atomic(target: Path, data: bytes, tmp_dir: Path, tag: str) -> None:
-    """Write ``data`` to ``target`` so that it is either whole or absent.
-
-    The temporary file lives in DST's state folder, not beside the output, so
-    a kill leaves nothing half-written in the output tree.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_dir / f"{tag}-{uuid.uuid4().hex}.part"
+def join(cfg: ImmunizeConfig) -> tuple[int, int]:
+    """(this process's index, process count): joins ``jax.distributed`` when asked."""
+    if cfg.distributed is None:
+        return 0, 1
     try:
-        _write_synced(tmp, data)
-        try:
-            os.replace(tmp, target)
-        except OSError as e:
-            if e.errno != errno.EXDEV:
-                raise
-            # a mount inside DST: rename within the target's own filesystem
-            local = target.with_name(f".{target.name}.{tag}.part")
-            _write_synced(local, data)
-            os.replace(local, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        return parallel.initialize(cfg.distributed)
+    except Exception as e:  # jax raises several types for a bad address or count
+        raise SetupError(f"--distributed: cannot join the job ({type(e).__name__}: {str(e).splitlines()[0]})") from None
 
 
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _prepare_dst(dst: Path, process_index: int) -> Path:
-    """Create DST and its state folder, prove it writable; returns the temp folder."""
-    if dst.exists() and not dst.is_dir():
-        raise SetupError(f"{dst}: the output folder is a file")
+def list_inputs(src: Path, dst: Path, fmt: str):
+    """The list stage: every input under ``src``, streamed; ``SetupError`` when SRC is unusable."""
     try:
-        tmp_dir = manifest.state_dir(dst) / "tmp"
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        for stale in tmp_dir.glob(f"p{process_index}-*.part"):  # left by a killed run of ours
-            stale.unlink()
-        probe = tmp_dir / f"p{process_index}-probe-{uuid.uuid4().hex}.part"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise SetupError(f"{dst}: cannot write to the output folder ({e.strerror or e})") from None
-    return tmp_dir
+        return inputs.stream(src, dst, fmt)
+    except inputs.InputError as e:
+        raise SetupError(str(e)) from None
 
 
-def _settings(cfg: ImmunizeConfig, loaded: victimset.Loaded, faces: dict | None = None) -> tuple[dict, str]:
-    """(settings recorded next to the output, hash of those that change a result).
-
-    ``faces``: what fixes the faces found and cropped in ``detect`` mode
-    (rules and detector versions); it enters the hash only then, so aligned
-    runs keep the hash they always had.
-    """
-    specs = cfg.victim_specs()
-    victims = [
-        {"name": s.name, "weights": ident, "checkpoint": s.checkpoint}
-        for s, ident in zip(specs, loaded.identities)
-    ]
-    keyed = {
-        "attack": cfg.attack.digest(),
-        "seed": cfg.seed,
-        "victims": [(v["name"], v["weights"]) for v in victims],
-        "format": cfg.format,
-        "jpeg_quality": cfg.jpeg_quality if cfg.format == "jpeg" else None,
-        "pipeline": PIPELINE_VERSION,
-    }
-    if cfg.faces != "aligned":
-        keyed["faces"] = {"mode": cfg.faces, **(faces or {})}
-    digest = _sha256(json.dumps(keyed, sort_keys=True).encode())[:16]
-    settings = {
-        "settings_hash": digest,
-        "attack": cfg.attack.to_dict(),
-        "seed": cfg.seed,
-        "victims": victims,
-        "stand_in_weights": list(loaded.stand_in),
-        "format": cfg.format,
-        "jpeg_quality": cfg.jpeg_quality if cfg.format == "jpeg" else None,
-        "max_size": cfg.max_size,
-        "faces": {"mode": cfg.faces, **(faces or {})},
-        "pipeline_version": PIPELINE_VERSION,
-        "leat_jax_version": __version__,
-    }
-    return settings, digest
+def mesh_of(cfg: ImmunizeConfig):
+    try:
+        return parallel.data_mesh(cfg.devices)
+    except ValueError as e:
+        raise SetupError(f"--devices: {e}") from None
 
 
-class _Job:
-    """One process's share of a run; see the module docstring."""
-
-    def __init__(self, cfg, dst, tmp_dir, items, loaded, settings_hash, mesh, params, process_index, progress):
-        self.cfg = cfg
-        self.dst = dst
-        self.tmp_dir = tmp_dir
-        self.items = items
-        self.loaded = loaded
-        self.settings_hash = settings_hash
-        self.mesh = mesh
-        self.params = params
-        self.process_index = process_index
-        self.progress = progress
-        self.previous = {} if cfg.force else manifest.read(dst)
-        n_dev = mesh.devices.size
-        per_device = cfg.batch_size or (1 if mesh.devices.flat[0].platform == "cpu" else 8)
-        self.batch = per_device * n_dev
-        # Largest file read: an uncompressed 16-bit RGBA image at the size limit, twice over.
-        self.max_bytes = max(64 << 20, cfg.max_size**2 * 8 * 2)
-        self.protected = self.failed = self.skipped = 0
-        self._compiled_sizes: set[tuple[int, int]] = set()
-
-    # -- worker threads -------------------------------------------------
-
-    def prepare(self, item: inputs.Item):
-        if item.problem:
-            return _Failure(item, f"{item.path}: {item.problem}")
+def face_detector(cfg: ImmunizeConfig, detector):
+    """(the detector, its settings) for ``--faces detect``; (None, None) for aligned crops."""
+    if cfg.faces != "detect":
+        return None, None
+    if detector is None:
         try:
-            size = item.path.stat().st_size
-            if size > self.max_bytes:
-                return _Failure(item, f"{item.path}: file of {size} bytes is larger than any accepted image")
-            data = item.path.read_bytes()
-        except IsADirectoryError:
-            return _Failure(item, f"{item.path}: a directory, not an image")
-        except FileNotFoundError:
-            return _Failure(item, f"{item.path}: no such file (removed, or a broken link)")
-        except OSError as e:
-            return _Failure(item, f"{item.path}: cannot read ({e.strerror or e})")
-        sha = _sha256(data)
-        prev = self.previous.get(item.rel)
-        if (
-            prev
-            and prev.get("status") == "done"
-            and prev.get("input_sha256") == sha
-            and prev.get("settings") == self.settings_hash
-            and prev.get("output") == item.output
-        ):
-            try:
-                if _sha256((self.dst / item.output).read_bytes()) == prev.get("output_sha256"):
-                    return _Skipped()
-            except OSError:
-                pass  # output gone or unreadable: do it again
-        try:
-            image = images.decode(data, self.cfg.max_size)
-        except images.ImageError as e:
-            return _Failure(item, f"{item.path}: {e}")
-        if self.cfg.format == "jpeg" and (image.bits == 16 or image.alpha is not None):
-            what = "16-bit samples" if image.bits == 16 else "an alpha channel"
-            return _Failure(item, f"{item.path}: JPEG output cannot hold {what}; use --format png")
-        return _Prepared(item, sha, image, image.model_input())
-
-    def finish(self, batch: list[_Prepared], result) -> list[dict]:
-        """Quantise, encode, check and write one batch (blocks until the devices finish it)."""
-        protected = np.asarray(result.protected)
-        d0, d1 = np.asarray(result.dist_start), np.asarray(result.dist_end)
-        names = self.loaded.names
-        return [
-            self.write_result(
-                p, protected[i],
-                {n: {"start": _finite(d0[i, k]), "end": _finite(d1[i, k])} for k, n in enumerate(names)},
-            )
-            for i, p in enumerate(batch)
-        ]
-
-    def write_result(self, p: _Prepared, protected: np.ndarray, distances: dict, extra: dict | None = None) -> dict:
-        """Quantise, encode, check and write one protected image (H, W, 3) in [-1, 1]; its manifest record."""
-        item, image = p.item, p.image
-        target = self.dst / item.output
-        eps = self.cfg.attack.eps
-        try:
-            if not np.all(np.isfinite(protected)):
-                raise images.ImageError("the attack produced non-finite values (a broken victim?)")
-            levels = images.quantize(image, protected, eps)
-            data = images.encode(image, levels, self.cfg.format, self.cfg.jpeg_quality)
-            written = images.decode_written(data, image)
-            measured = images.linf(image.levels, written, image.bits)
-            if self.cfg.format == "png" and (not np.array_equal(written, levels) or measured > eps + 1e-9):
-                raise images.ImageError(f"written PNG breaks the bound ({measured:.6f} > eps {eps})")
-            _write_atomic(target, data, self.tmp_dir, f"p{self.process_index}")
-        except images.ImageError as e:
-            return self._failed(item, f"{item.path}: {e}")
-        except (FileExistsError, NotADirectoryError):
-            return self._failed(item, f"{target}: cannot write: a file stands where a folder should be")
-        except OSError as e:
-            return self._failed(item, f"{target}: cannot write ({e.strerror or e})")
-        return {
-            "path": item.rel,
-            "status": "done",
-            "time": time.time(),
-            "process": self.process_index,
-            "input_sha256": p.input_sha256,
-            "settings": self.settings_hash,
-            "output": item.output,
-            "output_sha256": _sha256(data),
-            "distances": distances,
-            "linf": measured,
-            "size": [int(image.size[0]), int(image.size[1])],
-            "image": image.description,
-            **(extra or {}),
-        }
-
-    def _failed(self, item: inputs.Item, error: str) -> dict:
-        return {"path": item.rel, "status": "failed", "time": time.time(), "process": self.process_index,
-                "error": error}
-
-    # -- main thread ----------------------------------------------------
-
-    def _record(self, writer: manifest.Writer, records: list[dict]) -> None:
-        writer.append(records)
-        failed = [r for r in records if r["status"] == "failed"]
-        for r in failed:
-            self.progress.message(f"leat-jax: error: {r['error']}")
-        self.failed += len(failed)
-        self.protected += len(records) - len(failed)
-        self.progress.update(done=len(records) - len(failed), failed=len(failed))
-
-    def _dispatch(self, batch: list[_Prepared], pool, in_flight, writer) -> None:
-        from leat_jax import parallel
-
-        size = batch[0].image.size
-        if size not in self._compiled_sizes and not self.cfg.quiet:
-            self.progress.message(
-                f"leat-jax: compiling the attack for {size[1]}x{size[0]} images (once per image size)"
-            )
-        self._compiled_sizes.add(size)
-        x = np.stack([p.x for p in batch])
-        ids = np.asarray([p.item.image_id for p in batch], np.uint32)
-        pad = self.batch - len(batch)
-        if pad:  # every batch of a size has one shape: one compilation, one program per image
-            x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
-            ids = np.concatenate([ids, np.repeat(ids[-1:], pad)])
-        result = parallel.sharded_attack(
-            self.loaded.victims, self.cfg.attack, self.mesh, self.params, x, ids, self.cfg.seed
-        )
-        in_flight.append(pool.submit(self.finish, batch, result))
-        while len(in_flight) > IN_FLIGHT:
-            self._record(writer, in_flight.popleft().result())
-
-    def run(self) -> None:
-        workers = self.cfg.workers
-        lookahead = max(2 * self.batch, 2 * workers)
-        max_waiting = 4 * self.batch  # images held in size buckets before a partial batch goes
-        pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="leat-io")
-        writer = manifest.Writer(self.dst, self.process_index)
-        try:
-            in_flight: collections.deque = collections.deque()
-            buckets: dict[tuple[int, int], list[_Prepared]] = {}
-            for got in prefetched(pool, self.prepare, self.items, lookahead):
-                if isinstance(got, _Skipped):
-                    self.skipped += 1
-                    self.progress.update(skipped=1)
-                elif isinstance(got, _Failure):
-                    self._record(writer, [self._failed(got.item, got.error)])
-                else:
-                    key = got.image.size
-                    buckets.setdefault(key, []).append(got)
-                    if len(buckets[key]) == self.batch:
-                        self._dispatch(buckets.pop(key), pool, in_flight, writer)
-                    elif sum(map(len, buckets.values())) > max_waiting:
-                        largest = max(buckets, key=lambda k: len(buckets[k]))
-                        self._dispatch(buckets.pop(largest), pool, in_flight, writer)
-                while in_flight and in_flight[0].done():
-                    self._record(writer, in_flight.popleft().result())
-            for key in sorted(buckets):
-                self._dispatch(buckets.pop(key), pool, in_flight, writer)
-            while in_flight:
-                self._record(writer, in_flight.popleft().result())
-        finally:
-            writer.close()
-            pool.shutdown(wait=True, cancel_futures=True)
+            detector = photos.default_detector()
+        except Exception as e:  # missing or damaged detector weights
+            text = str(e).strip().splitlines()
+            raise SetupError(f"--faces detect: cannot load the face detector ({type(e).__name__}: "
+                             f"{text[0] if text else ''})") from None
+    return detector, photos.settings(detector)
 
 
-def prefetched(pool, fn, items, depth: int):
-    """``fn(item)`` for each item, in order, up to ``depth`` of them computed ahead on ``pool``.
-
-    Decoding runs ahead of the devices; nothing past ``depth`` is held in memory.
-    """
-    todo = iter(items)
-    ahead: collections.deque = collections.deque()
-
-    def fill():
-        while len(ahead) < depth:
-            item = next(todo, None)
-            if item is None:
-                return
-            ahead.append(pool.submit(fn, item))
-
-    fill()
-    while ahead:
-        got = ahead.popleft().result()
-        fill()
-        yield got
+def attack_stage(cfg: ImmunizeConfig, ctx: job.Context, loaded, mesh, detector, say):
+    """The attack stage of the faces mode, with the victims' weights prepared once per run."""
+    # Weight-only work (kernel flips, compute-dtype cast) once per run, not once per batch.
+    params = prepared(loaded.victims, cfg.attack, loaded.params)
+    if cfg.faces == "detect":
+        return photos.PhotoAttack(ctx, loaded.victims, cfg.attack, params, cfg.seed, tuple(mesh.devices.flat), detector,
+                                  say)
+    per_device = cfg.batch_size or (1 if mesh.devices.flat[0].platform == "cpu" else 8)
+    return AlignedAttack(ctx, loaded.victims, cfg.attack, replicate(params, mesh), cfg.seed, mesh, per_device, say)
 
 
 def run(cfg: ImmunizeConfig, stream=None, detector=None) -> Summary:
-    """Run the job; returns its summary. ``SetupError`` (one line) if it cannot start.
+    """Run the job; returns its summary.
 
+    Raises ``SetupError`` (one line) if it cannot start, ``faults.JobFailed``
+    (one line) if the job itself fails on the way (disk full, output folder
+    gone, out of device memory at one image per device).
     ``detector``: the face detector of ``--faces detect`` (an object with
     ``detect(uint8 HWC image) -> Faces``); None: the shipped one.
     """
     stream = stream if stream is not None else sys.stderr
     start = time.monotonic()
-    say = (lambda text: None) if cfg.quiet else (lambda text: print(text, file=stream, flush=True))
-
-    from leat_jax import parallel
-
-    process_index, process_count = 0, 1
-    if cfg.distributed is not None:
-        try:
-            process_index, process_count = parallel.initialize(cfg.distributed)
-        except Exception as e:  # jax raises several types for a bad address or count
-            raise SetupError(f"--distributed: cannot join the job ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-
+    process_index, process_count = join(cfg)
     src = Path(cfg.src) if cfg.src is not None else SAMPLES
     dst = Path(cfg.dst)
-    try:
-        items = inputs.discover(src, dst, cfg.format)
-    except inputs.InputError as e:
-        raise SetupError(str(e)) from None
-    tmp_dir = _prepare_dst(dst, process_index)
-    loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
-    try:
-        mesh = parallel.data_mesh(cfg.devices)
-    except ValueError as e:
-        raise SetupError(f"--devices: {e}") from None
-    faces = None
-    if cfg.faces == "detect":
-        from leat_jax.pipeline import photos
-
-        if detector is None:
-            try:
-                detector = photos.default_detector()
-            except Exception as e:  # missing or damaged detector weights
-                raise SetupError(f"--faces detect: cannot load the face detector ({type(e).__name__}: "
-                                 f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
-        faces = photos.settings(detector)
-    settings, settings_hash = _settings(cfg, loaded, faces)
-    warning = STAND_IN_WARNING.format(names=", ".join(loaded.stand_in)) if loaded.stand_in else None
-    if warning:
-        print(warning, file=stream, flush=True)
-    if cfg.format == "jpeg":
-        print(JPEG_WARNING, file=stream, flush=True)
-
-    from leat_jax.attack import prepared
-    from leat_jax.parallel.mesh import replicate
-
-    mine = parallel.process_share(items, process_index, process_count)
-    # Weight-only work (kernel flips, compute-dtype cast) once per run, not once per batch.
-    params = prepared(loaded.victims, cfg.attack, loaded.params)
-    params = replicate(params, mesh) if cfg.faces == "aligned" else params
-    progress = Progress(len(mine), stream=stream, quiet=cfg.quiet)
-    if cfg.faces == "detect":
-        # One device per process: photos go one at a time, face groups one after another.
-        job = photos.PhotoJob(cfg, dst, tmp_dir, mine, loaded, settings_hash, mesh, params, process_index,
-                              progress, detector=detector)
-    else:
-        job = _Job(cfg, dst, tmp_dir, mine, loaded, settings_hash, mesh, params, process_index, progress)
-    share = f" ({len(mine)} for process {process_index} of {process_count})" if process_count > 1 else ""
-    say(
-        f"leat-jax: {len(items)} images{share} from {src} -> {dst}; victims: {', '.join(loaded.names)}; "
-        f"{mesh.devices.size} {mesh.devices.flat[0].platform} device(s), batch {job.batch}; "
-        f"eps {cfg.attack.eps}, {cfg.attack.iterations} iterations"
-        + ("; faces: detected in each photo, attacked on one device" if cfg.faces == "detect" else "")
-    )
-    state = manifest.state_dir(dst)
-    tag = f"p{process_index}"
-    report_path = sheet_path = None
-    try:
-        text = (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode()
-        _write_atomic(state / f"settings-{settings_hash}.json", text, tmp_dir, tag)
-        if process_index == 0:
-            _write_atomic(dst / inputs.SETTINGS, text, tmp_dir, tag)
+    items = list_inputs(src, dst, cfg.format)
+    tmp_dir = writing.prepare_dst(dst, process_index)
+    with Lock(manifest.state_dir(dst), process_index):
+        loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
+        mesh = mesh_of(cfg)
+        detector, faces = face_detector(cfg, detector)
+        settings, settings_hash = job.settings(cfg, loaded, faces)
+        warning = STAND_IN_WARNING.format(names=", ".join(loaded.stand_in)) if loaded.stand_in else None
+        for line in (warning, JPEG_WARNING if cfg.format == "jpeg" else None):
+            if line:
+                print(line, file=stream, flush=True)
+        compile_cache.use(compile_cache.resolve(cfg.compile_cache))
+        base = job.Context(dst, tmp_dir, settings_hash, process_index, cfg.attack.eps, cfg.format, cfg.jpeg_quality,
+                           cfg.max_size, tuple(loaded.names), {}, cfg.verify)
         try:
-            job.run()
+            summary = run_stages(cfg, base, items, (src, settings, warning, process_count), loaded, mesh, detector,
+                                 stream, start)
+        except OSError as e:  # DST became unwritable (disk full, unmounted...) mid-run
+            gone = not manifest.state_dir(dst).is_dir()
+            where, why = (dst, writing.GONE) if gone else (e.filename or dst, e.strerror or e)
+            raise faults.JobFailed(f"{where}: {why}; the job stopped, finished images are kept") from None
+        except Exception as e:
+            if not faults.is_out_of_memory(e):
+                raise
+            raise faults.JobFailed(f"device out of memory ({str(e).strip().splitlines()[0]})") from None
+    if loaded.stand_in:
+        print("leat-jax: reminder: stand-in weights; this output protects against nothing.", file=stream, flush=True)
+    return summary
+
+
+def run_stages(cfg, base: job.Context, items, about, loaded, mesh, detector, stream, start) -> Summary:
+    """List (spilled into shards), then read, attack, write and record this process's shards; the report."""
+    src, settings, warning, process_count = about
+    say = (lambda text: None) if cfg.quiet else (lambda text: print(text, file=stream, flush=True))
+    state, index = manifest.state_dir(base.dst), base.process_index
+    work = state / f"work-p{index}"
+    resume = Resume(shards.Store(state), work, shards.spill(items, work, index, process_count, base.dst), base.dst,
+                    base.settings_hash, cfg.force, cfg.verify)
+    ctx = dataclasses.replace(base, previous=resume)
+    progress = Progress(resume.total, stream=stream, quiet=cfg.quiet)
+    stage = attack_stage(cfg, ctx, loaded, mesh, detector, progress.message)
+    say(opening_line(cfg, src, base.dst, resume.total, index, process_count, loaded, mesh, stage))
+    write_settings(ctx, settings)
+    recorder = job.Recorder(ctx, progress, resume)
+    with compile_cache.Counter() as compiles:
+        try:
+            counts = job.drive(resume.items(recorder.skipped_shard), functools.partial(reading.read, ctx), stage,
+                               recorder, functools.partial(writing.failed_record, ctx), cfg.workers)
         finally:
             progress.close()
-        seconds = time.monotonic() - start
-        stats = {"process": process_index, "inputs": len(mine), "protected": job.protected,
-                 "skipped": job.skipped, "failed": job.failed, "seconds": seconds,
-                 "no_face": getattr(job, "no_face", 0),
-                 "devices": int(mesh.devices.size), "platform": mesh.devices.flat[0].platform}
-        _write_atomic(state / f"run-{process_index}.json", json.dumps(stats).encode(), tmp_dir, tag)
-        if process_count > 1:
-            # The report covers every share: wait until all processes have written theirs.
-            from jax.experimental import multihost_utils
+    seconds = time.monotonic() - start
+    stats = {"process": index, "inputs": resume.total, "protected": counts.protected, "skipped": counts.skipped,
+             "failed": counts.failed, "seconds": seconds, "no_face": counts.no_face,
+             "devices": int(mesh.devices.size), "platform": mesh.devices.flat[0].platform,
+             "compile_cache": {"folder": jax_cache_folder(cfg), **compiles.stats()}, **stage.stats()}
+    report_path, sheet_path = write_report(cfg, ctx, src, settings, stats, process_count, warning)
+    say(closing_line(counts, seconds, report_path, sheet_path))
+    return Summary(resume.total, counts.protected, counts.skipped, counts.failed, seconds, report_path, sheet_path,
+                   loaded.stand_in, counts.no_face)
 
-            multihost_utils.sync_global_devices("leat-jax immunize: all shares written")
-        if process_index == 0:
-            runs = [json.loads((state / f"run-{i}.json").read_text()) for i in range(process_count)]
-            report_path, sheet_path = report.write(
-                dst, src, items, manifest.read(dst), settings, runs, warning, cfg.contact_sheet, cfg.attack.eps
-            )
-    except OSError as e:  # DST became unwritable (disk full, unmounted...) mid-run
-        raise SetupError(
-            f"{e.filename or dst}: {e.strerror or e}; the job stopped, finished images are kept"
-        ) from None
-    no_face = getattr(job, "no_face", 0)
-    summary = Summary(len(mine), job.protected, job.skipped, job.failed, seconds, report_path, sheet_path,
-                      loaded.stand_in, no_face)
-    rate = f" ({job.protected / seconds:.2f} img/s overall)" if job.protected else ""
-    say(
-        f"leat-jax: {job.protected} protected"
-        + (f" ({no_face} without a face: written unchanged)" if no_face else "")
-        + f", {job.skipped} already done, {job.failed} failed "
+
+def jax_cache_folder(cfg: ImmunizeConfig) -> str | None:
+    folder = compile_cache.resolve(cfg.compile_cache)
+    return None if folder is None else str(folder)
+
+
+def write_settings(ctx: job.Context, settings: dict) -> None:
+    """The settings beside the state (one file per settings hash) and, from process 0, in DST."""
+    text = (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode()
+    state = manifest.state_dir(ctx.dst)
+    writing.write_atomic(state / f"settings-{ctx.settings_hash}.json", text, ctx.tmp_dir, ctx.tag)
+    if ctx.process_index == 0:
+        writing.write_atomic(ctx.dst / inputs.SETTINGS, text, ctx.tmp_dir, ctx.tag)
+
+
+def opening_line(cfg, src, dst, total, process_index, process_count, loaded, mesh, stage) -> str:
+    share = f" for process {process_index} of {process_count}" if process_count > 1 else ""
+    return (
+        f"leat-jax: {total} images{share} from {src} -> {dst}; victims: {', '.join(loaded.names)}; "
+        f"{mesh.devices.size} {mesh.devices.flat[0].platform} device(s), batch {stage.batch}; "
+        f"eps {cfg.attack.eps}, {cfg.attack.iterations} iterations"
+        + ("; faces: detected in each photo, photos spread over the devices" if cfg.faces == "detect" else "")
+    )
+
+
+def shard_rows(state: Path, process_count: int):
+    """(inputs, records by path) of every shard, one at a time, from this run's listings."""
+    store = shards.Store(state)
+    for s in range(shards.SHARDS):
+        items = shards.listing(state / f"work-p{shards.owner(s, process_count)}", s)
+        if items:
+            yield items, store.records(s)
+
+
+def write_report(cfg, ctx: job.Context, src, settings, stats, process_count, warning):
+    """This process's stats, then (process 0, once every process is done) the report; its paths."""
+    state = manifest.state_dir(ctx.dst)
+    writing.write_atomic(state / f"run-{ctx.process_index}.json", json.dumps(stats).encode(), ctx.tmp_dir, ctx.tag)
+    if process_count > 1:
+        # The report covers every share: wait until all processes have written theirs.
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("leat-jax immunize: all shares written")
+    if ctx.process_index != 0:
+        return None, None
+    runs = [json.loads((state / f"run-{i}.json").read_text()) for i in range(process_count)]
+    return report.write(ctx.dst, src, shard_rows(state, process_count), settings, runs, warning, cfg.contact_sheet,
+                        cfg.attack.eps)
+
+
+def closing_line(counts: job.Counts, seconds: float, report_path, sheet_path) -> str:
+    rate = f" ({counts.protected / seconds:.2f} img/s overall)" if counts.protected else ""
+    return (
+        f"leat-jax: {counts.protected} protected"
+        + (f" ({counts.no_face} without a face: written unchanged)" if counts.no_face else "")
+        + f", {counts.skipped} already done, {counts.failed} failed "
         f"in {seconds:.1f}s{rate}"
         + (f"; report: {report_path}" if report_path else "")
         + (f"; contact sheet: {sheet_path}" if sheet_path else "")
     )
-    if loaded.stand_in:
-        print("leat-jax: reminder: stand-in weights; this output protects against nothing.", file=stream, flush=True)
-    return summary

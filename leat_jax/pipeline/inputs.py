@@ -4,14 +4,16 @@ SRC is a folder (walked recursively, images recognised by suffix), one image,
 or a text file listing paths (one a line; blank lines and ``#`` comments
 skipped; relative paths are relative to the list's folder). Every input gets
 a relative path: its key in the manifest, the source of its id, and where its
-result goes under DST. The list is sorted so every process of a distributed
-run sees the same order and takes a disjoint share of it.
+result goes under DST. ``stream`` yields a folder's inputs one directory at
+a time (sorted within each directory), never holding the whole tree;
+``discover`` is the sorted list, for small jobs.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import os
+import posixpath
 from pathlib import Path, PurePosixPath
 
 from leat_jax.pipeline.images import IMAGE_SUFFIXES, OUTPUT_FORMATS
@@ -44,6 +46,8 @@ class Item:
     path: Path
     output: str
     problem: str | None = None
+    size: int | None = None  # bytes, from the listing (None: unknown)
+    mtime_ns: int | None = None
 
     @property
     def image_id(self) -> int:
@@ -58,41 +62,6 @@ def image_id(rel: str) -> int:
 
 def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
-
-
-def _walk(src: Path, skip: Path | None) -> list[tuple[str, Path, str | None]]:
-    found: list[tuple[str, Path, str | None]] = []
-
-    def rel_of(p: Path) -> str:
-        return p.relative_to(src).as_posix()
-
-    def visit(folder: Path):
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as e:
-            found.append((rel_of(folder) or ".", folder, f"cannot list this folder ({e.strerror or e})"))
-            return
-        for entry in entries:
-            path = Path(entry.path)
-            try:
-                is_dir = entry.is_dir()
-            except OSError:
-                is_dir = False
-            if is_dir:
-                if skip is not None and path.resolve() == skip:
-                    continue  # DST inside SRC: never protect our own outputs
-                if entry.name == STATE_DIR:
-                    continue
-                if is_image_name(entry.name):
-                    found.append((rel_of(path), path, "a directory named like an image; not protected"))
-                    continue
-                if not entry.is_symlink():  # symlinked folders could loop
-                    visit(path)
-            elif is_image_name(entry.name):
-                found.append((rel_of(path), path, None))  # broken links too: reading reports them
-
-    visit(src)
-    return found
 
 
 def _normal_rel(line: str, base: Path) -> tuple[str, Path]:
@@ -127,12 +96,19 @@ def _read_list(listing: Path) -> list[tuple[str, Path, str | None]]:
     return list(found.values())
 
 
-def _assign_outputs(found: list[tuple[str, Path, str | None]], fmt: str) -> list[Item]:
-    """Outputs take the output format's suffix; where two inputs would then
+def _with_suffix(rel: str, suffix: str) -> str:
+    root, _ = posixpath.splitext(rel)
+    return root + suffix
+
+
+def _outputs_of(found: list[tuple[str, object, str | None]], fmt: str) -> list[tuple[str, object, str | None, str]]:
+    """(rel, path, problem, output) per input, in the order given.
+
+    Outputs take the output format's suffix; where two inputs would then
     share an output (``a.jpg`` and ``a.png``), the renamed one keeps its whole
     name and gets the suffix appended (``a.jpg.png``)."""
     suffix = OUTPUT_FORMATS[fmt]
-    outputs = {rel: str(PurePosixPath(rel).with_suffix(suffix)) for rel, _, _ in found}
+    outputs = {rel: _with_suffix(rel, suffix) for rel, _, _ in found}
     for _ in range(3):
         claims: dict[str, list[str]] = {}
         for rel, out in outputs.items():
@@ -147,15 +123,88 @@ def _assign_outputs(found: list[tuple[str, Path, str | None]], fmt: str) -> list
     claims = {}
     for rel, out in outputs.items():
         claims.setdefault(out, []).append(rel)
-    items = []
+    result = []
     for rel, path, problem in found:
         out = outputs[rel]
         if problem is None and len(claims[out]) > 1:
             problem = f"its output {out} would clash with that of {min(r for r in claims[out] if r != rel)}"
         if problem is None and (out in RESERVED or out.split("/")[0] == STATE_DIR):
             problem = f"its output name {out} is reserved for leat-jax's own files"
-        items.append(Item(rel=rel, path=path, output=out, problem=problem))
+        result.append((rel, path, problem, out))
+    return result
+
+
+def _assign_outputs(found: list[tuple[str, Path, str | None]], fmt: str) -> list[Item]:
+    """Items with their outputs (see ``_outputs_of``), sorted by relative path."""
+    items = [Item(rel, path, out, problem) for rel, path, problem, out in _outputs_of(found, fmt)]
     return sorted(items, key=lambda i: i.rel)
+
+
+def _stat(entry: os.DirEntry) -> tuple[int | None, int | None]:
+    try:
+        st = entry.stat()
+    except OSError:
+        return None, None  # a broken link: reading reports it
+    return st.st_size, st.st_mtime_ns
+
+
+def _stream_folder(folder: str, prefix: str, skip: Path, fmt: str):
+    """Items of ``folder`` (its files, sorted, outputs assigned), then of each sub-folder, depth first.
+
+    Strings, not ``Path`` objects, until an item is made: a tree of millions is mostly this loop.
+    """
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+        rel = prefix.rstrip("/") or "."
+        yield Item(rel, Path(folder), rel, f"cannot list this folder ({e.strerror or e})")
+        return
+    found, stats, subfolders = [], {}, []
+    for entry in entries:
+        rel = prefix + entry.name
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            is_dir = False
+        if is_dir:
+            if entry.name == STATE_DIR or Path(entry.path).resolve() == skip:
+                continue  # DST inside SRC: never protect our own outputs
+            if is_image_name(entry.name):
+                found.append((rel, entry.path, "a directory named like an image; not protected"))
+            elif not entry.is_symlink():  # symlinked folders could loop
+                subfolders.append((entry.path, rel + "/"))
+        elif is_image_name(entry.name):
+            found.append((rel, entry.path, None))
+            stats[rel] = _stat(entry)
+    for rel, path, problem, output in _outputs_of(found, fmt):  # outputs keep the folder: clashes are among siblings
+        size, mtime_ns = stats.get(rel, (None, None))
+        yield Item(rel, Path(path), output, problem, size, mtime_ns)
+    for sub, sub_prefix in subfolders:
+        yield from _stream_folder(sub, sub_prefix, skip, fmt)
+
+
+def stream(src, dst, fmt: str = "png"):
+    """Every input under ``src``, streamed: a folder one directory at a time, sorted within it.
+
+    Raises ``InputError`` (before yielding anything) when SRC cannot be used.
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.exists():
+        raise InputError(f"{src}: no such file or folder")
+    if src.is_dir():
+        if src.resolve() == dst.resolve():
+            raise InputError(f"{src}: SRC and DST are the same folder; the inputs would be overwritten")
+        return _stream_folder(str(src), "", dst.resolve(), fmt)
+    return (dataclasses.replace(i, size=st[0], mtime_ns=st[1]) for i in discover(src, dst, fmt)
+            for st in [_path_stat(i.path)])
+
+
+def _path_stat(path: Path) -> tuple[int | None, int | None]:
+    try:
+        st = path.stat()
+    except OSError:
+        return None, None
+    return st.st_size, st.st_mtime_ns
 
 
 def discover(src, dst, fmt: str = "png") -> list[Item]:
@@ -166,7 +215,7 @@ def discover(src, dst, fmt: str = "png") -> list[Item]:
     if src.is_dir():
         if src.resolve() == dst.resolve():
             raise InputError(f"{src}: SRC and DST are the same folder; the inputs would be overwritten")
-        found = _walk(src, dst.resolve())
+        return sorted(_stream_folder(str(src), "", dst.resolve(), fmt), key=lambda i: i.rel)
     elif is_image_name(src.name):
         found = [(src.name, src, None)]
     else:

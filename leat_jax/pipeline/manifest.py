@@ -1,10 +1,12 @@
-"""The manifest: what is finished, as append-only JSON lines in DST/.leat-jax/.
+"""Every per-image record, streamed as append-only JSON lines in DST/.leat-jax/.
 
 Each process appends to its own file (``manifest-<process>.jsonl``), so the
 processes of a distributed run never write the same file, and a shared
 folder needs no locking. Lines are flushed and synced after every batch; a
-process killed mid-line leaves a torn last line, which readers skip (that
-image is simply done again). A path's latest record (by time) is its state.
+process killed mid-line leaves a torn last line, which readers skip. These
+files hold the full records (faces, distances); what a rerun resumes from is
+the shards' compact manifests (``leat_jax.pipeline.shards``). ``read`` gives
+a path's latest record by time, for small jobs and tests.
 
 A record: ``path`` (relative to SRC), ``status`` (``done`` or ``failed``),
 ``time``, ``process``, and for ``done``: ``input_sha256``, ``settings``

@@ -22,9 +22,11 @@ was sampled from.
 * A photo without a face is written unchanged (same samples; re-encoded
   like every output, so upright and without EXIF), and recorded ``no_face``.
 
-Everything else (reading, skipping, quantising, checking the bound after
-rounding, atomic writes, the manifest) is the aligned job's. Photos are
-attacked one group at a time on one device; the random start of group g of
+``PhotoAttack`` is the job's attack stage for photos; every other stage
+(reading, skipping, quantising, checking the bound after rounding, atomic
+writes, the manifest) is the one aligned crops go through. Photos are
+spread over the local devices, one photo per device at a time, its groups
+one after another; the random start of group g of
 a photo is keyed by (seed, the photo's id, g), so results do not depend on
 run order or interruption.
 """
@@ -38,7 +40,8 @@ from typing import Sequence
 import numpy as np
 
 from leat_jax.faces import align
-from leat_jax.pipeline import images, immunize
+from leat_jax.pipeline import images, writing
+from leat_jax.pipeline.job import Context, Failure, Prepared, finite
 
 # Bumped when the output for the same photo, detections and settings changes.
 PHOTOS_VERSION = "1"
@@ -209,8 +212,9 @@ def group_key(seed: int, image_id: int, group: int):
     return jax.random.fold_in(image_key(seed, np.uint32(image_id)), group)
 
 
-def attack_groups(victims, config, params, x: np.ndarray, the_plan: Plan, seed: int, image_id: int):
-    """Dispatch every group's attack (asynchronously); a list of (group, device results)."""
+def attack_groups(victims, config, params, x: np.ndarray, the_plan: Plan, seed: int, image_id: int, device=None):
+    """Dispatch every group's attack (asynchronously, on ``device`` if given); a list of (group, device results)."""
+    import jax
     import jax.numpy as jnp
 
     from leat_jax.victims.warped import make_warp, warped
@@ -228,7 +232,8 @@ def attack_groups(victims, config, params, x: np.ndarray, the_plan: Plan, seed: 
                 wvs.append(warped(v, c.border, c.supersample))
                 ps.append((p, make_warp(c.affine, (y0, x0), photo_hw)))
         fn = _jitted(tuple(wvs), config)
-        launched.append((group, fn(tuple(ps), jnp.asarray(region), group_key(seed, image_id, g))))
+        region = jnp.asarray(region) if device is None else jax.device_put(region, device)
+        launched.append((group, fn(tuple(ps), region, group_key(seed, image_id, g))))
     return launched
 
 
@@ -253,34 +258,67 @@ def paste(x: np.ndarray, the_plan: Plan, launched, n_victims: int):
     return out, dists
 
 
-@dataclasses.dataclass
-class _PhotoPrepared(immunize._Prepared):
-    plan: Plan | None = None
+class PhotoAttack:
+    """The attack stage for photos (``--faces detect``): detect, attack every face group, paste, write.
 
+    Photos go one at a time, round robin over ``devices`` (each holds a copy
+    of the weights), their face groups one after another on that device; a
+    result does not depend on the device it ran on.
 
-class PhotoJob(immunize._Job):
-    """The immunize job for photos (``--faces detect``); see the module docstring."""
+    Args:
+      ctx: the job's context.
+      victims, attack, params, seed: what the attack needs.
+      devices: the local devices to spread photos over.
+      detector: ``detect(uint8 HWC image) -> Faces``.
+      say: shows a line to the user (compilations).
+    """
 
-    def __init__(self, *args, detector, **kwargs):
-        super().__init__(*args, **kwargs)
+    batch = 1
+
+    def __init__(self, ctx: Context, victims, attack, params, seed: int, devices, detector, say):
+        import jax
+
+        self.ctx, self.victims, self.attack, self.seed = ctx, victims, attack, seed
+        self.devices = tuple(devices)
+        self.params = [jax.device_put(params, d) for d in self.devices]
+        self.in_flight = 2 * len(self.devices)  # keep every device busy while results are written
+        self.next = 0
         self.detector = detector
-        self.no_face = 0
+        self.say = say
+        self.seen: set = set()
 
-    def prepare(self, item):
-        got = super().prepare(item)
-        if not isinstance(got, immunize._Prepared):
-            return got
+    def inspect(self, got: Prepared) -> Prepared | Failure:
+        """Detect the faces and plan their crops (reader threads)."""
         try:
             faces = self.detector.detect(detector_input(got.image))
-            the_plan = plan(self.loaded.victims, faces, got.image.size)
+            got.plan = plan(self.victims, faces, got.image.size)
         except Exception as e:  # a detector failing on one photo must not stop the job
             text = str(e).strip().splitlines()
-            return immunize._Failure(item, f"{item.path}: face detection failed ({text[0] if text else type(e).__name__})")
-        return _PhotoPrepared(got.item, got.input_sha256, got.image, got.x, the_plan)
+            reason = text[0] if text else type(e).__name__
+            return Failure(got.item, f"{got.item.path}: face detection failed ({reason})")
+        return got
 
-    def finish_photo(self, p: _PhotoPrepared, launched) -> list[dict]:
-        names = self.loaded.names
-        protected, dists = paste(p.x, p.plan, launched, len(names))
+    def submit(self, got: Prepared) -> list:
+        for group in got.plan.groups:
+            key = (group.bucket, len(group.faces))
+            if key not in self.seen:
+                self.say(
+                    f"leat-jax: compiling the attack for a {key[0][1]}x{key[0][0]} face region with "
+                    f"{key[1]} face(s) (once per region size)"
+                )
+            self.seen.add(key)
+        k, self.next = self.next, (self.next + 1) % len(self.devices)
+        return [(got, attack_groups(self.victims, self.attack, self.params[k], got.x, got.plan, self.seed,
+                                    got.item.image_id, self.devices[k]))]
+
+    def flush(self) -> list:
+        return []
+
+    def finish(self, launched) -> list[dict]:
+        """Paste the groups' results into the photo and write it (writer threads)."""
+        p, groups = launched
+        names = self.ctx.names
+        protected, dists = paste(p.x, p.plan, groups, len(names))
         faces = []
         for k, face in enumerate(p.plan.faces):
             d0, d1 = dists[k]
@@ -289,9 +327,7 @@ class PhotoJob(immunize._Job):
                 "prob": face.prob,
                 "landmarks": [[float(a), float(b)] for a, b in face.landmarks],
                 "region": list(face.bbox),
-                "distances": {
-                    n: {"start": immunize._finite(d0[i]), "end": immunize._finite(d1[i])} for i, n in enumerate(names)
-                },
+                "distances": {n: {"start": finite(d0[i]), "end": finite(d1[i])} for i, n in enumerate(names)},
             })
         # The image's distances: each victim's mean over the faces (what the report averages).
         mean = {
@@ -304,52 +340,10 @@ class PhotoJob(immunize._Job):
         extra = {"faces": faces, "no_face": not faces}
         if p.plan.unusable:
             extra["unusable_faces"] = list(p.plan.unusable)
-        return [self.write_result(p, protected, mean, extra)]
+        return [writing.write_image(self.ctx, p, protected, mean, extra)]
 
-    def _record(self, writer, records: list[dict]) -> None:
-        super()._record(writer, records)
-        self.no_face += sum(1 for r in records if r.get("no_face") is True)
-
-    def run(self) -> None:
-        import collections
-        import concurrent.futures as cf
-
-        from leat_jax.pipeline import manifest
-
-        workers = self.cfg.workers
-        pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="leat-io")
-        writer = manifest.Writer(self.dst, self.process_index)
-        seen: set = set()
-        try:
-            in_flight: collections.deque = collections.deque()
-            for got in immunize.prefetched(pool, self.prepare, self.items, max(2, 2 * workers)):
-                if isinstance(got, immunize._Skipped):
-                    self.skipped += 1
-                    self.progress.update(skipped=1)
-                    continue
-                if isinstance(got, immunize._Failure):
-                    self._record(writer, [self._failed(got.item, got.error)])
-                    continue
-                for group in got.plan.groups:
-                    key = (group.bucket, len(group.faces))
-                    if key not in seen and not self.cfg.quiet:
-                        self.progress.message(
-                            f"leat-jax: compiling the attack for a {key[0][1]}x{key[0][0]} face region with "
-                            f"{key[1]} face(s) (once per region size)"
-                        )
-                    seen.add(key)
-                launched = attack_groups(self.loaded.victims, self.cfg.attack, self.params, got.x, got.plan,
-                                         self.cfg.seed, got.item.image_id)
-                in_flight.append(pool.submit(self.finish_photo, got, launched))
-                while len(in_flight) > immunize.IN_FLIGHT:
-                    self._record(writer, in_flight.popleft().result())
-                while in_flight and in_flight[0].done():
-                    self._record(writer, in_flight.popleft().result())
-            while in_flight:
-                self._record(writer, in_flight.popleft().result())
-        finally:
-            writer.close()
-            pool.shutdown(wait=True, cancel_futures=True)
+    def stats(self) -> dict:
+        return {"batch": 1, "photo_devices": len(self.devices), "out_of_memory": []}
 
 
 def _mean(values):

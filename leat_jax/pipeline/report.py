@@ -1,7 +1,8 @@
 """The JSON report and the contact sheet, written at the end of a run.
 
-Both are built from the manifest (all processes' records), so they cover the
-whole job, including images finished by earlier, interrupted runs.
+Both are built from the shards' manifests (all processes' records), one
+shard at a time, so they cover the whole job, including images finished by
+earlier, interrupted runs, in bounded memory.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -19,39 +20,57 @@ from leat_jax.pipeline import images, inputs
 TILE = 192  # contact sheet: largest side of each picture, in pixels
 
 
-def _mean(values):
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else None
+# Per-image entries the report lists inline; all of them are in the manifests (JSON lines).
+INLINE = 1000
 
 
-def build(items: Sequence[inputs.Item], records: Mapping[str, dict], settings: dict, runs: Sequence[dict],
-          src, dst, warning: str | None) -> dict:
-    """The report as a dict (see ``write``)."""
-    done, failures, missing = [], [], []
-    for item in items:
-        rec = records.get(item.rel)
-        if rec is None:
-            missing.append(item.rel)
-        elif rec.get("status") == "done":
-            entry = {k: rec.get(k) for k in ("path", "output", "distances", "linf", "size", "image", "settings")}
-            entry.update({k: rec[k] for k in ("faces", "no_face") if k in rec})  # --faces detect
-            done.append(entry)
-        else:
-            failures.append({"path": item.rel, "error": rec.get("error")})
-    stale = [d["path"] for d in done if d.get("settings") != settings["settings_hash"]]
+class _Mean:
+    def __init__(self):
+        self.total, self.n = 0.0, 0
+
+    def add(self, value) -> None:
+        if value is not None:
+            self.total += value
+            self.n += 1
+
+    def value(self):
+        return self.total / self.n if self.n else None
+
+
+def build(shard_rows: Iterable[tuple[Sequence[inputs.Item], Mapping[str, dict]]], settings: dict,
+          runs: Sequence[dict], src, dst, warning: str | None) -> dict:
+    """The report as a dict (see ``write``), streamed over the shards: (inputs, records by path) each."""
+    current_hash = settings["settings_hash"]
     names = [v["name"] for v in settings["victims"]]
-    current = [d for d in done if d.get("settings") == settings["settings_hash"]]
-    mean = {
-        n: {
-            "start": _mean([(d["distances"] or {}).get(n, {}).get("start") for d in current]),
-            "end": _mean([(d["distances"] or {}).get(n, {}).get("end") for d in current]),
-        }
-        for n in names
-    }
-    totals = {"images": len(items), "done": len(done), "failed": len(failures), "missing": len(missing),
-              "done_with_other_settings": len(stale)}
+    means = {n: (_Mean(), _Mean()) for n in names}
+    totals = {"images": 0, "done": 0, "failed": 0, "missing": 0, "done_with_other_settings": 0}
+    no_face = 0
+    done, failures, missing = [], [], []
+    for items, records in shard_rows:
+        for item in items:
+            totals["images"] += 1
+            rec = records.get(item.rel)
+            if rec is None:
+                totals["missing"] += 1
+                _keep(missing, item.rel)
+            elif rec.get("status") == "done":
+                totals["done"] += 1
+                no_face += rec.get("no_face") is True
+                if rec.get("settings") != current_hash:
+                    totals["done_with_other_settings"] += 1
+                    continue
+                for n in names:
+                    d = (rec.get("distances") or {}).get(n, {})
+                    means[n][0].add(d.get("start"))
+                    means[n][1].add(d.get("end"))
+                entry = {k: rec.get(k) for k in ("path", "output", "distances", "linf", "size", "image", "settings")}
+                entry.update({k: rec[k] for k in ("no_face",) if k in rec})
+                _keep(done, entry)
+            else:
+                totals["failed"] += 1
+                _keep(failures, {"path": item.rel, "error": rec.get("error")})
     if settings.get("faces", {}).get("mode", "aligned") != "aligned":
-        totals["no_face"] = sum(1 for d in done if d.get("no_face") is True)
+        totals["no_face"] = no_face
     seconds = max((r["seconds"] for r in runs), default=0.0)
     protected = sum(r["protected"] for r in runs)
     return {
@@ -72,11 +91,18 @@ def build(items: Sequence[inputs.Item], records: Mapping[str, dict], settings: d
             "per_process": list(runs),
         },
         "totals": totals,
-        "mean_distance": mean,
+        "mean_distance": {n: {"start": a.value(), "end": b.value()} for n, (a, b) in means.items()},
+        "per_image": f"{inputs.STATE_DIR}/manifest-<process>.jsonl (every record, JSON lines); "
+                     f"{inputs.STATE_DIR}/shards/<shard>.jsonl (compact; a path's last line is its state)",
         "images": done,
         "failures": failures,
         "missing": missing,
     }
+
+
+def _keep(entries: list, entry) -> None:
+    if len(entries) < INLINE:
+        entries.append(entry)
 
 
 def _fit(a: np.ndarray, resample) -> Image.Image:
@@ -131,26 +157,36 @@ def _atomic_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write(dst, src, items, records, settings, runs, warning, sheet_images: int, eps: float):
+def write(dst, src, shard_rows, settings, runs, warning, sheet_images: int, eps: float):
     """Write ``leat-jax-report.json`` and the contact sheet into ``dst``; returns their paths.
 
     The report: ``warning`` (stand-in weights), ``settings``, ``run`` (devices,
     time, counts of this run), ``totals``, ``mean_distance`` per victim,
     ``images`` (per image: output, latent distance per victim at the random
     start and at the end, L-inf change measured on the written file),
-    ``failures`` (path, error) and ``missing`` (not processed by any process).
-    With ``--faces detect``, each image also lists its ``faces`` (box, landmarks,
-    region, distances per victim) and ``no_face``; ``totals.no_face`` counts
-    the photos written unchanged for want of a face.
+    ``failures`` (path, error) and ``missing`` (not processed by any process),
+    each listing its first ``INLINE`` entries (all are in the JSON-lines
+    manifests ``per_image`` names). With ``--faces detect``, each image's
+    faces (box, landmarks, region, distances per victim) are in the
+    manifests, and ``totals.no_face`` counts the photos written unchanged for
+    want of a face. ``shard_rows``: (inputs, records by path) per shard.
     """
     dst = Path(dst)
-    data = build(items, records, settings, runs, src, dst, warning)
+    paths: dict[str, Path] = {}
+
+    def noting(rows):
+        for items, records in rows:
+            for item in items:
+                if len(paths) < sheet_images and records.get(item.rel, {}).get("status") == "done":
+                    paths[item.rel] = item.path
+            yield items, records
+
+    data = build(noting(shard_rows), settings, runs, src, dst, warning)
     report_path = dst / inputs.REPORT
     _atomic_bytes(report_path, (json.dumps(data, indent=2) + "\n").encode())
     sheet_path = None
     if sheet_images:
-        by_rel = {i.rel: i for i in items}
-        rows = [(by_rel[d["path"]].path, dst / d["output"]) for d in data["images"][:sheet_images]]
+        rows = [(paths[d["path"]], dst / d["output"]) for d in data["images"] if d["path"] in paths][:sheet_images]
         sheet = contact_sheet(rows, eps, warning)
         if sheet is not None:
             sheet_path = dst / inputs.CONTACT_SHEET

@@ -1,0 +1,77 @@
+"""One process per identity in an output folder: a lock file naming its holder.
+
+``DST/.leat-jax/lock-p<index>`` holds the host and pid of the process that
+runs as process ``index`` there. A second such process is refused with a
+one-line error; a lock whose holder is gone (same host, pid no longer
+running) is stale and taken over. A lock from another host cannot be checked
+and is refused, naming the host and the file to remove.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+from leat_jax.errors import SetupError
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+class Lock:
+    """The lock of process ``index`` in the state folder ``state`` (a context manager)."""
+
+    def __init__(self, state: Path, index: int):
+        self.path = Path(state) / f"lock-p{index}"
+        self.index = index
+        self.held = False
+
+    def acquire(self) -> None:
+        """Take the lock; ``SetupError`` (one line) if a live process holds it."""
+        me = {"host": socket.gethostname(), "pid": os.getpid()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._take_over_if_stale(me["host"])
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return
+        raise SetupError(f"{self.path}: could not take the lock")
+
+    def _take_over_if_stale(self, host: str) -> None:
+        try:
+            holder = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return  # released meanwhile
+        except (OSError, ValueError):
+            holder = {}  # torn by a kill between create and write: nobody holds it
+        if holder and holder.get("host") != host:
+            raise SetupError(f"{self.path}: process {self.index} of this output folder runs on {holder.get('host')} "
+                             f"(pid {holder.get('pid')}); if it is dead, remove this file")
+        if holder and _alive(int(holder.get("pid", -1))) and holder.get("pid") != os.getpid():
+            raise SetupError(f"{self.path}: another leat-jax (pid {holder['pid']}) is writing into this output "
+                             f"folder as process {self.index}")
+        self.path.unlink(missing_ok=True)  # stale: its holder is gone
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
