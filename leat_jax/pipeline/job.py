@@ -40,7 +40,7 @@ IN_FLIGHT = 2
 
 @dataclasses.dataclass(frozen=True)
 class Context:
-    """What every stage of one process needs: plain values only.
+    """What every stage of one process needs: plain values, and the lookup of previous records.
 
     Attributes:
       dst: output folder.

@@ -34,14 +34,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import math
 from typing import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from leat_jax.attack.pgd import attack_image, image_key
 from leat_jax.faces import align
+from leat_jax.faces.detect import load_detector
 from leat_jax.pipeline import images, writing
 from leat_jax.pipeline.job import Context, Failure, Prepared, finite
+from leat_jax.victims.warped import footprint, make_warp, warped
 
 # Bumped when the output for the same photo, detections and settings changes.
 PHOTOS_VERSION = "1"
@@ -83,8 +89,6 @@ class Plan:
 
 def default_detector():
     """The shipped face detector (``leat_jax.faces.detect``)."""
-    from leat_jax.faces.detect import load_detector
-
     return load_detector()
 
 
@@ -100,10 +104,6 @@ def settings(detector) -> dict:
         identity = f"{type(detector).__module__}.{type(detector).__qualname__}"
         params = getattr(detector, "params", None)
         if params is not None:
-            import hashlib
-
-            import jax
-
             h = hashlib.sha256()
             for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
                 a = np.asarray(leaf)
@@ -170,8 +170,6 @@ def group_faces(bboxes: Sequence[tuple[int, int, int, int]]) -> tuple[Group, ...
 
 def plan(victims, faces, photo_hw: tuple[int, int]) -> Plan:
     """Crops, footprints and groups for the detector's ``faces`` of a photo of size ``photo_hw``."""
-    from leat_jax.victims.warped import footprint
-
     out, unusable = [], []
     for k, (box, prob, lm) in enumerate(_detections(faces)):
         try:
@@ -192,10 +190,6 @@ def plan(victims, faces, photo_hw: tuple[int, int]) -> Plan:
 
 @functools.cache
 def _jitted(victims: tuple, config):
-    import jax
-
-    from leat_jax.attack.pgd import attack_image
-
     def one(params, region, key):
         protected, d0, d1, _ = attack_image(victims, config, params, region, key)
         return protected, d0, d1
@@ -205,20 +199,11 @@ def _jitted(victims: tuple, config):
 
 def group_key(seed: int, image_id: int, group: int):
     """The random start's key of group ``group`` of a photo: (seed, photo id, group index)."""
-    import jax
-
-    from leat_jax.attack.pgd import image_key
-
     return jax.random.fold_in(image_key(seed, np.uint32(image_id)), group)
 
 
 def attack_groups(victims, config, params, x: np.ndarray, the_plan: Plan, seed: int, image_id: int, device=None):
     """Dispatch every group's attack (asynchronously, on ``device`` if given); a list of (group, device results)."""
-    import jax
-    import jax.numpy as jnp
-
-    from leat_jax.victims.warped import make_warp, warped
-
     photo_hw = x.shape[:2]
     launched = []
     for g, group in enumerate(the_plan.groups):
@@ -276,8 +261,6 @@ class PhotoAttack:
     batch = 1
 
     def __init__(self, ctx: Context, victims, attack, params, seed: int, devices, detector, say):
-        import jax
-
         self.ctx, self.victims, self.attack, self.seed = ctx, victims, attack, seed
         self.devices = tuple(devices)
         self.params = [jax.device_put(params, d) for d in self.devices]
