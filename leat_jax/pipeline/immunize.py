@@ -10,8 +10,10 @@ batches in flight, and a rerun skips what the manifest holds.
 
 Results do not depend on batch size, device count, process count or
 interruption: an image's random start is keyed by (seed, its relative
-path), nothing in the attack spans two images, and every batch of a size has
-the same shape (the last one padded), so each image meets the same program.
+path), nothing in the attack spans two images, and each device maps over
+steps of a fixed number of images (the microbatch, the last one padded), so
+each image meets the same program. They do depend on the microbatch and the
+platform (part of the settings hash).
 """
 from __future__ import annotations
 
@@ -167,6 +169,10 @@ def _settings(cfg: ImmunizeConfig, loaded: victimset.Loaded, faces: dict | None 
     }
     if cfg.faces != "aligned":
         keyed["faces"] = {"mode": cfg.faces, **(faces or {})}
+    else:  # photos go one at a time: a microbatch changes only aligned results
+        from leat_jax.attack import default_microbatch
+
+        keyed["microbatch"] = cfg.microbatch or default_microbatch()
     digest = _sha256(json.dumps(keyed, sort_keys=True).encode())[:16]
     settings = {
         "settings_hash": digest,
@@ -178,6 +184,7 @@ def _settings(cfg: ImmunizeConfig, loaded: victimset.Loaded, faces: dict | None 
         "jpeg_quality": cfg.jpeg_quality if cfg.format == "jpeg" else None,
         "max_size": cfg.max_size,
         "faces": {"mode": cfg.faces, **(faces or {})},
+        "microbatch": keyed.get("microbatch"),
         "pipeline_version": PIPELINE_VERSION,
         "leat_jax_version": __version__,
     }
@@ -200,7 +207,10 @@ class _Job:
         self.progress = progress
         self.previous = {} if cfg.force else manifest.read(dst)
         n_dev = mesh.devices.size
-        per_device = cfg.batch_size or (1 if mesh.devices.flat[0].platform == "cpu" else 8)
+        from leat_jax.parallel import mesh_microbatch
+
+        self.microbatch = mesh_microbatch(mesh, cfg.microbatch)
+        per_device = cfg.batch_size or self.microbatch
         self.batch = per_device * n_dev
         # Largest file read: an uncompressed 16-bit RGBA image at the size limit, twice over.
         self.max_bytes = max(64 << 20, cfg.max_size**2 * 8 * 2)
@@ -327,7 +337,7 @@ class _Job:
             x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
             ids = np.concatenate([ids, np.repeat(ids[-1:], pad)])
         result = parallel.sharded_attack(
-            self.loaded.victims, self.cfg.attack, self.mesh, self.params, x, ids, self.cfg.seed
+            self.loaded.victims, self.cfg.attack, self.mesh, self.params, x, ids, self.cfg.seed, self.microbatch
         )
         in_flight.append(pool.submit(self.finish, batch, result))
         while len(in_flight) > IN_FLIGHT:

@@ -79,10 +79,10 @@ class Plan:
 
 
 def default_detector():
-    """The shipped face detector (``leat_jax.faces.detect``)."""
-    from leat_jax.faces.detect import load_detector
+    """The shipped face detector (``leat_jax.faces.detect``), boxes and landmarks snapped to its grid."""
+    from leat_jax.faces.detect import SNAP, DetectConfig, load_detector
 
-    return load_detector()
+    return load_detector(config=DetectConfig(snap=SNAP))
 
 
 def settings(detector) -> dict:
