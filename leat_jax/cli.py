@@ -93,7 +93,12 @@ def _add_immunize(sub) -> None:
     g.add_argument("--seed", type=int, metavar="N", help="seed of the random starts (default 0)")
     g = p.add_argument_group("running")
     g.add_argument("--batch-size", type=_positive_int, metavar="N",
-                   help="images per device per step (default 1 on CPU, 8 on accelerators); results do not change")
+                   help="images per device handed over at once (default: the microbatch); results do not change")
+    g.add_argument("--microbatch", type=_positive_int, metavar="N",
+                   help="images per device per compiled step (default 1 on CPU, 8 on accelerators): results are "
+                        "identical, bit for bit, for the same microbatch and platform whatever --batch-size, "
+                        "--devices, process count or interruption; another microbatch or platform can move "
+                        "samples by a few levels (it is part of the settings hash)")
     g.add_argument("--devices", type=_positive_int, metavar="N", help="use the first N local devices (default all)")
     g.add_argument("--workers", type=_positive_int, metavar="N", help="threads decoding and writing images (default 4)")
     g.add_argument("--format", choices=("png", "jpeg"), help="output format (default png, lossless; "
@@ -239,7 +244,8 @@ def _immunize(args, parser) -> int:
             victims=parse(args.victims) if args.victims else None,
             eps=args.eps, step=args.step, iterations=args.iterations, ensemble=args.ensemble,
             compute_dtype=args.compute_dtype, seed=args.seed, stand_in_weights=args.stand_in_weights,
-            batch_size=args.batch_size, devices=args.devices, workers=args.workers, format=args.format,
+            batch_size=args.batch_size, microbatch=args.microbatch, devices=args.devices, workers=args.workers,
+            format=args.format,
             jpeg_quality=args.jpeg_quality, max_size=args.max_size, force=args.force, quiet=args.quiet,
             contact_sheet=args.contact_sheet, faces=args.faces,
             compile_cache=False if args.no_compile_cache else args.compile_cache, verify=args.verify,

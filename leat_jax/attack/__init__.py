@@ -5,6 +5,7 @@ from leat_jax.attack.pgd import (
     AttackResult,
     attack_image,
     clean_latents,
+    default_microbatch,
     ensemble_direction,
     image_key,
     latent_distances,
@@ -14,6 +15,6 @@ from leat_jax.attack.pgd import (
 )
 
 __all__ = [
-    "ENSEMBLES", "AttackConfig", "AttackResult", "attack_image", "clean_latents", "ensemble_direction",
-    "image_key", "latent_distances", "latent_mse", "make_attack", "prepared", "run",
+    "ENSEMBLES", "AttackConfig", "AttackResult", "attack_image", "clean_latents", "default_microbatch",
+    "ensemble_direction", "image_key", "latent_distances", "latent_mse", "make_attack", "prepared", "run",
 ]

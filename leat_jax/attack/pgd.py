@@ -1,9 +1,11 @@
 """The LEAT PGD loop as one pure function of (params, images, ids, seed).
 
-Everything is written for one image and vmapped over the batch, so a batch
-gives exactly what each image gives alone: no norm or statistic ever spans
-two images. The random start of an image is keyed by (seed, image id), so a
-result does not depend on batch composition, device count or resumption.
+Everything is written for one image and vmapped over the batch: no norm or
+statistic ever spans two images. The random start of an image is keyed by
+(seed, image id), and ``run`` calls one program of a fixed number of images
+(the microbatch) step by step, so an image's result, bit for bit, depends on
+neither the batch it came in nor its place there; only on the microbatch and
+the platform.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import NamedTuple, Sequence
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from leat_jax.attack import ensembles
 from leat_jax.attack.config import AttackConfig
@@ -136,12 +139,25 @@ def attack_image(
     return x + eta, dist_start, latent_distances(victims, config, params, x, eta, clean), history
 
 
+# Images per compiled step when none is asked for: XLA's CPU code gains
+# nothing from batching these networks; accelerators need a batch to fill.
+DEFAULT_MICROBATCH = {"cpu": 1}
+ACCELERATOR_MICROBATCH = 8
+
+
+def default_microbatch(platform: str | None = None) -> int:
+    """Images per compiled step on ``platform`` (None: JAX's default backend): 1 on CPU, 8 elsewhere."""
+    return DEFAULT_MICROBATCH.get(platform or jax.default_backend(), ACCELERATOR_MICROBATCH)
+
+
 def make_attack(victims: Sequence[Victim], config: AttackConfig):
-    """``attack(params, images, image_ids, seed) -> AttackResult``, pure and jitted.
+    """``attack(params, images, image_ids, seed) -> AttackResult``, pure (jit it, or shard it).
 
     ``params`` is a tuple with one parameter tree per victim; ``images`` is
     (B, H, W, C) float32 in [-1, 1]; ``image_ids`` is (B,) uint32; ``seed`` an
-    integer. One compilation per (batch shape, configuration).
+    integer. Each B is its own program, and XLA's choices for it can move an
+    image's result in the last bits, which sign steps make whole steps:
+    ``run`` and ``parallel.sharded_attack`` therefore call one B only.
     """
     victims = tuple(victims)
 
@@ -158,11 +174,48 @@ def make_attack(victims: Sequence[Victim], config: AttackConfig):
     return attack
 
 
+def in_steps(fn, step: int, images, image_ids) -> AttackResult:
+    """``fn`` over the batch ``step`` images at a time, the last step padded; the B results in order.
+
+    Every call of ``fn`` sees the same shapes, so one compiled program serves
+    any B and an image's result does not depend on B (nor on its place).
+    Args:
+      fn: ``(images, image_ids) -> AttackResult`` for ``step`` images.
+      step: images per call.
+      images, image_ids: (B, H, W, C) and (B,).
+    Returns:
+      The ``AttackResult`` of the B images (padding dropped).
+    """
+    xp = jnp if isinstance(images, jax.Array) else np  # host arrays are cut on the host
+    b = images.shape[0]
+    pad = (-b) % step
+    if pad:  # repeat the last image; its copies are dropped below
+        images = xp.concatenate([images, xp.repeat(images[-1:], pad, axis=0)])
+        image_ids = xp.concatenate([image_ids, xp.repeat(image_ids[-1:], pad, axis=0)])
+    parts = [fn(images[i:i + step], image_ids[i:i + step]) for i in range(0, b + pad, step)]
+    if len(parts) == 1:
+        return jax.tree.map(lambda a: a[:b], parts[0])
+    return jax.tree.map(lambda *a: jnp.concatenate(a)[:b], *parts)
+
+
 @functools.cache
 def _jitted(victims: tuple[Victim, ...], config: AttackConfig):
     return jax.jit(make_attack(victims, config))
 
 
-def run(victims: Sequence[Victim], config: AttackConfig, params, images, image_ids, seed) -> AttackResult:
-    """Jitted single-device attack (compiled once per victims, config and shape)."""
-    return _jitted(tuple(victims), config)(tuple(params), images, image_ids, seed)
+def run(
+    victims: Sequence[Victim], config: AttackConfig, params, images, image_ids, seed, microbatch: int | None = None
+) -> AttackResult:
+    """Jitted single-device attack, ``microbatch`` images per call (``in_steps``).
+
+    One compilation per victims, config, microbatch and image size. An
+    image's result is the same, bit for bit, in any batch, for the same
+    microbatch and platform. ``microbatch`` None: ``default_microbatch()``.
+    """
+    microbatch = default_microbatch() if microbatch is None else microbatch
+    if type(microbatch) is not int or microbatch < 1:
+        raise ValueError(f"microbatch must be a positive integer, got {microbatch!r}")
+    fn = _jitted(tuple(victims), config)
+    params = tuple(params)
+    return in_steps(lambda x, ids: fn(params, x, ids, seed), microbatch, jnp.asarray(images),
+                    jnp.asarray(image_ids, jnp.uint32))

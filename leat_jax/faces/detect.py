@@ -50,6 +50,9 @@ from leat_jax.models import mtcnn
 SHIPPED = Path(__file__).resolve().parent / "weights" / "mtcnn"
 NPZ = "params.npz"
 MIN_BUCKET, MAX_BUCKET = 16, 512  # R-Net/O-Net batch sizes: powers of two in between
+# Grid (1/SNAP px) of the boxes and landmarks the immunize pipeline crops from:
+# far finer than any crop can show, far coarser than XLA's last-bit noise.
+SNAP = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,11 +62,16 @@ class DetectConfig:
     ``min_face_size``: the smallest face (pixels) the pyramid looks for.
     ``thresholds``: face probability cut of P-Net (>=), R-Net (>), O-Net (>).
     ``factor``: scale step between pyramid levels.
+    ``snap``: boxes and landmarks rounded to multiples of 1 / ``snap`` px (0:
+    not rounded, as the package). XLA's CPU code for the same network gives
+    last-bit differences with the process's device count; rounding keeps
+    them out of the crops (``SNAP`` is what ``immunize --faces detect`` uses).
     """
 
     min_face_size: int = 20
     thresholds: tuple = (0.6, 0.7, 0.7)
     factor: float = 0.709
+    snap: int = 0
 
     def __post_init__(self):
         if not self.min_face_size > 0:
@@ -72,6 +80,8 @@ class DetectConfig:
             raise ValueError(f"thresholds needs three values (P-Net, R-Net, O-Net), got {self.thresholds}")
         if not 0 < self.factor < 1:
             raise ValueError(f"factor must lie in (0, 1), got {self.factor}")
+        if type(self.snap) is not int or self.snap < 0:
+            raise ValueError(f"snap must be a non-negative integer, got {self.snap!r}")
 
 
 class Faces(NamedTuple):
@@ -240,8 +250,8 @@ def crop_windows(boxes: np.ndarray, height: int, width: int):
 
 def _crops(csum, boxes, height, width, size):
     top, left, rows, cols, ok = crop_windows(boxes, height, width)
-    batch = [normalise(area_resize(csum, t, l, r, c, (size, size)))
-             for t, l, r, c in zip(top[ok], left[ok], rows[ok], cols[ok])]
+    batch = [normalise(area_resize(csum, t, lf, r, c, (size, size)))
+             for t, lf, r, c in zip(top[ok], left[ok], rows[ok], cols[ok])]
     return (np.stack(batch) if batch else np.zeros((0, size, size, 3), np.float32)), ok
 
 
@@ -367,7 +377,21 @@ def detect_faces(params, image, config: DetectConfig = DetectConfig()) -> Faces:
     # select_largest: by area (no +1), largest first, as the package sorts.
     order = np.argsort((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[::-1]
     boxes, points = boxes[order], points[order]
-    return Faces(boxes[:, :4].astype(np.float32), boxes[:, 4].astype(np.float32), points.astype(np.float32))
+    faces = Faces(boxes[:, :4].astype(np.float32), boxes[:, 4].astype(np.float32), points.astype(np.float32))
+    return snapped(faces, config.snap) if config.snap else faces
+
+
+def snapped(faces: Faces, snap: int) -> Faces:
+    """``faces`` with boxes and landmarks rounded to the nearest multiple of 1 / ``snap`` px.
+
+    Multiples of a power-of-two fraction are exact in float32, so the rounded
+    values survive every later cast. A value within XLA's noise (about 1e-5
+    px) of a half-step can still round either way: rare, not impossible.
+    """
+    def snap_to(a):
+        return (np.round(np.asarray(a, np.float64) * snap) / snap).astype(np.float32)
+
+    return Faces(snap_to(faces.boxes), faces.probs, snap_to(faces.landmarks))
 
 
 # ----------------------------------------------------------------- loading

@@ -1,9 +1,10 @@
 """The attack sharded over local devices with ``jax.shard_map``.
 
 Images are independent, so each device runs the per-image attack on its
-slice of the batch; parameters are replicated. The last batch is padded to a
-multiple of the device count and the padding dropped, so results are those
-of one device (to float32 round-off).
+slice of the batch; parameters are replicated. The batch goes through in
+steps of (devices x microbatch) images, the last one padded (the padding
+dropped), so each device runs one program of ``microbatch`` images whatever
+the batch size or the device count.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from leat_jax.attack import AttackConfig, AttackResult, make_attack
+from leat_jax.attack import AttackConfig, AttackResult, default_microbatch, make_attack
+from leat_jax.attack.pgd import in_steps
 from leat_jax.victims import Victim
 
 AXIS = "data"
@@ -30,6 +32,11 @@ def data_mesh(num_devices: int | None = None) -> Mesh:
             raise ValueError(f"asked for {num_devices} devices, this process has {len(devices)}")
         devices = devices[:num_devices]
     return Mesh(np.array(devices), (AXIS,))
+
+
+def mesh_microbatch(mesh: Mesh, microbatch: int | None = None) -> int:
+    """``microbatch``, or (None) the default of the mesh's platform (``attack.default_microbatch``)."""
+    return default_microbatch(mesh.devices.flat[0].platform) if microbatch is None else microbatch
 
 
 @functools.cache
@@ -54,17 +61,26 @@ def sharded_attack(
     images,
     image_ids,
     seed: int,
+    microbatch: int | None = None,
 ) -> AttackResult:
-    """Run the attack on ``images`` (B, H, W, C) split over ``mesh``; B is any size."""
-    n = mesh.devices.size
-    b = images.shape[0]
-    pad = (-b) % n
-    if pad:  # repeat the last image; its copies are dropped below
-        images = jnp.concatenate([images, jnp.repeat(images[-1:], pad, axis=0)])
-        image_ids = jnp.concatenate([image_ids, jnp.repeat(image_ids[-1:], pad, axis=0)])
+    """Run the attack on ``images`` (B, H, W, C) split over ``mesh``; B is any size.
+
+    Args:
+      microbatch: images per device per compiled step; None: the platform's
+        default (``mesh_microbatch``). An image's result depends on it and on
+        the platform, never on B or the device count.
+    Returns:
+      The ``AttackResult`` of the B images, in order.
+    """
+    microbatch = mesh_microbatch(mesh, microbatch)
+    if type(microbatch) is not int or microbatch < 1:
+        raise ValueError(f"microbatch must be a positive integer, got {microbatch!r}")
     fn = _compiled(tuple(victims), config, mesh)
     sharding = NamedSharding(mesh, P(AXIS))
-    images = jax.device_put(jnp.asarray(images, jnp.float32), sharding)
-    image_ids = jax.device_put(jnp.asarray(image_ids, jnp.uint32), sharding)
-    out = fn(tuple(params), images, image_ids, jnp.uint32(seed))
-    return jax.tree.map(lambda a: a[:b], out)
+    params, seed = tuple(params), jnp.uint32(seed)
+
+    def step(x, ids):
+        x = jax.device_put(np.asarray(x, np.float32), sharding)
+        return fn(params, x, jax.device_put(np.asarray(ids, np.uint32), sharding), seed)
+
+    return in_steps(step, mesh.devices.size * microbatch, np.asarray(images), np.asarray(image_ids))

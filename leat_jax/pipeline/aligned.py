@@ -3,8 +3,11 @@
 Images are grouped by size into batches of one fixed shape (the last one of
 a size padded by repeating an image), which the sharded attack spreads over
 the mesh; every image therefore meets the same program whatever batch it is
-in. A device out-of-memory error halves the images per device and retries
-the batch (recorded in ``stats``); at one image per device it stops the job.
+in. The sharded attack runs ``microbatch`` images per device per compiled
+call, so results do not depend on the batch. A device out-of-memory error
+halves the images per device and retries the batch (recorded in ``stats``);
+at the microbatch it stops the job (a smaller microbatch changes results:
+the user chooses it with ``--microbatch``).
 """
 from __future__ import annotations
 
@@ -26,13 +29,16 @@ class AlignedAttack:
       mesh: the devices' mesh.
       per_device: images per device per batch.
       say: shows a line to the user (compilations, out-of-memory retries).
+      microbatch: images per device per compiled call (``parallel.mesh_microbatch``).
     """
 
-    def __init__(self, ctx: Context, victims, attack, params, seed: int, mesh, per_device: int, say):
+    def __init__(self, ctx: Context, victims, attack, params, seed: int, mesh, per_device: int, say,
+                 microbatch: int = 1):
         self.ctx, self.victims, self.attack, self.params, self.seed = ctx, victims, attack, params, seed
         self.mesh = mesh
         self.devices = int(mesh.devices.size)
         self.per_device = per_device
+        self.microbatch = microbatch
         self.say = say
         self.buckets: dict[tuple[int, int], list[Prepared]] = {}
         self.compiled: set[tuple[int, int, int]] = set()
@@ -90,19 +96,21 @@ class AlignedAttack:
         if pad:  # every batch of a size has one shape: one compilation, one program per image
             x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
             ids = np.concatenate([ids, np.repeat(ids[-1:], pad)])
-        return parallel.sharded_attack(self.victims, self.attack, self.mesh, self.params, x, ids, self.seed)
+        return parallel.sharded_attack(self.victims, self.attack, self.mesh, self.params, x, ids, self.seed,
+                                       self.microbatch)
 
     def shrink(self, failed_batch: int, error: BaseException) -> None:
         """Halve the images per device after an out-of-memory error at ``failed_batch``."""
         with self.lock:
             if self.batch < failed_batch:
                 return  # another thread shrank it already
-            if self.per_device == 1:
+            if self.per_device <= self.microbatch:
                 raise faults.JobFailed(
-                    f"device out of memory with one image per device ({str(error).strip().splitlines()[0]})"
+                    f"device out of memory at {self.per_device} image(s) per device, the microbatch: "
+                    f"try a smaller --microbatch ({str(error).strip().splitlines()[0]})"
                 ) from None
             old = self.batch
-            self.per_device //= 2
+            self.per_device = max(self.microbatch, self.per_device // 2)
             self.out_of_memory.append({"batch": old, "retried_at": self.batch})
         self.say(f"leat-jax: device out of memory at batch {old}; retrying at batch {self.batch}")
 

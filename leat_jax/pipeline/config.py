@@ -48,8 +48,13 @@ class ImmunizeConfig:
       attack: the attack's settings (eps, step, iterations, ensemble, ...).
       seed: the attack's seed; with the image's path it keys its random start.
       stand_in_weights: allow bare victim names (stand-in weights; no protection).
-      batch_size: images per device per step; None: 1 on CPU (XLA gains nothing
-        from batching there), 8 on accelerators. Does not change results.
+      batch_size: images per device handed to the devices at once; None: the
+        microbatch. Does not change results.
+      microbatch: images per device per compiled step (the batch is padded to
+        fill whole steps); None: 1 on CPU (XLA gains nothing from batching
+        there), 8 on accelerators. Results are identical, bit for bit, for
+        the same microbatch and platform; another microbatch may move them in
+        the last bits (it is part of the settings hash).
       devices: local devices to use; None: all.
       format: ``png`` (lossless) or ``jpeg`` (weakens the protection).
       jpeg_quality: quality of ``jpeg`` output.
@@ -77,6 +82,7 @@ class ImmunizeConfig:
     seed: int = 0
     stand_in_weights: bool = False
     batch_size: int | None = None
+    microbatch: int | None = None
     devices: int | None = None
     format: str = "png"
     jpeg_quality: int = 95
@@ -97,7 +103,7 @@ class ImmunizeConfig:
             raise SetupError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.format!r}")
         if not isinstance(self.faces, str) or self.faces not in FACE_MODES:
             raise SetupError(f"faces must be one of {', '.join(FACE_MODES)}, got {self.faces!r}")
-        for name in ("batch_size", "devices", "max_size", "workers"):
+        for name in ("batch_size", "microbatch", "devices", "max_size", "workers"):
             value = getattr(self, name)
             if value is not None and (type(value) is not int or value < 1):
                 raise SetupError(f"{name} must be a positive integer, got {value!r}")

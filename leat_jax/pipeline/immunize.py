@@ -7,8 +7,10 @@ face crops, ``photos`` for photos) -> quantise, encode and write
 
 Results do not depend on batch size, device count, process count or
 interruption: an image's random start is keyed by (seed, its relative
-path), nothing in the attack spans two images, and every batch of a size has
-the same shape (the last one padded), so each image meets the same program.
+path), nothing in the attack spans two images, and each device maps over
+steps of a fixed number of images (the microbatch, the last one padded), so
+each image meets the same program. They do depend on the microbatch and the
+platform (part of the settings hash).
 """
 from __future__ import annotations
 
@@ -119,8 +121,10 @@ def attack_stage(cfg: ImmunizeConfig, ctx: job.Context, loaded, mesh, detector, 
     if cfg.faces == "detect":
         return photos.PhotoAttack(ctx, loaded.victims, cfg.attack, params, cfg.seed, tuple(mesh.devices.flat), detector,
                                   say)
-    per_device = cfg.batch_size or (1 if mesh.devices.flat[0].platform == "cpu" else 8)
-    return AlignedAttack(ctx, loaded.victims, cfg.attack, replicate(params, mesh), cfg.seed, mesh, per_device, say)
+    microbatch = parallel.mesh_microbatch(mesh, cfg.microbatch)
+    per_device = cfg.batch_size or microbatch
+    return AlignedAttack(ctx, loaded.victims, cfg.attack, replicate(params, mesh), cfg.seed, mesh, per_device, say,
+                         microbatch)
 
 
 def run(cfg: ImmunizeConfig, stream=None, detector=None) -> Summary:

@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Mapping, Protocol
 import numpy as np
 
 from leat_jax import __version__
+from leat_jax.attack import default_microbatch
 from leat_jax.pipeline import faults, images, inputs, manifest
 from leat_jax.pipeline.config import ImmunizeConfig
 from leat_jax.pipeline.victimset import Loaded
@@ -162,6 +163,8 @@ def settings(cfg: ImmunizeConfig, loaded: Loaded, faces: dict | None = None) -> 
     }
     if cfg.faces != "aligned":
         keyed["faces"] = {"mode": cfg.faces, **(faces or {})}
+    else:  # photos go one group at a time: the microbatch changes only aligned results
+        keyed["microbatch"] = cfg.microbatch or default_microbatch()
     digest = sha256(json.dumps(keyed, sort_keys=True).encode())[:16]
     recorded = {
         "settings_hash": digest,
@@ -173,6 +176,7 @@ def settings(cfg: ImmunizeConfig, loaded: Loaded, faces: dict | None = None) -> 
         "jpeg_quality": cfg.jpeg_quality if cfg.format == "jpeg" else None,
         "max_size": cfg.max_size,
         "faces": {"mode": cfg.faces, **(faces or {})},
+        "microbatch": keyed.get("microbatch"),
         "pipeline_version": PIPELINE_VERSION,
         "leat_jax_version": __version__,
     }

@@ -44,7 +44,7 @@ import numpy as np
 
 from leat_jax.attack.pgd import attack_image, image_key
 from leat_jax.faces import align
-from leat_jax.faces.detect import load_detector
+from leat_jax.faces.detect import SNAP, DetectConfig, load_detector
 from leat_jax.pipeline import images, writing
 from leat_jax.pipeline.job import Context, Failure, Prepared, finite
 from leat_jax.victims.warped import footprint, make_warp, warped
@@ -88,8 +88,8 @@ class Plan:
 
 
 def default_detector():
-    """The shipped face detector (``leat_jax.faces.detect``)."""
-    return load_detector()
+    """The shipped face detector (``leat_jax.faces.detect``), boxes and landmarks snapped to its grid."""
+    return load_detector(config=DetectConfig(snap=SNAP))
 
 
 def settings(detector) -> dict:
