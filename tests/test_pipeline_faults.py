@@ -33,11 +33,11 @@ def test_out_of_memory_at_batch_8_finishes_at_batch_4_with_identical_files(tmp_p
     assert immunize(capsys, src, tmp_path / "plain", "--batch-size", "4")[0] == 0
     real, sizes = parallel.sharded_attack, []
 
-    def small_device(victims, config, mesh, params, x, ids, seed):
+    def small_device(victims, config, mesh, params, x, ids, seed, *microbatch):
         sizes.append(x.shape[0])
         if x.shape[0] >= 8:
             raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.5GiB")
-        return real(victims, config, mesh, params, x, ids, seed)
+        return real(victims, config, mesh, params, x, ids, seed, *microbatch)
 
     monkeypatch.setattr(parallel, "sharded_attack", small_device)
     rc, err = immunize(capsys, src, tmp_path / "oom", "--batch-size", "8")
@@ -57,7 +57,7 @@ def test_out_of_memory_at_one_image_per_device_stops_the_job(tmp_path, capsys, m
     monkeypatch.setattr(parallel, "sharded_attack", no_memory)
     rc, err = immunize(capsys, src, tmp_path / "dst", "--batch-size", "2")
     assert rc == cli.EXIT_JOB_FAILED == 3
-    assert len(_errors(err)) == 1 and "device out of memory with one image per device" in _errors(err)[0]
+    assert len(_errors(err)) == 1 and "device out of memory at 1 image(s) per device, the microbatch" in _errors(err)[0]
 
 
 def test_disk_full_stops_the_job_with_exit_3_and_keeps_what_is_done(tmp_path, capsys, monkeypatch):
