@@ -1,7 +1,8 @@
 """Golden support for MTCNN (facenet-pytorch 2.6.0, real weights).
 
 The weights are real, not recipe-made. The source converted here is the
-facenet-pytorch wheel when one is at hand offline (``$LEAT_MTCNN_WHEEL``, or
+facenet-pytorch wheel when one is at hand offline (``$LEAT_MTCNN_WHEEL``, the
+one ``scripts/setup.sh`` fetches into ``.cache/wheels/``, or
 ``~/.cache/leat-jax/facenet_pytorch-2.6.0-py3-none-any.whl``): its sha256 and
 its members' are checked against the layout. Otherwise the parameters
 shipped in the package are written back as the three official legacy-format
@@ -25,6 +26,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -33,7 +35,9 @@ import numpy as np
 NAME = "mtcnn"
 NETS = ("pnet", "rnet", "onet")
 WHEEL_ENV = "LEAT_MTCNN_WHEEL"
-CACHED_WHEEL = Path.home() / ".cache" / "leat-jax" / "facenet_pytorch-2.6.0-py3-none-any.whl"
+WHEEL_NAME = "facenet_pytorch-2.6.0-py3-none-any.whl"
+SETUP_WHEEL = Path(__file__).resolve().parents[2] / ".cache" / "wheels" / WHEEL_NAME  # scripts/setup.sh fetches it
+CACHED_WHEEL = Path.home() / ".cache" / "leat-jax" / WHEEL_NAME
 PX_TOL, PROB_TOL = 1e-2, 1e-5
 
 
@@ -71,8 +75,12 @@ def write_official_files(folder, params, layout) -> Path:
 
 
 def cached_wheel() -> Path | None:
-    path = Path(os.environ.get(WHEEL_ENV) or CACHED_WHEEL)
-    return path if path.is_file() else None
+    """The real wheel, if one is on this machine: ``$LEAT_MTCNN_WHEEL``, set-up's cache, then the user cache."""
+    env = os.environ.get(WHEEL_ENV)
+    for path in ([Path(env)] if env else [SETUP_WHEEL, CACHED_WHEEL]):
+        if path.is_file():
+            return path
+    return None
 
 
 def _rel_max(ours, golden) -> float:
@@ -94,6 +102,8 @@ def _source(layout, shipped, workdir) -> tuple[Path, list[dict]]:
 
     wheel = cached_wheel()
     if wheel is None:
+        warnings.warn(f"facenet-pytorch wheel not found ({SETUP_WHEEL}; scripts/setup.sh fetches it): "
+                      "converting the shipped parameters written back out instead", stacklevel=2)
         return write_official_files(Path(workdir) / "facenet_pytorch_data", shipped, layout), []
     files = layout["checkpoint"]["files"]
     digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
