@@ -75,7 +75,8 @@ def test_written_files_are_the_official_legacy_state_dicts(folder):
         raw = (folder / f"{net}.pt").read_bytes()
         assert not raw.startswith(b"PK")  # legacy stream, not the zip format
         sd = torch.load(folder / f"{net}.pt", weights_only=True)
-        assert [[k, list(v.shape), "float32"] for k, v in sd.items()] == LAYOUT["checkpoint"]["files"][net]["state_dict"]
+        layout = LAYOUT["checkpoint"]["files"][net]["state_dict"]
+        assert [[k, list(v.shape), "float32"] for k, v in sd.items()] == layout
 
 
 def test_converts_from_a_wheel_through_the_cli(folder, shipped, tmp_path, capsys):
@@ -89,7 +90,7 @@ def test_converts_from_a_wheel_through_the_cli(folder, shipped, tmp_path, capsys
 
 
 def test_converts_the_real_wheel_through_the_cli(folder, shipped, tmp_path, capsys):
-    """The real facenet-pytorch 2.6.0 wheel (``scripts/setup.sh`` fetches it), sha256 checked; offline, the round trip."""
+    """The real facenet-pytorch 2.6.0 wheel (set-up fetches it), sha256 checked; offline, the round trip."""
     wheel, real = cached_wheel(), True
     if wheel is None:
         warnings.warn(f"{SETUP_WHEEL} is missing (set-up was offline?): the MTCNN converter is tested on the "
@@ -217,7 +218,8 @@ def test_area_resize_is_torch_area_interpolation():
 
 
 def test_crop_windows_truncate_clamp_and_drop_empty():
-    boxes = np.array([[-3.7, 2.9, 10.2, 99.0], [5.5, 5.5, 8.5, 8.5], [60.0, 1.0, 70.0, 9.0], [-20.0, -20.0, -5.0, -5.0]])
+    boxes = np.array([[-3.7, 2.9, 10.2, 99.0], [5.5, 5.5, 8.5, 8.5], [60.0, 1.0, 70.0, 9.0],
+                      [-20.0, -20.0, -5.0, -5.0]])
     top, left, rows, cols, ok = D.crop_windows(boxes, 50, 40)
     # x1 -3.7 -> -3 -> 1, y1 2.9 -> 2, x2 10.2 -> 10, y2 99 -> 50: rows 1..49, cols 0..9 (0-based)
     assert (top[0], left[0], rows[0], cols[0]) == (1, 0, 49, 10)
