@@ -14,9 +14,11 @@ converted folder.
 Compared (float32 port, highest matmul precision):
 - each network on the inputs the official pipeline fed it
   (``pnet_in``, ``pnet2_in``, ``rnet_in``, ``onet_in``): max-rel 1e-4;
-- the whole ``Detector.detect`` on ``image``: the same face count, boxes and
-  landmarks within 0.01 px, probabilities within 1e-5, against both the
-  float64 run (``boxes``...) and the default float32 one (``boxes_f32``...).
+- the whole ``Detector.detect`` on ``image``: the same face count and
+  probabilities within 1e-5 against both the float64 run (``boxes``...) and
+  the default float32 one (``boxes_f32``...); boxes and landmarks within 0.01
+  px of the float64 run and within ``PX_ULPS`` float32 ulps of the photo's
+  size of the float32 run (the figure README.md states).
 """
 from __future__ import annotations
 
@@ -38,7 +40,11 @@ WHEEL_ENV = "LEAT_MTCNN_WHEEL"
 WHEEL_NAME = "facenet_pytorch-2.6.0-py3-none-any.whl"
 SETUP_WHEEL = Path(__file__).resolve().parents[2] / ".cache" / "wheels" / WHEEL_NAME  # scripts/setup.sh fetches it
 CACHED_WHEEL = Path.home() / ".cache" / "leat-jax" / WHEEL_NAME
-PX_TOL, PROB_TOL = 1e-2, 1e-5
+PX_TOL, PROB_TOL = 1e-2, 1e-5  # the golden README's
+# What README.md states for the float32 path: boxes and landmarks within this many
+# float32 ulps of the photo's larger side (6.1e-5 px each from 512 to 1023 px) of
+# facenet-pytorch's own float32 output: both round coordinates of that size.
+PX_ULPS = 2
 
 
 def official_state_dict(net_params, layout_state_dict) -> OrderedDict:
@@ -90,6 +96,11 @@ def _rel_max(ours, golden) -> float:
     if golden.size == 0:  # a case whose stage fed no crop to this net
         return 0.0
     return float(np.max(np.abs(ours - golden)) / np.max(np.abs(golden)))
+
+
+def _ulps_max(ours, golden, image) -> float:
+    """Largest |ours - golden| in float32 ulps of the image's larger side."""
+    return _abs_max(ours, golden) / float(np.spacing(np.float32(max(image.shape[:2]))))
 
 
 def _abs_max(ours, golden) -> float:
@@ -184,6 +195,11 @@ def check(case_path, workdir) -> list[dict]:
         if len(faces.boxes) != n:
             continue
         for field, tol in (("boxes", PX_TOL), ("landmarks", PX_TOL), ("probs", PROB_TOL)):
+            ours, golden = getattr(faces, field), case[field + suffix]
             results.append({"what": f"detect: {field} max abs vs {run}", "dtype": "float32",
-                            "out_err": _abs_max(getattr(faces, field), case[field + suffix]), "out_tol": tol, **loose})
+                            "out_err": _abs_max(ours, golden), "out_tol": tol, **loose})
+            if suffix == "_f32" and field != "probs":
+                results.append({"what": f"detect: {field} max abs in float32 ulps of the photo's size vs {run}",
+                                "dtype": "float32", "out_err": _ulps_max(ours, golden, case["image"]),
+                                "out_tol": PX_ULPS})
     return results
