@@ -46,6 +46,22 @@ def nhwc_to_nchw(a):
     return np.transpose(np.asarray(a), (0, 3, 1, 2))
 
 
+def convert_with_cli(name: str, src, workdir) -> dict:
+    """``leat-jax convert NAME SRC DST`` (the converter, its template check, the orbax write), read back.
+
+    Returns the parameters as a pipeline loads them from the converted folder.
+    """
+    import converters
+    from leat_jax import checkpoints, cli
+
+    dst = Path(workdir) / f"{Path(src).name}-converted"
+    rc = cli.main(["convert", name, str(src), str(dst)])
+    assert rc == 0, f"leat-jax convert {name} {src} {dst}: exit {rc}"
+    params, meta = checkpoints.load_params(dst)
+    assert meta["model"] == name and meta["source_sha256"] == converters.sha256(src), meta
+    return params
+
+
 def run_case(name: str, case_path, workdir=None, dtypes=("float32",)) -> list[dict]:
     """Errors of our port on one case, per dtype: [{'out_err', 'grad_err', ...}].
 
