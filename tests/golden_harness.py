@@ -6,6 +6,7 @@ JSON), which the float64 cases use to get a process of their own.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -44,6 +45,68 @@ def nchw_to_nhwc(a):
 
 def nhwc_to_nchw(a):
     return np.transpose(np.asarray(a), (0, 3, 1, 2))
+
+
+@contextlib.contextmanager
+def float64_convolutions_as_products():
+    """Inside: ``lax.conv_general_dilated`` on float64 NHWC/HWIO is a sum of per-tap matrix products.
+
+    XLA's CPU backend has no fast float64 convolution (a naive loop, measured
+    150x slower than float32), while its float64 matrix products are Eigen's.
+    Same arithmetic (each output a sum of input x weight products, the
+    patches side by side in one product), any
+    stride, padding and input dilation (what the backward passes use); other
+    convolutions go to the original.
+    """
+    import jax.numpy as jnp
+    from jax import lax
+
+    original = lax.conv_general_dilated
+    nhwc = ("NHWC", "HWIO", "NHWC")
+
+    def by_products(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                    dimension_numbers=None, feature_group_count=1, batch_group_count=1, **kwargs):
+        plain = (lhs.dtype == jnp.float64 and lhs.ndim == 4 and dimension_numbers is not None
+                 and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+                 == lax.conv_dimension_numbers(lhs.shape, rhs.shape, nhwc)
+                 and feature_group_count == 1 and batch_group_count == 1
+                 and all(d == 1 for d in (rhs_dilation or (1, 1))))
+        if not plain:
+            return original(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                            feature_group_count, batch_group_count, **kwargs)
+        dil = tuple(lhs_dilation or (1, 1))
+        dilated = tuple((n - 1) * d + 1 for n, d in zip(lhs.shape[1:3], dil))
+        pads = lax.padtype_to_pads(dilated, rhs.shape[:2], window_strides, padding) if isinstance(
+            padding, str) else padding
+        x = lax.pad(lhs, jnp.zeros((), lhs.dtype),
+                    [(0, 0, 0), (pads[0][0], pads[0][1], dil[0] - 1), (pads[1][0], pads[1][1], dil[1] - 1), (0, 0, 0)])
+        (kh, kw), (sh, sw) = rhs.shape[:2], window_strides
+        oh, ow = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+        taps = [x[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :] for i in range(kh) for j in range(kw)]
+        kernel = rhs.reshape(kh * kw * rhs.shape[2], rhs.shape[3])  # HWIO: rows in the taps' (i, j, c) order
+        return jnp.matmul(jnp.concatenate(taps, axis=-1), kernel, precision=lax.Precision.HIGHEST)
+
+    lax.conv_general_dilated = by_products
+    try:
+        yield
+    finally:
+        lax.conv_general_dilated = original
+
+
+def convert_with_cli(name: str, src, workdir) -> dict:
+    """``leat-jax convert NAME SRC DST`` (the converter, its template check, the orbax write), read back.
+
+    Returns the parameters as a pipeline loads them from the converted folder.
+    """
+    import converters
+    from leat_jax import checkpoints, cli
+
+    dst = Path(workdir) / f"{Path(src).name}-converted"
+    rc = cli.main(["convert", name, str(src), str(dst)])
+    assert rc == 0, f"leat-jax convert {name} {src} {dst}: exit {rc}"
+    params, meta = checkpoints.load_params(dst)
+    assert meta["model"] == name and meta["source_sha256"] == converters.sha256(src), meta
+    return params
 
 
 def run_case(name: str, case_path, workdir=None, dtypes=("float32",)) -> list[dict]:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from flax import nnx
 
 import converters
 from converters import simswap as conv
@@ -81,10 +82,12 @@ class _Payload:
 
 def test_templates_hold_exactly_the_official_tensors():
     # every float tensor of the official files (parameters and BN statistics) has a slot
-    assert sum(v.size for v in flatten(victims.get("simswap_id").template).values()) == _n_elements(_layout("simswap_id")["state_dict"])
+    n_id = _n_elements(_layout("simswap_id")["state_dict"])
+    assert sum(v.size for v in flatten(victims.get("simswap_id").template).values()) == n_id
     enc = _layout("simswap_G")["encoder_state_dict"]
     assert sum(v.size for v in flatten(victims.get("simswap_G").template).values()) == _n_elements(enc)
-    assert sum(v.size for v in flatten(vs.generator().template).values()) == _n_elements(_layout("simswap_G")["state_dict"])
+    n_g = _n_elements(_layout("simswap_G")["state_dict"])
+    assert sum(v.size for v in flatten(vs.generator().template).values()) == n_g
     assert victims.get("simswap_id").input_size == victims.get("simswap_G").input_size == (224, 224)
 
 
@@ -264,7 +267,13 @@ def _torch_vs_jax(net, flax_fn, params, *inputs, rtol=2e-4):
     return want
 
 
-def test_arcface_prelu_negative_side():
+@functools.cache
+def _arcface_far_from_recipe(bn_shift: float = 0.0):
+    """A small ArcFace (every kind of block) with PReLU slopes far from 1 (one negative), mild BatchNorms
+    whose shifts are moved by ``bn_shift`` (negative: the PReLUs see mostly negative inputs).
+
+    Returns (torch net, Functional, params, the share of negative inputs each PReLU saw, filled per forward).
+    """
     from benchmarks.reference import simswap as ref
 
     torch.manual_seed(0)
@@ -280,13 +289,64 @@ def test_arcface_prelu_negative_side():
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 1.5)
                 m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
+                m.bias.uniform_(bn_shift - 0.2, bn_shift + 0.2)
     sd = {k: v.numpy() for k, v in net.state_dict().items()}
     f = Functional(lambda rngs: models.ArcFaceResNet(layers, rngs=rngs))
-    params = convert_state_dict(sd, f.template)
-    x = np.random.default_rng(3).normal(size=(2, 3, 112, 112)).astype(np.float32)
-    _torch_vs_jax(net, f.apply, params, x)
-    assert min(negatives) > 0.05  # every PReLU saw a real share of negative inputs
+    return net, f, convert_state_dict(sd, f.template), negatives
+
+
+def test_arcface_prelu_negative_side():
+    """Outputs and the input gradient through PReLUs fed mostly negative values, against torch's autograd."""
+    net, f, params, negatives = _arcface_far_from_recipe(bn_shift=-1.0)
+    negatives.clear()
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2, 3, 112, 112)).astype(np.float32)
+    w = rng.normal(size=(2, 512)).astype(np.float32)  # a fixed linear read-out: its gradient is exactly the VJP
+    xt = torch.from_numpy(x).requires_grad_(True)
+    out_t = net(xt)
+    (want,) = torch.autograd.grad((out_t * torch.from_numpy(w)).sum(), xt)
+    out_t, want = out_t.detach().numpy(), want.numpy()
+
+    @jax.jit
+    def out_and_grad(p, z):
+        out, vjp = jax.vjp(lambda z: f.apply(p, z), z)
+        return out, vjp(jnp.asarray(w))[0]
+
+    out, got = out_and_grad(params, jnp.asarray(x.transpose(0, 2, 3, 1)))
+    got = np.asarray(got).transpose(0, 3, 1, 2)
+    print(f"\nshare of negative PReLU inputs: {np.round(negatives, 2)}")
+    assert np.median(negatives) > 0.6 and min(negatives) > 0.3, negatives
+    np.testing.assert_allclose(np.asarray(out), out_t, rtol=0, atol=2e-4 * np.abs(out_t).max())
+    assert np.linalg.norm(got - want) <= 1e-4 * np.linalg.norm(want), np.linalg.norm(got - want) / np.linalg.norm(want)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-4 * np.abs(want).max())
+
+
+def test_prelu_layer_gradients_on_its_negative_side():
+    """``layers.PReLU`` alone: outputs, input and slope gradients vs ``torch.nn.PReLU`` (slopes -0.3..1.2)."""
+    from leat_jax.models import layers
+
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(4, 6, 5, 7)) - 1.0).astype(np.float32)  # NHWC, ~84% negative
+    slopes = np.linspace(-0.3, 1.2, 7).astype(np.float32)
+    g = rng.normal(size=x.shape).astype(np.float32)
+    tp = torch.nn.PReLU(7)
+    with torch.no_grad():
+        tp.weight.copy_(torch.from_numpy(slopes))
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_(True)
+    out_t = tp(xt)
+    gx_t, gw_t = torch.autograd.grad(out_t, (xt, tp.weight), torch.from_numpy(g.transpose(0, 3, 1, 2).copy()))
+    layer = layers.PReLU(7)
+    layer.weight[...] = jnp.asarray(slopes)
+    graphdef, state = nnx.split(layer)
+
+    def f(state, x):
+        return jnp.sum(nnx.merge(graphdef, state)(x) * g)
+
+    gs, gx = jax.jit(jax.grad(f, argnums=(0, 1)))(state, jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(nnx.merge(graphdef, state)(jnp.asarray(x))),
+                               out_t.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(gx), gx_t.numpy().transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(gs["weight"][...]), gw_t.numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_whole_generator_against_reference_small():

@@ -7,7 +7,7 @@ reductions its gradient adds) than torch's fused kernels. The gradient is
 written out (a custom VJP) so that it, too, reduces through products.
 
 Numerics are torch's: two-pass variance (mean first, then the mean squared
-deviation), statistics in float32 whatever the compute dtype, ``eps`` inside
+deviation), statistics in at least float32 whatever the compute dtype, ``eps`` inside
 the square root. Parameter names are Flax's (``scale``, ``bias``), so a
 checkpoint map is the same as for ``nnx.GroupNorm``.
 """
@@ -22,11 +22,19 @@ from jax import lax
 
 
 def _channel_sums(a):
-    """(N, H, W, C) -> (N, C) float32 sums over H and W, as a batched product with ones."""
+    """(N, H, W, C) -> (N, C) sums over H and W, as two batched products with ones: each row, then the rows.
+
+    At least float32 whatever the input dtype. Two levels, because one product
+    over all H*W positions accumulates them in sequence: 1e-5 relative error at
+    256x256 against 6e-7 this way (DiffAE's 256 maps; its T=2 render multiplies
+    eps errors by 3.4).
+    """
     n, h, w, c = a.shape
-    ones = jnp.ones((n, 1, h * w), a.dtype)
-    return lax.dot_general(ones, a.reshape(n, h * w, c), (((2,), (1,)), ((0,), (0,))),
-                           preferred_element_type=jnp.float32)[:, 0]
+    acc = jnp.promote_types(a.dtype, jnp.float32)
+    batched = (((2,), (1,)), ((0,), (0,)))
+    rows = lax.dot_general(jnp.ones((n * h, 1, w), a.dtype), a.reshape(n * h, w, c), batched,
+                           preferred_element_type=acc)
+    return lax.dot_general(jnp.ones((n, 1, h), acc), rows.reshape(n, h, c), batched, preferred_element_type=acc)[:, 0]
 
 
 def _group_means(s, groups: int, count: int):

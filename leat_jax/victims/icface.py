@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 
+import jax.numpy as jnp
 import numpy as np
 
 from leat_jax.models.base import Functional
@@ -44,8 +45,21 @@ def network() -> Functional:
 
 
 def preprocess(images):
-    """[-1, 1] NHWC images, any size -> the official 128 x 128 input (same range)."""
-    return resize(images, INPUT_SIZE)
+    """[-1, 1] NHWC images, any size -> the official 128 x 128 input (same range).
+
+    As the official loader: PIL ``resize((128, 128), BICUBIC)`` (aspect not
+    kept), which on an 8-bit image resamples one axis, then the other, and
+    clamps each pass's overshoot (bicubic's negative lobes) to the pixel range.
+    PIL shrinks the height first when it shrinks more than the width (measured
+    on Pillow 13, ``tests/test_preprocess_official.py``), else the width.
+    """
+    h, w = images.shape[1:3]
+    out_h, out_w = INPUT_SIZE
+    if (h, w) == INPUT_SIZE:
+        return images
+    first = (out_h, w) if h / out_h > max(1.0, w / out_w) else (h, out_w)
+    one_axis = jnp.clip(resize(images, first, method="cubic"), -1.0, 1.0)
+    return jnp.clip(resize(one_axis, INPUT_SIZE, method="cubic"), -1.0, 1.0)
 
 
 def apply(params, x, attr=NEUTRAL_ATTR):

@@ -55,17 +55,15 @@ def check(case_path, workdir) -> list[dict]:
     import jax.numpy as jnp
     from flax import nnx
 
-    from converters import diffae as converter
-    from converters import torch_io
     from leat_jax.deepfakes import diffae as pipeline
-    from tests.golden_harness import case_seed
+    from tests.golden_harness import case_seed, convert_with_cli
 
     case_path = Path(case_path)
     case = dict(np.load(case_path))
     layout = json.loads((case_path.parent / "layout.json").read_text())
     src = Path(workdir) / CHECKPOINT_NAME
     write_checkpoint(src, layout, case_seed(case_path), case)
-    params = jax.tree.map(jnp.asarray, converter.classifier_to_params(torch_io.load(src), str(src)))
+    params = jax.tree.map(jnp.asarray, convert_with_cli(NAME, src, workdir))
 
     z = jnp.asarray(case["z"])
     strengths = pipeline.attribute(int(case["attr_index"]), float(case["alpha"]))

@@ -62,10 +62,8 @@ def check(case_path, workdir) -> list[dict]:
     import jax
     import jax.numpy as jnp
 
-    from converters import diffae as converter
-    from converters import torch_io
     from leat_jax.deepfakes import diffae as pipeline
-    from tests.golden_harness import GOLDEN_DIR, case_seed, nchw_to_nhwc, nhwc_to_nchw
+    from tests.golden_harness import GOLDEN_DIR, case_seed, convert_with_cli, nchw_to_nhwc, nhwc_to_nchw
 
     case_path = Path(case_path)
     case = dict(np.load(case_path))
@@ -73,7 +71,7 @@ def check(case_path, workdir) -> list[dict]:
     full_layout = json.loads((GOLDEN_DIR / "diffae" / "layout_full.json").read_text())["state_dict"]
     src = Path(workdir) / CHECKPOINT_NAME
     write_checkpoint(src, seed, full_layout)
-    params = jax.tree.map(jnp.asarray, converter.unet_to_params(torch_io.load(src), str(src)))
+    params = jax.tree.map(jnp.asarray, convert_with_cli(NAME, src, workdir))
     src.unlink()
 
     unet = pipeline.unet_functional()

@@ -33,11 +33,9 @@ def check(case_path, workdir) -> list[dict]:
     import jax.numpy as jnp
     import torch
 
-    from converters import icface as conv
-    from converters import torch_io
     from leat_jax.deepfakes import icface
     from tests.golden_cases.icface import official_file_object
-    from tests.golden_harness import nchw_to_nhwc, nhwc_to_nchw
+    from tests.golden_harness import convert_with_cli, nchw_to_nhwc, nhwc_to_nchw
 
     case_path = Path(case_path)
     case = dict(np.load(case_path))
@@ -45,12 +43,13 @@ def check(case_path, workdir) -> list[dict]:
     src = Path(workdir) / CHECKPOINT_NAME
     obj = official_file_object(layout["state_dict"], weight_seed(layout, case_path))
     torch.save(obj, src, _use_new_zipfile_serialization=False)
-    params = conv.generator_to_params(torch_io.load(src), str(src))
+    params = convert_with_cli(NAME, src, workdir)
 
     @jax.jit
     def out_and_grad(p, n, ne, attr):
         clean = jax.lax.stop_gradient(icface.reenact(p, n, attr))
-        loss = lambda z: jnp.mean((icface.reenact(p, z, attr) - clean) ** 2)
+        def loss(z):
+            return jnp.mean((icface.reenact(p, z, attr) - clean) ** 2)
         return clean, jax.grad(loss)(ne)
 
     n = jnp.asarray(nchw_to_nhwc(case["neutral"]))

@@ -1,7 +1,8 @@
 """Golden support for MTCNN (facenet-pytorch 2.6.0, real weights).
 
 The weights are real, not recipe-made. The source converted here is the
-facenet-pytorch wheel when one is at hand offline (``$LEAT_MTCNN_WHEEL``, or
+facenet-pytorch wheel when one is at hand offline (``$LEAT_MTCNN_WHEEL``, the
+one ``scripts/setup.sh`` fetches into ``.cache/wheels/``, or
 ``~/.cache/leat-jax/facenet_pytorch-2.6.0-py3-none-any.whl``): its sha256 and
 its members' are checked against the layout. Otherwise the parameters
 shipped in the package are written back as the three official legacy-format
@@ -13,9 +14,11 @@ converted folder.
 Compared (float32 port, highest matmul precision):
 - each network on the inputs the official pipeline fed it
   (``pnet_in``, ``pnet2_in``, ``rnet_in``, ``onet_in``): max-rel 1e-4;
-- the whole ``Detector.detect`` on ``image``: the same face count, boxes and
-  landmarks within 0.01 px, probabilities within 1e-5, against both the
-  float64 run (``boxes``...) and the default float32 one (``boxes_f32``...).
+- the whole ``Detector.detect`` on ``image``: the same face count and
+  probabilities within 1e-5 against both the float64 run (``boxes``...) and
+  the default float32 one (``boxes_f32``...); boxes and landmarks within 0.01
+  px of the float64 run and within ``PX_ULPS`` float32 ulps of the photo's
+  size of the float32 run (the figure README.md states).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -33,8 +37,14 @@ import numpy as np
 NAME = "mtcnn"
 NETS = ("pnet", "rnet", "onet")
 WHEEL_ENV = "LEAT_MTCNN_WHEEL"
-CACHED_WHEEL = Path.home() / ".cache" / "leat-jax" / "facenet_pytorch-2.6.0-py3-none-any.whl"
-PX_TOL, PROB_TOL = 1e-2, 1e-5
+WHEEL_NAME = "facenet_pytorch-2.6.0-py3-none-any.whl"
+SETUP_WHEEL = Path(__file__).resolve().parents[2] / ".cache" / "wheels" / WHEEL_NAME  # scripts/setup.sh fetches it
+CACHED_WHEEL = Path.home() / ".cache" / "leat-jax" / WHEEL_NAME
+PX_TOL, PROB_TOL = 1e-2, 1e-5  # the golden README's
+# What README.md states for the float32 path: boxes and landmarks within this many
+# float32 ulps of the photo's larger side (6.1e-5 px each from 512 to 1023 px) of
+# facenet-pytorch's own float32 output: both round coordinates of that size.
+PX_ULPS = 2
 
 
 def official_state_dict(net_params, layout_state_dict) -> OrderedDict:
@@ -71,8 +81,12 @@ def write_official_files(folder, params, layout) -> Path:
 
 
 def cached_wheel() -> Path | None:
-    path = Path(os.environ.get(WHEEL_ENV) or CACHED_WHEEL)
-    return path if path.is_file() else None
+    """The real wheel, if one is on this machine: ``$LEAT_MTCNN_WHEEL``, set-up's cache, then the user cache."""
+    env = os.environ.get(WHEEL_ENV)
+    for path in ([Path(env)] if env else [SETUP_WHEEL, CACHED_WHEEL]):
+        if path.is_file():
+            return path
+    return None
 
 
 def _rel_max(ours, golden) -> float:
@@ -82,6 +96,11 @@ def _rel_max(ours, golden) -> float:
     if golden.size == 0:  # a case whose stage fed no crop to this net
         return 0.0
     return float(np.max(np.abs(ours - golden)) / np.max(np.abs(golden)))
+
+
+def _ulps_max(ours, golden, image) -> float:
+    """Largest |ours - golden| in float32 ulps of the image's larger side."""
+    return _abs_max(ours, golden) / float(np.spacing(np.float32(max(image.shape[:2]))))
 
 
 def _abs_max(ours, golden) -> float:
@@ -94,6 +113,8 @@ def _source(layout, shipped, workdir) -> tuple[Path, list[dict]]:
 
     wheel = cached_wheel()
     if wheel is None:
+        warnings.warn(f"facenet-pytorch wheel not found ({SETUP_WHEEL}; scripts/setup.sh fetches it): "
+                      "converting the shipped parameters written back out instead", stacklevel=2)
         return write_official_files(Path(workdir) / "facenet_pytorch_data", shipped, layout), []
     files = layout["checkpoint"]["files"]
     digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
@@ -146,10 +167,12 @@ def check(case_path, workdir) -> list[dict]:
             results += [{"what": f"{p} {k} (level {int(case[f'{p}_level'])})", "dtype": "float32",
                          "out_err": _rel_max(to_nchw(v), case[f"{p}_{k}"])} for k, v in (("prob", prob), ("reg", reg))]
         reg, prob = mtcnn.rnet().apply(params["rnet"], to_nhwc(case["rnet_in"]))
-        results += [{"what": f"rnet {k} ({len(v)} crops)", "dtype": "float32", "out_err": _rel_max(v, case[f"rnet_{k}"])}
+        results += [{"what": f"rnet {k} ({len(v)} crops)", "dtype": "float32",
+                     "out_err": _rel_max(v, case[f"rnet_{k}"])}
                     for k, v in (("prob", prob), ("reg", reg))]
         reg, lm, prob = mtcnn.onet().apply(params["onet"], to_nhwc(case["onet_in"]))
-        results += [{"what": f"onet {k} ({len(v)} crops)", "dtype": "float32", "out_err": _rel_max(v, case[f"onet_{k}"])}
+        results += [{"what": f"onet {k} ({len(v)} crops)", "dtype": "float32",
+                     "out_err": _rel_max(v, case[f"onet_{k}"])}
                     for k, v in (("prob", prob), ("reg", reg), ("landmarks", lm))]
 
     t0 = time.perf_counter()
@@ -171,7 +194,12 @@ def check(case_path, workdir) -> list[dict]:
                         "dtype": "float32", "out_err": float(abs(len(faces.boxes) - n)), "out_tol": 0.0, **loose})
         if len(faces.boxes) != n:
             continue
-        for field, golden, tol in (("boxes", "boxes", PX_TOL), ("landmarks", "landmarks", PX_TOL), ("probs", "probs", PROB_TOL)):
+        for field, tol in (("boxes", PX_TOL), ("landmarks", PX_TOL), ("probs", PROB_TOL)):
+            ours, golden = getattr(faces, field), case[field + suffix]
             results.append({"what": f"detect: {field} max abs vs {run}", "dtype": "float32",
-                            "out_err": _abs_max(getattr(faces, field), case[golden + suffix]), "out_tol": tol, **loose})
+                            "out_err": _abs_max(ours, golden), "out_tol": tol, **loose})
+            if suffix == "_f32" and field != "probs":
+                results.append({"what": f"detect: {field} max abs in float32 ulps of the photo's size vs {run}",
+                                "dtype": "float32", "out_err": _ulps_max(ours, golden, case["image"]),
+                                "out_tol": PX_ULPS})
     return results

@@ -63,12 +63,10 @@ def check(case_path, workdir) -> list[dict]:
     import jax
     import jax.numpy as jnp
 
-    from converters import stylegan2 as conv
-    from converters import torch_io
     from leat_jax.deepfakes import styleclip
     from tests.golden_cases.e4e import save_torch
     from tests.golden_cases.stylegan2 import standin_state_dict
-    from tests.golden_harness import GOLDEN_DIR, case_seed
+    from tests.golden_harness import GOLDEN_DIR, case_seed, convert_with_cli
 
     case_path = Path(case_path)
     case = dict(np.load(case_path))
@@ -81,14 +79,15 @@ def check(case_path, workdir) -> list[dict]:
     for no_fine in (False, True):
         src = Path(workdir) / (f"no_fine_{CHECKPOINT_NAME}" if no_fine else CHECKPOINT_NAME)
         save_torch(mapper_file_object(mapper_sd, decoder, no_fine), src)
-        params[no_fine] = conv.mapper_to_params(torch_io.load(src), str(src))
+        params[no_fine] = convert_with_cli(NAME, src, workdir)
         src.unlink()
 
     @jax.jit
     def run(p_full, p_no_fine, w, we):
         delta = styleclip.mapper().apply(p_full, w)
         clean = jax.lax.stop_gradient(styleclip.edit_latent(p_full, w))
-        loss = lambda v: jnp.mean((styleclip.edit_latent(p_full, v) - clean) ** 2)
+        def loss(v):
+            return jnp.mean((styleclip.edit_latent(p_full, v) - clean) ** 2)
         delta_nf = styleclip.mapper().apply(p_no_fine, w)
         return delta, clean, jax.grad(loss)(we), delta_nf, styleclip.edit_latent(p_no_fine, w)
 

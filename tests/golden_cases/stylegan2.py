@@ -56,12 +56,10 @@ def check(case_path, workdir) -> list[dict]:
     import jax
     import jax.numpy as jnp
 
-    from converters import stylegan2 as conv
-    from converters import torch_io
     from leat_jax.deepfakes import styleclip
     from leat_jax.models.stylegan2 import face_pool
     from tests.golden_cases.e4e import save_torch
-    from tests.golden_harness import case_seed, nhwc_to_nchw
+    from tests.golden_harness import case_seed, convert_with_cli, nhwc_to_nchw
 
     case_path = Path(case_path)
     case = dict(np.load(case_path))
@@ -69,12 +67,13 @@ def check(case_path, workdir) -> list[dict]:
     seed = case_seed(case_path)
     src = Path(workdir) / CHECKPOINT_NAME
     save_torch(e4e_file_object(standin_state_dict(layout, seed, "decoder."), seed), src)
-    params = conv.generator_to_params(torch_io.load(src), str(src))
+    params = convert_with_cli(NAME, src, workdir)
 
     @jax.jit
     def out_and_grad(p, w, we):
         clean = jax.lax.stop_gradient(styleclip.synthesize(p, w, size=None))
-        loss = lambda v: jnp.mean((styleclip.synthesize(p, v, size=None) - clean) ** 2)
+        def loss(v):
+            return jnp.mean((styleclip.synthesize(p, v, size=None) - clean) ** 2)
         return clean, face_pool(clean), jax.grad(loss)(we)
 
     w = jnp.asarray(case["w"])
