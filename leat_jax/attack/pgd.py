@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from leat_jax import transforms
 from leat_jax.attack import ensembles
 from leat_jax.attack.config import AttackConfig
 from leat_jax.attack.losses import latent_mse
@@ -90,16 +91,42 @@ def clean_latents(victims: Sequence[Victim], config: AttackConfig, params: Seque
     return [jax.lax.stop_gradient(_encode(v, p, x, dtype)) for v, p in zip(victims, params)]
 
 
-def ensemble_direction(victims: Sequence[Victim], config: AttackConfig, params: Sequence, x, eta, clean):
+# Folded into an image's key to separate the transform draws from its random start.
+_EOT_STREAM = 0x454F54
+
+
+def eot_key(key, iteration) -> jax.Array:
+    """The transform draws of one image at one iteration: keyed by (image key, iteration), nothing else.
+
+    A stream apart from the random start's (which uses the image key itself).
+    """
+    return jax.random.fold_in(jax.random.fold_in(key, _EOT_STREAM), iteration)
+
+
+def transformed_views(config: AttackConfig, x, key) -> list:
+    """The ``config.eot_samples`` draws of ``config.transforms`` applied to one image ``x`` (H, W, C)."""
+    keys = jax.random.split(key, config.eot_samples)
+    return [transforms.apply_chain(config.transforms, keys[s], x) for s in range(config.eot_samples)]
+
+
+def ensemble_direction(victims: Sequence[Victim], config: AttackConfig, params: Sequence, x, eta, clean, key=None):
     """One image's ascent direction at ``x + eta`` and the (K,) losses there.
 
     This is one attack iteration's work: a forward and an input gradient per
-    victim, combined as ``config.ensemble`` says.
+    victim, combined as ``config.ensemble`` says. With ``config.transforms``,
+    ``key`` (``eot_key``) draws them: each victim's loss is its mean over the
+    draws of ``T(x + eta)``, so its gradient is the mean of the per-draw
+    gradients, and the ensemble (normalisation included) is taken after that
+    mean: averaging first keeps one direction per victim, the argument of
+    the Normalized Gradient Ensemble, instead of weighting draws by their norm.
     """
     dtype, params = _compute(config, params)
 
     def loss(k, e):
-        return latent_mse(_encode(victims[k], params[k], x + e, dtype), clean[k])
+        if not config.transforms:
+            return latent_mse(_encode(victims[k], params[k], x + e, dtype), clean[k])
+        views = transformed_views(config, x + e, key)
+        return sum(latent_mse(_encode(victims[k], params[k], v, dtype), clean[k]) for v in views) / len(views)
 
     if config.ensemble == "mean_loss":
         def mean_loss(e):
@@ -127,7 +154,11 @@ def attack_image(
     x: jax.Array,
     key: jax.Array,
 ):
-    """LEAT on one image ``x`` (H, W, C) in [-1, 1]; see ``AttackResult``."""
+    """LEAT on one image ``x`` (H, W, C) in [-1, 1]; see ``AttackResult``.
+
+    With ``config.transforms`` (EOT) the start and end distances are read on
+    the untransformed image; the history holds each step's mean over its draws.
+    """
     params = prepare(victims, config, params)
     clean = clean_latents(victims, config, params, x)
     if config.random_start:
@@ -136,17 +167,27 @@ def attack_image(
         eta0 = jnp.zeros_like(x)
     eta0 = _project(x, eta0, config.eps)
 
-    def step(eta):
-        g, losses = ensemble_direction(victims, config, params, x, eta, clean)
+    def step(i, eta):
+        g, losses = ensemble_direction(
+            victims, config, params, x, eta, clean, eot_key(key, i) if config.transforms else None)
         return _project(x, eta + config.step * jnp.sign(g), config.eps), losses
 
+    def start_distances(first_losses):
+        # With transforms the step's losses were read on transformed images.
+        if config.transforms:
+            return latent_distances(victims, config, params, x, eta0, clean)
+        return first_losses
+
     if config.record_history:
-        eta, history = jax.lax.scan(lambda e, _: step(e), eta0, None, length=config.iterations)
-        dist_start = history[0] if config.iterations else latent_distances(victims, config, params, x, eta0, clean)
+        steps = jnp.arange(config.iterations)
+        eta, history = jax.lax.scan(lambda e, i: step(i, e), eta0, steps)
+        dist_start = start_distances(history[0]) if config.iterations else latent_distances(
+            victims, config, params, x, eta0, clean)
     elif config.iterations:
         # The first step's losses are the start distances: no extra forward.
-        eta, dist_start = step(eta0)
-        eta = jax.lax.fori_loop(1, config.iterations, lambda _, e: step(e)[0], eta)
+        eta, dist_start = step(0, eta0)
+        dist_start = start_distances(dist_start)
+        eta = jax.lax.fori_loop(1, config.iterations, lambda i, e: step(i, e)[0], eta)
         history = None
     else:
         eta, history = eta0, None
