@@ -20,14 +20,17 @@ def apply_jpeg(transform, key, image):
 
 
 def apply_resize(transform, key, image):
+    """Down by a drawn factor and back up (Pillow's bicubic)."""
     return resample.resize_down_up(image, uniform(key, transform, "factor"))
 
 
 def apply_blur(transform, key, image):
+    """Gaussian blur of a drawn sigma; the kernel is sized for the range's top."""
     return pixel.blur(image, uniform(key, transform, "sigma"), transform.range("sigma")[1])
 
 
 def apply_jitter(transform, key, image):
+    """Re-alignment jitter: vertical and horizontal shift, scale and angle drawn independently."""
     k_shift, k_scale, k_angle = jax.random.split(key, 3)
     shift = uniform(k_shift, transform, "shift", (2,))
     scale = uniform(k_scale, transform, "scale")
@@ -35,6 +38,7 @@ def apply_jitter(transform, key, image):
 
 
 def apply_noise(transform, key, image):
+    """Gaussian noise of a drawn standard deviation."""
     k_std, k_noise = jax.random.split(key)
     return pixel.add_noise(image, k_noise, uniform(k_std, transform, "std"))
 
