@@ -167,6 +167,16 @@ def test_bad_specs_give_one_line_errors(spec, words):
     assert isinstance(caught.value, ValueError)
 
 
+def test_transform_objects_are_checked_and_canonical():
+    built = transforms.Transform("jitter", [["angle", -2, 2], ("shift", 0, 1)])
+    assert built.ranges == (("shift", 0.0, 1.0), ("scale", 0.95, 1.05), ("angle", -2.0, 2.0))
+    assert built == transforms.parse("jitter:angle=-2-2,shift=0-1")[0]
+    with pytest.raises(transforms.TransformSpecError, match="not \\(parameter, lo, hi\\)"):
+        transforms.Transform("jpeg", (("quality", 50),))
+    with pytest.raises(transforms.TransformSpecError, match="out of range"):
+        transforms.Transform("jpeg", (("quality", 50, 101),))
+
+
 def test_transforms_import_only_jax_numpy_dm_pix():
     allowed = {"jax", "numpy", "dm_pix", "dataclasses", "math", "re"}
     for path in (REPO / "leat_jax" / "transforms").glob("*.py"):

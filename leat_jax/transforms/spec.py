@@ -56,7 +56,10 @@ class Transform:
         if self.name not in PARAMETERS:
             raise TransformSpecError(f"unknown transform {self.name!r} (known: {', '.join(PARAMETERS)})")
         given = {}
-        for name, lo, hi in self.ranges:
+        for entry in self.ranges:
+            if len(entry) != 3:
+                raise TransformSpecError(f"{self.name}: range {entry!r} is not (parameter, lo, hi)")
+            name, lo, hi = entry
             if name in given:
                 raise TransformSpecError(f"{self.name}: parameter {name!r} given twice")
             given[name] = (float(lo), float(hi))
