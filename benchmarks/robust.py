@@ -2,11 +2,17 @@
 
     python -m benchmarks.robust [--victims e4e,diffae,...] [--size 256] [--repeats 5]
                                 [--transforms robust] [--eot-samples 1] [--json PATH]
+    python -m benchmarks.robust --compare PLAIN.json ROBUST.json
+
 
 One image on stand-in weights; per configuration one jitted attack iteration
 (transform draws, forwards and input gradients of every victim, the
 normalised ensemble), compiled apart; runs alternate, warm-up excluded,
-medians. Figures go to ``benchmarks/RESULTS.md`` by hand.
+medians. ``--compare`` reads two ``leat-jax robustness`` reports of the same
+clean images (plain and robust protection) and prints, per victim, robust
+mode's distortion after each countermeasure as a share of plain LEAT's
+untransformed distortion (the issue's targets). Figures go to
+``benchmarks/RESULTS.md`` by hand.
 """
 from __future__ import annotations
 
@@ -62,6 +68,26 @@ def measure(names, size: int, repeats: int, transforms: str, eot_samples: int) -
             "ratio": seconds["robust"] / seconds["plain"], "compile_seconds": compile_s}
 
 
+TARGETS = (("none", 0.8), ("jpeg75", 0.8), ("half+jpeg75", 0.6))
+
+
+def compare(plain: dict, robust: dict) -> str:
+    """Markdown: per victim, d(E(T(x_robust)), E(x)) / d(E(x_plain), E(x)) (image means), and plain's retention."""
+    victims = list(plain["summary"])
+    lines = ["| victim | " + " | ".join(f"robust/plain, {t} (target >= {g})" for t, g in TARGETS)
+             + " | plain retention jpeg75 | plain retention half+jpeg75 |", "|---" * (len(TARGETS) + 3) + "|"]
+    for k, v in enumerate(victims):
+        cells = []
+        for t, _ in TARGETS:
+            ratios = [(r["protected"][k] if t == "none" else r["countermeasures"][t]["protected"][k])
+                      / plain["per_image"][rel]["protected"][k] for rel, r in robust["per_image"].items()]
+            cells.append(f"{np.mean(ratios):.2f}")
+        cms = plain["summary"][v]["countermeasures"]
+        cells += [f"{cms['jpeg75']['retention']:.2f}", f"{cms['half+jpeg75']['retention']:.2f}"]
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     xla_cpu.cpu_flags()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -71,7 +97,13 @@ def main(argv=None) -> int:
     ap.add_argument("--transforms", default="robust")
     ap.add_argument("--eot-samples", type=int, default=1)
     ap.add_argument("--json", help="also write the result here")
+    ap.add_argument("--compare", nargs=2, metavar=("PLAIN.json", "ROBUST.json"),
+                    help="robustness reports of plain and robust protection: print the targets' table")
     args = ap.parse_args(argv)
+    if args.compare:
+        reports = [json.loads(open(p).read()) for p in args.compare]
+        print(compare(*reports))
+        return 0
     res = measure(tuple(n for n in args.victims.split(",") if n), args.size, args.repeats, args.transforms,
                   args.eot_samples)
     text = json.dumps(res, indent=2)

@@ -169,43 +169,44 @@ def markdown(data: dict) -> str:
 COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
 
 
+def _frame(d: ImageDraw.ImageDraw, pos, xs, top_value, box, warning) -> None:
+    """Axes, tick labels, titles and the stand-in warning of the plot."""
+    left, top, right, bottom = box
+    d.rectangle(box, outline="black")
+    for i, q in enumerate(xs):
+        d.text((pos(i, 0)[0] - 10, bottom + 6), str(q), fill="black")
+    for frac in (0.0, 0.5, 1.0):
+        d.text((8, pos(0, frac * top_value)[1] - 6), f"{frac * top_value:.2f}", fill="black")
+    d.text((left, 10), "retention after JPEG (circles: clean-image floor)", fill="black")
+    d.text(((left + right) // 2 - 30, bottom + 20), "JPEG quality", fill="black")
+    if warning:
+        d.text((left, bottom + 34), "stand-in weights: numbers mean nothing", fill=(200, 0, 0))
+
+
 def plot(summary: dict, warning: str | None, size=(640, 420)) -> Image.Image:
-    """Retention against JPEG quality (none, 95, 75, 50), one line per victim; floors dashed-looking dots."""
+    """Retention against JPEG quality (none, 95, 75, 50), one line per victim; circles: the floors."""
     w, h = size
-    left, right, top, bottom = 60, 150, 40, 50
+    box = (60, 40, w - 150, h - 60)
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
     xs = ["none", *countermeasures.JPEG_QUALITIES]
     top_value = max([1.0] + [c["retention"] for v in summary.values() for c in v["countermeasures"].values()])
 
     def pos(i, value):
-        return (left + i * (w - left - right) / (len(xs) - 1),
-                h - bottom - min(value, top_value) / top_value * (h - top - bottom))
+        return (box[0] + i * (box[2] - box[0]) / (len(xs) - 1),
+                box[3] - min(value, top_value) / top_value * (box[3] - box[1]))
 
-    d.rectangle([left, top, w - right, h - bottom], outline="black")
-    for i, q in enumerate(xs):
-        x, _ = pos(i, 0)
-        d.text((x - 10, h - bottom + 6), str(q), fill="black")
-    for frac in (0.0, 0.5, 1.0):
-        _, y = pos(0, frac * top_value)
-        d.text((8, y - 6), f"{frac * top_value:.2f}", fill="black")
-    d.text((left, 10), "retention after JPEG (dots: clean-image floor)", fill="black")
-    d.text((left + 120, h - 20), "JPEG quality", fill="black")
+    _frame(d, pos, xs, top_value, box, warning)
     for k, (name, row) in enumerate(summary.items()):
-        colour = COLOURS[k % len(COLOURS)]
-        cms = row["countermeasures"]
-        values = [1.0] + [cms.get(f"jpeg{q}", {}).get("retention", float("nan")) for q in xs[1:]]
-        points = [pos(i, v) for i, v in enumerate(values) if np.isfinite(v)]
+        colour, cms = COLOURS[k % len(COLOURS)], row["countermeasures"]
+        points = [pos(0, 1.0)] + [pos(i, cms[f"jpeg{q}"]["retention"]) for i, q in enumerate(xs) if f"jpeg{q}" in cms]
         d.line(points, fill=colour, width=2)
-        for i, q in enumerate(xs[1:], start=1):
-            floor = cms.get(f"jpeg{q}", {}).get("floor")
-            if floor is not None and np.isfinite(floor):
-                x, y = pos(i, floor)
+        for i, q in enumerate(xs):
+            if f"jpeg{q}" in cms:
+                x, y = pos(i, cms[f"jpeg{q}"]["floor"])
                 d.ellipse([x - 3, y - 3, x + 3, y + 3], outline=colour)
-        d.line([(w - right + 10, top + 16 * k + 6), (w - right + 30, top + 16 * k + 6)], fill=colour, width=2)
-        d.text((w - right + 34, top + 16 * k), name, fill="black")
-    if warning:
-        d.text((left, h - bottom + 22), "stand-in weights: numbers mean nothing", fill=(200, 0, 0))
+        d.line([(box[2] + 10, box[1] + 16 * k + 6), (box[2] + 30, box[1] + 16 * k + 6)], fill=colour, width=2)
+        d.text((box[2] + 34, box[1] + 16 * k), name, fill="black")
     return img
 
 
