@@ -1,22 +1,25 @@
 """Differentiable JPEG: compress and decompress one image as Pillow does (libjpeg-turbo, baseline, 4:2:0).
 
-The forward pass follows libjpeg-turbo step by step and rounds where it holds integers: RGB -> YCbCr (JFIF, full
-range) rounded; chroma 2x2 box average with libjpeg's alternating rounding bias; borders padded by edge replication
-the way libjpeg pads (full resolution to whole MCUs across, chroma rows replicated after downsampling); 8x8 DCT as
-matrix products; IJG tables scaled by quality exactly as ``jpeg_set_quality`` does (clamped to 1..255, baseline);
-quantisation rounding; dequantisation; inverse DCT rounded and clamped; "fancy" (triangular) chroma upsampling with
-libjpeg's integer rounding; YCbCr -> RGB rounded and clamped.
+Both passes follow libjpeg-turbo step by step: RGB -> YCbCr (JFIF, full range); chroma 2x2 box average with
+libjpeg's alternating rounding bias; borders padded by edge replication the way libjpeg pads (full resolution to
+whole MCUs across, chroma rows replicated after downsampling); 8x8 DCT; IJG tables scaled by quality exactly as
+``jpeg_set_quality`` does (clamped to 1..255, baseline); quantisation; dequantisation; inverse DCT; "fancy"
+(triangular) chroma upsampling; YCbCr -> RGB. The value comes from libjpeg-turbo's integer arithmetic
+(``libjpeg``: islow DCTs, fixed-point colour), so it equals Pillow's decoded file sample for sample.
 
-Gradients (Reich et al., "Differentiable JPEG: The Devil is in the Details", WACV 2024, "STE" variant): every
-rounding keeps its exact value forward; backward, the quantisation rounding uses the derivative of Shin and Song's
-cubic ``r + (x - r)**3`` (or identity, ``gradient="identity"``) and the other roundings pass gradients straight
-through. The quality only sets the tables: it may be traced (one per image), but gets no gradient.
+The gradient comes from the same steps in floating point (Reich et al., "Differentiable JPEG: The Devil is in the
+Details", WACV 2024, "STE" variant: exact value forward, surrogate backward): the quantisation rounding has the
+slope of Shin and Song's cubic ``r + (x - r)**3`` (or 1, ``gradient="identity"``); the other roundings pass
+gradients straight through. The quality only sets the tables: it may be traced (one per image) but gets no gradient.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from leat_jax.transforms import libjpeg
 from leat_jax.transforms.pixel import LEVELS, straight_through
 
 # ITU-T T.81 Annex K tables (libjpeg's std_luminance_quant_tbl / std_chrominance_quant_tbl), natural order
@@ -77,7 +80,47 @@ def quantise(coefficients, table, gradient: str):
     return straight_through(r, soft) * table
 
 
-def block_codec(plane, table, gradient: str):
+def to_blocks(plane):
+    """(H, W) -> (H/8, W/8, 8, 8) blocks."""
+    h, w = plane.shape
+    return plane.reshape(h // 8, 8, w // 8, 8).swapaxes(1, 2)
+
+
+def from_blocks(blocks):
+    """(H/8, W/8, 8, 8) blocks -> (H, W)."""
+    a, b = blocks.shape[:2]
+    return blocks.swapaxes(1, 2).reshape(a * 8, b * 8)
+
+
+def exact_block_codec(plane, table):
+    """``float_block_codec`` in libjpeg-turbo's integer arithmetic (islow DCTs): the exact forward, no gradient."""
+    blocks = to_blocks(jax.lax.stop_gradient(plane).astype(jnp.int32) - 128)
+    table = table.astype(jnp.int32)
+    restored = libjpeg.quantise(libjpeg.fdct(blocks), table) * table
+    return from_blocks(libjpeg.idct(restored)).astype(jnp.float32)
+
+
+def exact_rgb_to_ycc(levels):
+    """jccolor's RGB -> YCbCr on float levels (integer-valued)."""
+    return libjpeg.rgb_to_ycc(jax.lax.stop_gradient(levels).astype(jnp.int32)).astype(jnp.float32)
+
+
+def exact_ycc_to_rgb(ycc):
+    """jdcolor's YCbCr -> RGB on float levels (integer-valued)."""
+    return libjpeg.ycc_to_rgb(jax.lax.stop_gradient(ycc).astype(jnp.int32)).astype(jnp.float32)
+
+
+def float_rgb_to_ycc(levels):
+    """RGB -> YCbCr in floating point, rounded straight-through (the gradient path)."""
+    return jnp.clip(hard_round(levels @ RGB_TO_YCC.T + jnp.array([0.0, 128.0, 128.0])), 0.0, 255.0)
+
+
+def float_ycc_to_rgb(ycc):
+    """YCbCr -> RGB in floating point, rounded straight-through (the gradient path)."""
+    return jnp.clip(hard_round((ycc - jnp.array([0.0, 128.0, 128.0])) @ YCC_TO_RGB.T), 0.0, 255.0)
+
+
+def float_block_codec(plane, table, gradient: str):
     """DCT, quantisation, dequantisation and inverse DCT of a plane whose sides are multiples of 8.
 
     Args:
@@ -85,7 +128,7 @@ def block_codec(plane, table, gradient: str):
         table: (8, 8) quantisation table.
         gradient: the quantisation rounding's surrogate, "cubic" or "identity".
     Returns:
-        The decoded plane, rounded and clamped to 0..255 as libjpeg's IDCT output.
+        The decoded plane, rounded and clamped to 0..255 (within a level or two of ``exact_block_codec``).
     """
     h, w = plane.shape
     blocks = (plane - 128.0).reshape(h // 8, 8, w // 8, 8)
@@ -123,8 +166,41 @@ def fancy_upsample(plane, height: int, width: int):
     return straight_through(jnp.floor(both), both - 7.5 / 16.0)[:height, :width]
 
 
+def chroma_codec(plane, height: int, width: int, table, block_codec):
+    """One chroma plane through 4:2:0: downsampled, coded, decoded and upsampled as libjpeg does.
+
+    Args:
+        plane: (H16, W16) full-resolution samples, edge-padded to whole 16 x 16 MCUs.
+        height, width: the image's size.
+        table: (8, 8) chroma quantisation table.
+        block_codec: ``(plane, table) -> decoded plane``, float or exact.
+    Returns:
+        (height, width) decoded chroma.
+    """
+    # rows are replicated to an even count at full resolution, then (after downsampling) to whole blocks
+    small = downsample(plane[: height + height % 2])
+    small = jnp.pad(small, ((0, plane.shape[0] // 2 - small.shape[0]), (0, 0)), mode="edge")
+    return fancy_upsample(block_codec(small, table), height, width)
+
+
+def codec(levels, tables, block_codec, rgb_to_ycc, ycc_to_rgb):
+    """Encodes and decodes (H, W, C) 8-bit levels with the given arithmetic; returns the decoded levels."""
+    height, width, channels = levels.shape
+    if channels == 3:
+        levels = rgb_to_ycc(levels)
+    full = jnp.pad(levels, ((0, -height % 16), (0, -width % 16), (0, 0)), mode="edge")
+    planes = [block_codec(full[..., 0], tables[0])[:height, :width]]
+    if channels == 1:
+        return planes[0][..., None]
+    planes += [chroma_codec(full[..., c], height, width, tables[1], block_codec) for c in (1, 2)]
+    return ycc_to_rgb(jnp.stack(planes, axis=-1))
+
+
 def jpeg(image, quality, gradient: str = "cubic"):
     """JPEG round trip at ``quality`` of one image, as Pillow's ``save(format="JPEG", quality=q)`` and reopen.
+
+    The value is libjpeg-turbo's integer arithmetic; the gradient is that of the same steps in floating point
+    with the surrogate roundings.
 
     Args:
         image: (H, W, 3) RGB or (H, W, 1) greyscale float array in [-1, 1]; any H, W.
@@ -133,24 +209,11 @@ def jpeg(image, quality, gradient: str = "cubic"):
     Returns:
         The decoded image, same shape, on the 256 levels of 8 bits in [-1, 1].
     """
-    height, width, channels = image.shape
-    if channels not in (1, 3):
-        raise ValueError(f"jpeg: expected 1 or 3 channels, got {channels}")
-    luma_table, chroma_table = quant_tables(quality)
+    if image.shape[-1] not in (1, 3):
+        raise ValueError(f"jpeg: expected 1 or 3 channels, got {image.shape[-1]}")
+    tables = quant_tables(quality)
     levels = jnp.clip(hard_round((image + 1.0) * LEVELS), 0.0, 255.0)
-    pad_h, pad_w = -height % 16, -width % 16
-    if channels == 1:
-        padded = jnp.pad(levels[..., 0], ((0, -height % 8), (0, -width % 8)), mode="edge")
-        decoded = block_codec(padded, luma_table, gradient)[:height, :width, None]
-        return decoded / LEVELS - 1.0
-    ycc = jnp.clip(hard_round(levels @ RGB_TO_YCC.T + jnp.array([0.0, 128.0, 128.0])), 0.0, 255.0)
-    full = jnp.pad(ycc, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    luma = block_codec(full[..., 0], luma_table, gradient)[:height, :width]
-    # chroma: rows to an even count at full resolution, then (after downsampling) to whole blocks
-    rows = height + height % 2
-    chroma = [downsample(full[:rows, :, c]) for c in (1, 2)]
-    chroma = [jnp.pad(p, ((0, (height + pad_h) // 2 - p.shape[0]), (0, 0)), mode="edge") for p in chroma]
-    chroma = [fancy_upsample(block_codec(p, chroma_table, gradient), height, width) for p in chroma]
-    ycc = jnp.stack([luma] + chroma, axis=-1) - jnp.array([0.0, 128.0, 128.0])
-    rgb = jnp.clip(hard_round(ycc @ YCC_TO_RGB.T), 0.0, 255.0)
-    return rgb / LEVELS - 1.0
+    soft = codec(levels, tables, functools.partial(float_block_codec, gradient=gradient),
+                 float_rgb_to_ycc, float_ycc_to_rgb)
+    hard = codec(levels, tables, exact_block_codec, exact_rgb_to_ycc, exact_ycc_to_rgb)
+    return straight_through(hard, soft) / LEVELS - 1.0
