@@ -4,9 +4,10 @@ Resizing follows Pillow's ``Image.resize(..., BICUBIC)`` (what platforms and our
 a = -0.5, the kernel widened by the scale when shrinking (antialiasing), taps outside the image dropped and the rest
 renormalised. The reduced size ``round(factor * size)`` may be traced: both passes are dense (size x size) matrices
 whose rows and columns past the reduced size are masked, so the shapes stay static.
+The jitter samples bilinearly with its own gathers (dm-pix's affine_transform interpolates across the channel axis
+too: the same values, several times slower here).
 """
 
-import dm_pix
 import jax.numpy as jnp
 
 SUPPORT = 2.0  # the cubic kernel's half-width in input pixels at scale 1
@@ -59,6 +60,27 @@ def resize_down_up(image, factor):
     return jnp.clip(out, -1.0, 1.0)
 
 
+def bilinear(image, ys, xs):
+    """Samples an HWC image at fractional (ys, xs) positions, bilinearly, edges replicated.
+
+    Args:
+        image: (H, W, C) array.
+        ys, xs: (h, w) arrays of row and column positions (pixel centres at integers).
+    Returns:
+        (h, w, C) samples; differentiable w.r.t. the image and the positions.
+    """
+    height, width, channels = image.shape
+    ys, xs = jnp.clip(ys, 0.0, height - 1.0), jnp.clip(xs, 0.0, width - 1.0)
+    y0, x0 = jnp.floor(ys), jnp.floor(xs)
+    fy, fx = (ys - y0)[..., None], (xs - x0)[..., None]
+    y0, x0 = y0.astype(jnp.int32), x0.astype(jnp.int32)
+    y1, x1 = jnp.minimum(y0 + 1, height - 1), jnp.minimum(x0 + 1, width - 1)
+    rows = image.reshape(height * width, channels)  # one gather reads a pixel's channels together
+    top = rows[y0 * width + x0] * (1.0 - fx) + rows[y0 * width + x1] * fx
+    bottom = rows[y1 * width + x0] * (1.0 - fx) + rows[y1 * width + x1] * fx
+    return top * (1.0 - fy) + bottom * fy
+
+
 def jitter(image, shift_y, shift_x, scale, angle_degrees):
     """Re-alignment jitter: rotation and scale about the image centre, then a translation (bilinear, edges
     replicated), as a re-detected face box cuts a slightly different crop.
@@ -67,16 +89,15 @@ def jitter(image, shift_y, shift_x, scale, angle_degrees):
         image: HWC float array.
         shift_y, shift_x: translation of the content in pixels (may be traced).
         scale: zoom factor of the content, > 0 (may be traced).
-        angle_degrees: counter-clockwise rotation of the content in degrees (may be traced).
+        angle_degrees: rotation of the content in degrees (may be traced).
     Returns:
         The warped image, same shape.
     """
     height, width = image.shape[:2]
     theta = jnp.deg2rad(angle_degrees)
     cos, sin = jnp.cos(theta) / scale, jnp.sin(theta) / scale
-    # pull map: output (y, x) reads input centre + R(-theta)/scale @ ((y, x) - centre - shift)
-    centre = jnp.array([(height - 1) / 2.0, (width - 1) / 2.0])
-    linear = jnp.array([[cos, sin], [-sin, cos]])
-    offset = centre - linear @ (centre + jnp.stack([shift_y, shift_x]))
-    matrix = jnp.zeros((3, 3)).at[:2, :2].set(linear).at[2, 2].set(1.0)
-    return dm_pix.affine_transform(image, matrix, offset=jnp.append(offset, 0.0), order=1, mode="nearest")
+    centre_y, centre_x = (height - 1) / 2.0, (width - 1) / 2.0
+    # pull map: output pixel p reads input centre + R(-theta) (p - centre - shift) / scale
+    dy, dx = jnp.meshgrid(jnp.arange(height) - centre_y - shift_y, jnp.arange(width) - centre_x - shift_x,
+                          indexing="ij")
+    return bilinear(image, centre_y + cos * dy + sin * dx, centre_x - sin * dy + cos * dx)
