@@ -56,6 +56,14 @@ def test_jpeg_forward_matches_pillow(name):
         assert np.mean(diff == 0) >= 0.999, f"{name} q{quality}: {np.mean(diff != 0):.4f} of samples differ"
 
 
+@pytest.mark.parametrize("shape", [(5, 4, 3), (40, 1, 3)])
+def test_jpeg_tiny_images_match_pillow(shape):
+    """Chroma at most 2 samples wide: libjpeg-turbo replicates it instead of its triangular upsampling."""
+    u8 = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    ours = np.round((np.asarray(JPEG(_to_unit(u8), 75.0)) + 1.0) * 127.5)
+    np.testing.assert_array_equal(ours, _pillow_jpeg(u8, 75))
+
+
 def test_jpeg_greyscale_matches_pillow():
     u8 = np.asarray(Image.open(SAMPLE).convert("L"))[:50, :70]
     ours = np.round((np.asarray(JPEG(_to_unit(u8)[..., None], 75.0))[..., 0] + 1.0) * 127.5)

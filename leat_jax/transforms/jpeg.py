@@ -147,7 +147,8 @@ def downsample(plane):
 
 
 def fancy_upsample(plane, height: int, width: int):
-    """libjpeg-turbo's h2v2 "fancy" upsampling (triangular 3/4, 1/4 filter, edges replicated), cropped.
+    """libjpeg-turbo's h2v2 "fancy" upsampling (triangular 3/4, 1/4 filter, edges replicated), cropped; plain
+    2x2 replication for chroma 1 or 2 samples wide, as libjpeg-turbo does.
 
     Args:
         plane: (h, w) chroma samples covering at least ceil(height/2) x ceil(width/2).
@@ -156,6 +157,8 @@ def fancy_upsample(plane, height: int, width: int):
         (height, width) upsampled samples, rounded as libjpeg rounds them.
     """
     h, w = (height + 1) // 2, (width + 1) // 2  # the decoder only reads the chroma the image covers
+    if w <= 2:  # libjpeg-turbo keeps fancy upsampling for chroma wider than 2 samples; else it replicates
+        return jnp.repeat(jnp.repeat(plane[:h, :w], 2, axis=0), 2, axis=1)[:height, :width]
     c = jnp.pad(plane[:h, :w], 1, mode="edge")
     inner = 3.0 * c[1:-1]
     rows = jnp.stack([inner + c[:-2], inner + c[2:]], axis=1).reshape(2 * h, w + 2)  # column sums, x4
