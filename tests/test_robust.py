@@ -49,10 +49,12 @@ def attacked(toys):
 
 def test_plain_settings_hash_is_unchanged_and_transforms_enter_it():
     plain = AttackConfig()
-    new_fields = ("record_history", "transforms", "eot_samples")
+    new_fields = ("record_history", "transforms", "eot_samples", "eot_untransformed")
     old = {k: v for k, v in dataclasses.asdict(plain).items() if k not in new_fields}
     assert plain.digest() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
-    assert AttackConfig(eot_samples=3).digest() == plain.digest()  # draws without transforms change nothing
+    assert AttackConfig(eot_samples=3, eot_untransformed=True).digest() == plain.digest()  # nothing without transforms
+    with_x = AttackConfig(transforms="robust", eot_untransformed=True)
+    assert with_x.digest() != AttackConfig(transforms="robust").digest()
     robust = AttackConfig(transforms="robust")
     assert robust.transforms == tuple(transforms.ROBUST_DEFAULT)
     assert len({plain.digest(), robust.digest(), AttackConfig(transforms="robust", eot_samples=2).digest(),
@@ -69,6 +71,9 @@ def test_transform_draws_depend_only_on_seed_image_and_iteration():
     ref = np.asarray(draw(0, 5, 3))
     np.testing.assert_array_equal(np.asarray(draw(0, 5, 3)), ref)
     assert not np.allclose(ref[0], ref[1])  # the two draws of one iteration differ
+    with_x = transformed_views(dataclasses.replace(cfg, eot_untransformed=True), x, eot_key(image_key(0, 5), 3))
+    assert len(with_x) == 3 and with_x[0] is x
+    np.testing.assert_allclose(np.asarray(jnp.stack(with_x[1:])), ref, atol=1e-4)  # eager against jitted
     for other in ((1, 5, 3), (0, 6, 3), (0, 5, 4)):
         assert np.abs(np.asarray(draw(*other)) - ref).max() > 1e-3, other
 

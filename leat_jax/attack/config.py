@@ -60,6 +60,9 @@ class AttackConfig:
         the mean over the draws (the gradient of its mean loss), and those
         means enter the ensemble, so normalisation still sees one gradient per
         victim. Ignored without ``transforms``.
+      eot_untransformed: also attack the image as it is, one view beside the
+        draws in each victim's mean (keeps more of plain LEAT's distortion on
+        the untransformed image). Ignored without ``transforms``.
     """
 
     eps: float = 0.05
@@ -72,6 +75,7 @@ class AttackConfig:
     compute_dtype: str = "float32"
     transforms: tuple = ()
     eot_samples: int = 1
+    eot_untransformed: bool = False
 
     def __post_init__(self):
         if isinstance(self.transforms, str):
@@ -83,6 +87,8 @@ class AttackConfig:
             raise ValueError(f"transforms must be Transform objects or their text, got {self.transforms!r}")
         if type(self.eot_samples) is not int or self.eot_samples < 1:
             raise ValueError(f"eot_samples must be a positive integer, got {self.eot_samples!r}")
+        if type(self.eot_untransformed) is not bool:
+            raise ValueError(f"eot_untransformed must be true or false, got {self.eot_untransformed!r}")
         if not self.eps > 0:
             raise ValueError(f"eps must be positive, got {self.eps}")
         if not self.step > 0:
@@ -108,4 +114,6 @@ class AttackConfig:
             # Plain LEAT keeps the hash it had before EOT existed (manifests stay valid).
             d.pop("transforms")
             d.pop("eot_samples")
+        if not (self.transforms and self.eot_untransformed):
+            d.pop("eot_untransformed")  # hashes of runs made before the field existed stay valid
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -104,9 +104,13 @@ def eot_key(key, iteration) -> jax.Array:
 
 
 def transformed_views(config: AttackConfig, x, key) -> list:
-    """The ``config.eot_samples`` draws of ``config.transforms`` applied to one image ``x`` (H, W, C)."""
+    """The ``config.eot_samples`` draws of ``config.transforms`` applied to one image ``x`` (H, W, C).
+
+    With ``config.eot_untransformed``, ``x`` itself comes first.
+    """
     keys = jax.random.split(key, config.eot_samples)
-    return [transforms.apply_chain(config.transforms, keys[s], x) for s in range(config.eot_samples)]
+    draws = [transforms.apply_chain(config.transforms, keys[s], x) for s in range(config.eot_samples)]
+    return [x, *draws] if config.eot_untransformed else draws
 
 
 def ensemble_direction(victims: Sequence[Victim], config: AttackConfig, params: Sequence, x, eta, clean, key=None):
