@@ -89,6 +89,8 @@ def _add_immunize(sub) -> None:
                         "(leat_jax.transforms; 'none': plain LEAT)")
     g.add_argument("--eot-samples", type=_positive_int, metavar="N",
                    help=f"transform draws per step, gradients averaged (default {d.eot_samples})")
+    g.add_argument("--eot-untransformed", action="store_true", default=None,
+                   help="with --robust/--transforms: also attack the image as it is, beside the draws")
     g = p.add_argument_group("running")
     g.add_argument("--batch-size", type=_positive_int, metavar="N",
                    help="images per device per step (default 1 on CPU, 8 on accelerators); results do not change")
@@ -273,7 +275,7 @@ def _immunize(args, parser) -> int:
             victims=parse(args.victims) if args.victims else None,
             eps=args.eps, step=args.step, iterations=args.iterations, ensemble=args.ensemble,
             compute_dtype=args.compute_dtype, seed=args.seed, stand_in_weights=args.stand_in_weights,
-            transforms=args.transforms, eot_samples=args.eot_samples,
+            transforms=args.transforms, eot_samples=args.eot_samples, eot_untransformed=args.eot_untransformed,
             batch_size=args.batch_size, devices=args.devices, workers=args.workers, format=args.format,
             jpeg_quality=args.jpeg_quality, max_size=args.max_size, force=args.force, quiet=args.quiet,
             contact_sheet=args.contact_sheet, faces=args.faces,
