@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from leat_jax import cli, transforms
-from leat_jax.attack import AttackConfig, image_key, run
+from leat_jax.attack import AttackConfig, clean_latents, ensemble_direction, image_key, run
 from leat_jax.attack.pgd import eot_key, transformed_views
 from leat_jax.pipeline import countermeasures, robustness
 from leat_jax.pipeline.victimset import SetupError
@@ -232,3 +232,21 @@ def test_evaluate_reads_protected_images_through_the_countermeasure(tmp_path, ca
         psnr[cm] = json.loads((out / "leat-jax-evaluation.json").read_text())["attacks"]["leat"]["imperceptibility"]
     # blurring noise images moves them much further from the clean ones than +-6 levels did
     assert psnr["blur"]["psnr"] < psnr[None]["psnr"] - 5 and psnr["blur"]["linf"] > psnr[None]["linf"]
+
+
+def test_shared_transform_pullback_matches_plain_autodiff(toys):
+    """The views are transformed once and each victim's gradient pulled back through them in one batch: the sum
+    of those gradients equals autodiff of the summed loss (``mean_loss`` times K)."""
+    vs, ps = toys
+    x = jnp.asarray(_images(1, 16, seed=4)[0])
+    eta = jnp.full_like(x, 0.01)
+    cfgs = {e: AttackConfig(ensemble=e, transforms="resize,jitter", eot_samples=2) for e in ("sum", "mean_loss")}
+
+    def direction(cfg):
+        clean = clean_latents(vs, cfg, ps, x)
+        return jax.jit(lambda e: ensemble_direction(vs, cfg, ps, x, e, clean, eot_key(image_key(0, 1), 2)))(eta)
+
+    (g_sum, l_sum), (g_mean, l_mean) = (direction(c) for c in cfgs.values())
+    np.testing.assert_allclose(np.asarray(l_sum), np.asarray(l_mean), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(g_sum), len(vs) * np.asarray(g_mean), rtol=1e-4, atol=1e-9)
+    assert float(jnp.abs(g_sum).max()) > 0

@@ -127,22 +127,40 @@ def ensemble_direction(victims: Sequence[Victim], config: AttackConfig, params: 
     dtype, params = _compute(config, params)
 
     def loss(k, e):
-        if not config.transforms:
-            return latent_mse(_encode(victims[k], params[k], x + e, dtype), clean[k])
-        views = transformed_views(config, x + e, key)
+        return latent_mse(_encode(victims[k], params[k], x + e, dtype), clean[k])
+
+    def view_loss(k, views):
         return sum(latent_mse(_encode(victims[k], params[k], v, dtype), clean[k]) for v in views) / len(views)
 
     if config.ensemble == "mean_loss":
         def mean_loss(e):
-            ls = jnp.stack([loss(k, e) for k in range(len(victims))])
+            views = transformed_views(config, x + e, key) if config.transforms else None
+            ls = jnp.stack([view_loss(k, views) if views else loss(k, e) for k in range(len(victims))])
             return jnp.mean(ls), ls
 
         (_, losses), g = jax.value_and_grad(mean_loss, has_aux=True)(eta)
         return g, losses
-    values, grads = zip(*(jax.value_and_grad(functools.partial(loss, k))(eta) for k in range(len(victims))))
+    if config.transforms:
+        values, grads = _shared_view_gradients(config, x, eta, key, view_loss, len(victims))
+    else:
+        values, grads = zip(*(jax.value_and_grad(functools.partial(loss, k))(eta) for k in range(len(victims))))
     if config.ensemble == "normalized":
         return ensembles.normalized(grads, config.norm_floor), jnp.stack(values)
     return ensembles.summed(grads), jnp.stack(values)
+
+
+def _shared_view_gradients(config: AttackConfig, x, eta, key, view_loss, n_victims: int):
+    """Per victim, its loss on the views and its gradient with respect to ``eta``.
+
+    The views are drawn and transformed once for all victims; each victim's
+    gradient on them is carried back through the transforms by one batched
+    pullback, so the transforms cost the same whatever the victim count.
+    """
+    views, pull = jax.vjp(lambda e: transformed_views(config, x + e, key), eta)
+    values, view_grads = zip(*(jax.value_and_grad(functools.partial(view_loss, k))(views) for k in range(n_victims)))
+    stacked = jax.tree.map(lambda *g: jnp.stack(g), *view_grads)
+    grads = jax.vmap(lambda g: pull(g)[0])(stacked)
+    return values, [grads[k] for k in range(n_victims)]
 
 
 def latent_distances(victims: Sequence[Victim], config: AttackConfig, params: Sequence, x, eta, clean):
