@@ -1,7 +1,8 @@
 """The ``leat-jax`` command: argument parsing only; the work is in ``leat_jax.pipeline``.
 
 Subcommands: ``immunize`` (protect a folder of face images), ``evaluate``
-(measure the disruption of deepfake pipelines) and ``convert`` (official
+(measure the disruption of deepfake pipelines), ``robustness`` (how much
+protection survives JPEG, resizing, blur) and ``convert`` (official
 PyTorch checkpoint -> converted Flax weights). Expected failures
 end with a one-line message and a non-zero exit code, never a traceback:
 1 when some images failed, 2 when the job could not start, 3 when the job
@@ -91,6 +92,17 @@ def _add_immunize(sub) -> None:
     g.add_argument("--ensemble", choices=ensembles, help=f"gradient ensemble (default {d.ensemble})")
     g.add_argument("--compute-dtype", choices=dtypes, help=f"weights and activations (default {d.compute_dtype})")
     g.add_argument("--seed", type=int, metavar="N", help="seed of the random starts (default 0)")
+    m = g.add_mutually_exclusive_group()
+    m.add_argument("--robust", action="store_const", const="robust", dest="transforms",
+                   help="protection that survives uploads: every step attacks a random JPEG re-encoding, resize, "
+                        "re-alignment jitter and 8-bit rounding of the image (expectation over transformation)")
+    m.add_argument("--transforms", metavar="SPEC",
+                   help="the transforms of --robust, chosen: e.g. jpeg:quality=50-95,resize:factor=0.5-1.0,round8 "
+                        "(leat_jax.transforms; 'none': plain LEAT)")
+    g.add_argument("--eot-samples", type=_positive_int, metavar="N",
+                   help=f"transform draws per step, gradients averaged (default {d.eot_samples})")
+    g.add_argument("--eot-untransformed", action="store_true", default=None,
+                   help="with --robust/--transforms: also attack the image as it is, beside the draws")
     g = p.add_argument_group("running")
     g.add_argument("--batch-size", type=_positive_int, metavar="N",
                    help="images per device handed over at once (default: the microbatch); results do not change")
@@ -173,6 +185,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--figure-rows", type=int, metavar="N", help="images in the figure (default 4; 0: none)")
     p.add_argument("--devices", type=int, metavar="N", help="the baseline runs on the first N local devices "
                    "(default: all)")
+    p.add_argument("--countermeasure", metavar="NAME", help="apply this countermeasure (e.g. jpeg75, half+jpeg75; "
+                   "see `leat-jax robustness -h`) to the protected images first: the DSR after an upload")
     p.add_argument("--quiet", action="store_true", default=None, help="no progress lines")
     p.set_defaults(run=_evaluate)
 
@@ -190,9 +204,57 @@ def _evaluate(args, parser) -> int:
             pipelines=evaluate.parse_pipelines(args.pipelines) if args.pipelines else None,
             stand_in_weights=args.stand_in_weights, baseline=args.baseline, seed=args.seed,
             threshold=args.threshold, figure_rows=args.figure_rows, quiet=args.quiet, devices=args.devices,
-            extra_pipelines=extra or None,
+            countermeasure=args.countermeasure, extra_pipelines=extra or None,
         )
         evaluate.run(cfg)
+    except SetupError as e:
+        _error(str(e))
+        return EXIT_SETUP
+    return 0
+
+
+def _add_robustness(sub) -> None:
+    p = sub.add_parser(
+        "robustness",
+        help="measure how much protection survives real countermeasures (JPEG, WebP, resize, blur)",
+        description=(
+            "Apply real countermeasures (Pillow JPEG 95/75/50, WebP 80, half-size resize and back, Gaussian "
+            "blur, and pairs) to every protected image under PROTECTED (paired with CLEAN by relative path, as "
+            "immunize writes them) and report, per victim and countermeasure, the retained latent distortion "
+            "d(E(T(x_adv)),E(x))/d(E(x_adv),E(x)) beside the floor d(E(T(x)),E(x))/d(E(x_adv),E(x)): "
+            "JSON, a Markdown table and a plot. Exit code 0: done; 2: could not start."
+        ),
+    )
+    p.add_argument("clean", metavar="CLEAN", help="the original images")
+    p.add_argument("protected", metavar="PROTECTED", help="their protected versions (immunize's DST)")
+    p.add_argument("--out", metavar="DIR", help="where the report goes (default PROTECTED)")
+    p.add_argument("--victims", metavar="NAME=DIR,...", help="the encoders measured, as for immunize")
+    p.add_argument("--stand-in-weights", action="store_true",
+                   help="allow bare victim names: random weights (numbers mean nothing)")
+    p.add_argument("--countermeasures", metavar="NAME,...",
+                   help="jpeg95, jpeg75, jpeg50, webp80, half, blur, or pairs such as half+jpeg75 "
+                        "(default: each alone, resize and blur before each re-encoding, half+blur)")
+    p.add_argument("--max-size", type=_positive_int, metavar="N",
+                   help="refuse images with a longer side (default 2048)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(run=_robustness)
+
+
+def _robustness(args, parser) -> int:
+    from leat_jax.errors import SetupError
+    from leat_jax.pipeline import countermeasures, robustness
+    from leat_jax.pipeline.victimset import EXTRA_VICTIMS_ENV, parse
+
+    extra = tuple(e for e in os.environ.get(EXTRA_VICTIMS_ENV, "").split(",") if e.strip())
+    try:
+        cfg = robustness.RobustnessConfig(
+            clean=args.clean, protected=args.protected, out=args.out,
+            victims=parse(args.victims) if args.victims else (), stand_in_weights=args.stand_in_weights,
+            countermeasures=countermeasures.parse_list(args.countermeasures) if args.countermeasures
+            else countermeasures.DEFAULT,
+            max_size=args.max_size or 2048, extra_victims=extra, quiet=args.quiet,
+        )
+        robustness.run(cfg)
     except SetupError as e:
         _error(str(e))
         return EXIT_SETUP
@@ -208,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_immunize(sub)
     _add_evaluate(sub)
+    _add_robustness(sub)
     _add_convert(sub)
     return parser
 
@@ -244,6 +307,7 @@ def _immunize(args, parser) -> int:
             victims=parse(args.victims) if args.victims else None,
             eps=args.eps, step=args.step, iterations=args.iterations, ensemble=args.ensemble,
             compute_dtype=args.compute_dtype, seed=args.seed, stand_in_weights=args.stand_in_weights,
+            transforms=args.transforms, eot_samples=args.eot_samples, eot_untransformed=args.eot_untransformed,
             batch_size=args.batch_size, microbatch=args.microbatch, devices=args.devices, workers=args.workers,
             format=args.format,
             jpeg_quality=args.jpeg_quality, max_size=args.max_size, force=args.force, quiet=args.quiet,

@@ -17,11 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from leat_jax import transforms
 from leat_jax.attack import ensembles
 from leat_jax.attack.config import AttackConfig
 from leat_jax.attack.losses import latent_mse
-from leat_jax.attack.step import compute_params as _compute
-from leat_jax.attack.step import project as _project
+from leat_jax.attack.step import compute_params, project
 from leat_jax.victims import Victim
 
 
@@ -65,43 +65,91 @@ def prepared(victims: Sequence[Victim], config: AttackConfig, params: Sequence) 
     Returns:
         One parameter tree per victim, prepared, as a tuple.
     """
-    _, params = _compute(config, params)
+    _, params = compute_params(config, params)
     return tuple(v.prepare(p) for v, p in zip(victims, params))
 
 
 def clean_latents(victims: Sequence[Victim], config: AttackConfig, params: Sequence, x: jax.Array):
     """E_k(x) for every victim, held constant through the attack."""
-    dtype, params = _compute(config, params)
+    dtype, params = compute_params(config, params)
     return [jax.lax.stop_gradient(_encode(v, p, x, dtype)) for v, p in zip(victims, params)]
 
 
-def ensemble_direction(victims: Sequence[Victim], config: AttackConfig, params: Sequence, x, eta, clean):
+# Folded into an image's key to separate the transform draws from its random start.
+_EOT_STREAM = 0x454F54
+
+
+def eot_key(key, iteration) -> jax.Array:
+    """The transform draws of one image at one iteration: keyed by (image key, iteration), nothing else.
+
+    A stream apart from the random start's (which uses the image key itself).
+    """
+    return jax.random.fold_in(jax.random.fold_in(key, _EOT_STREAM), iteration)
+
+
+def transformed_views(config: AttackConfig, x, key) -> list:
+    """The ``config.eot_samples`` draws of ``config.transforms`` applied to one image ``x`` (H, W, C).
+
+    With ``config.eot_untransformed``, ``x`` itself comes first.
+    """
+    keys = jax.random.split(key, config.eot_samples)
+    draws = [transforms.apply_chain(config.transforms, keys[s], x) for s in range(config.eot_samples)]
+    return [x, *draws] if config.eot_untransformed else draws
+
+
+def ensemble_direction(victims: Sequence[Victim], config: AttackConfig, params: Sequence, x, eta, clean, key=None):
     """One image's ascent direction at ``x + eta`` and the (K,) losses there.
 
     This is one attack iteration's work: a forward and an input gradient per
-    victim, combined as ``config.ensemble`` says.
+    victim, combined as ``config.ensemble`` says. With ``config.transforms``,
+    ``key`` (``eot_key``) draws them: each victim's loss is its mean over the
+    draws of ``T(x + eta)``, so its gradient is the mean of the per-draw
+    gradients, and the ensemble (normalisation included) is taken after that
+    mean: averaging first keeps one direction per victim, the argument of
+    the Normalized Gradient Ensemble, instead of weighting draws by their norm.
     """
-    dtype, params = _compute(config, params)
+    dtype, params = compute_params(config, params)
 
     def loss(k, e):
         return latent_mse(_encode(victims[k], params[k], x + e, dtype), clean[k])
 
+    def view_loss(k, views):
+        return sum(latent_mse(_encode(victims[k], params[k], v, dtype), clean[k]) for v in views) / len(views)
+
     if config.ensemble == "mean_loss":
         def mean_loss(e):
-            ls = jnp.stack([loss(k, e) for k in range(len(victims))])
+            views = transformed_views(config, x + e, key) if config.transforms else None
+            ls = jnp.stack([view_loss(k, views) if views else loss(k, e) for k in range(len(victims))])
             return jnp.mean(ls), ls
 
         (_, losses), g = jax.value_and_grad(mean_loss, has_aux=True)(eta)
         return g, losses
-    values, grads = zip(*(jax.value_and_grad(functools.partial(loss, k))(eta) for k in range(len(victims))))
+    if config.transforms:
+        values, grads = _shared_view_gradients(config, x, eta, key, view_loss, len(victims))
+    else:
+        values, grads = zip(*(jax.value_and_grad(functools.partial(loss, k))(eta) for k in range(len(victims))))
     if config.ensemble == "normalized":
         return ensembles.normalized(grads, config.norm_floor), jnp.stack(values)
     return ensembles.summed(grads), jnp.stack(values)
 
 
+def _shared_view_gradients(config: AttackConfig, x, eta, key, view_loss, n_victims: int):
+    """Per victim, its loss on the views and its gradient with respect to ``eta``.
+
+    The views are drawn and transformed once for all victims; each victim's
+    gradient on them is carried back through the transforms by one batched
+    pullback, so the transforms cost the same whatever the victim count.
+    """
+    views, pull = jax.vjp(lambda e: transformed_views(config, x + e, key), eta)
+    values, view_grads = zip(*(jax.value_and_grad(functools.partial(view_loss, k))(views) for k in range(n_victims)))
+    stacked = jax.tree.map(lambda *g: jnp.stack(g), *view_grads)
+    grads = jax.vmap(lambda g: pull(g)[0])(stacked)
+    return values, [grads[k] for k in range(n_victims)]
+
+
 def latent_distances(victims: Sequence[Victim], config: AttackConfig, params: Sequence, x, eta, clean):
     """(K,) latent distance of each victim at ``x + eta``."""
-    dtype, params = _compute(config, params)
+    dtype, params = compute_params(config, params)
     return jnp.stack([latent_mse(_encode(v, p, x + eta, dtype), c) for v, p, c in zip(victims, params, clean)])
 
 
@@ -112,26 +160,40 @@ def attack_image(
     x: jax.Array,
     key: jax.Array,
 ):
-    """LEAT on one image ``x`` (H, W, C) in [-1, 1]; see ``AttackResult``."""
+    """LEAT on one image ``x`` (H, W, C) in [-1, 1]; see ``AttackResult``.
+
+    With ``config.transforms`` (EOT) the start and end distances are read on
+    the untransformed image; the history holds each step's mean over its draws.
+    """
     params = prepared(victims, config, params)
     clean = clean_latents(victims, config, params, x)
     if config.random_start:
         eta0 = jax.random.uniform(key, x.shape, jnp.float32, -config.eps, config.eps)
     else:
         eta0 = jnp.zeros_like(x)
-    eta0 = _project(x, eta0, config.eps)
+    eta0 = project(x, eta0, config.eps)
 
-    def step(eta):
-        g, losses = ensemble_direction(victims, config, params, x, eta, clean)
-        return _project(x, eta + config.step * jnp.sign(g), config.eps), losses
+    def step(i, eta):
+        g, losses = ensemble_direction(
+            victims, config, params, x, eta, clean, eot_key(key, i) if config.transforms else None)
+        return project(x, eta + config.step * jnp.sign(g), config.eps), losses
+
+    def start_distances(first_losses):
+        # With transforms the step's losses were read on transformed images.
+        if config.transforms:
+            return latent_distances(victims, config, params, x, eta0, clean)
+        return first_losses
 
     if config.record_history:
-        eta, history = jax.lax.scan(lambda e, _: step(e), eta0, None, length=config.iterations)
-        dist_start = history[0] if config.iterations else latent_distances(victims, config, params, x, eta0, clean)
+        steps = jnp.arange(config.iterations)
+        eta, history = jax.lax.scan(lambda e, i: step(i, e), eta0, steps)
+        dist_start = start_distances(history[0]) if config.iterations else latent_distances(
+            victims, config, params, x, eta0, clean)
     elif config.iterations:
         # The first step's losses are the start distances: no extra forward.
-        eta, dist_start = step(eta0)
-        eta = jax.lax.fori_loop(1, config.iterations, lambda _, e: step(e)[0], eta)
+        eta, dist_start = step(0, eta0)
+        dist_start = start_distances(dist_start)
+        eta = jax.lax.fori_loop(1, config.iterations, lambda i, e: step(i, e)[0], eta)
         history = None
     else:
         eta, history = eta0, None

@@ -11,6 +11,8 @@ Precedence: the defaults here (the attack's from ``AttackConfig``), then
     [attack]                  # any AttackConfig field
     eps = 0.05
     iterations = 50
+    transforms = "robust"     # EOT (--robust), or a spec: "jpeg:quality=50-95,round8"; "none": plain
+    eot_samples = 1
 
     [victims]                 # name = converted checkpoint folder, or "stand-in"
     e4e = "ckpt/e4e"          # relative to the TOML file's folder

@@ -38,7 +38,7 @@ from leat_jax import __version__
 from leat_jax.attack import AttackConfig
 from leat_jax.errors import SetupError
 from leat_jax.pipeline import attributes as attrs_mod
-from leat_jax.pipeline import images, inputs, metrics
+from leat_jax.pipeline import countermeasures, images, inputs, metrics
 
 REPORT_JSON = "leat-jax-evaluation.json"
 REPORT_MD = "leat-jax-evaluation.md"
@@ -77,6 +77,8 @@ class EvaluateConfig:
       devices: the baseline runs on the first N local devices (None: all).
       extra_pipelines: ``module:function`` entries (``LEAT_EXTRA_DEEPFAKES``).
       quiet: no progress lines.
+      countermeasure: applied to every protected image as it is read (e.g.
+        ``jpeg75``; ``pipeline.countermeasures``): the disruption after an upload.
     """
 
     clean: str
@@ -94,8 +96,11 @@ class EvaluateConfig:
     devices: int | None = None
     extra_pipelines: tuple[str, ...] = ()
     quiet: bool = False
+    countermeasure: str | None = None
 
     def __post_init__(self):
+        if self.countermeasure is not None:
+            countermeasures.check(self.countermeasure)
         if type(self.figure_rows) is not int or self.figure_rows < 0:
             raise SetupError(f"figure_rows must be a non-negative integer, got {self.figure_rows!r}")
         if not isinstance(self.threshold, (int, float)) or not self.threshold >= 0:
@@ -123,7 +128,7 @@ def parse_pipelines(text: str) -> tuple[PipelineSpec, ...]:
     return tuple(out)
 
 
-_TOP = {"baseline", "seed", "threshold", "figure_rows", "max_size", "stand_in_weights", "devices"}
+_TOP = {"baseline", "seed", "threshold", "figure_rows", "max_size", "stand_in_weights", "devices", "countermeasure"}
 
 
 def read_toml(path) -> dict[str, Any]:
@@ -219,6 +224,8 @@ def _pairs(cfg: EvaluateConfig):
             continue
         try:
             a, b = _read(item.path, cfg.max_size), _read(target, cfg.max_size)
+            if cfg.countermeasure:
+                b = countermeasures.apply_decoded(cfg.countermeasure, b)
         except (OSError, images.ImageError) as e:
             skipped.append((item.rel, str(e).splitlines()[0]))
             continue
