@@ -22,7 +22,9 @@ def clock(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def alternate(runners: dict[str, Callable[[], object] | None], repeats: int, warmup: int = 1) -> dict[str, float | None]:
+def alternate(
+    runners: dict[str, Callable[[], object] | None], repeats: int, warmup: int = 1
+) -> dict[str, float | None]:
     """Median seconds of each runner, interleaved so drift hits all alike."""
     live = {k: f for k, f in runners.items() if f is not None}
     for _ in range(warmup):

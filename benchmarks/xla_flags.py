@@ -52,7 +52,9 @@ def child(victim: str, batch: int, repeats: int) -> None:
     eta = random_start(x, np.arange(batch), 0, cfg.eps)
     params = jax_prepare((p.victim,), cfg, (p.params,))
     clean = jax_clean((p.victim,), cfg)(params, jnp.asarray(x))
-    compiled, t_compile = compile_timed(jax_iteration((p.victim,), cfg), params, jnp.asarray(x), jnp.asarray(eta), clean)
+    compiled, t_compile = compile_timed(
+        jax_iteration((p.victim,), cfg), params, jnp.asarray(x), jnp.asarray(eta), clean
+    )
     xt, et = nchw(x), nchw(eta)
     tclean = [p.torch_encoder(xt).detach()]
     runners = {
@@ -87,7 +89,7 @@ def main(argv=None) -> int:
         proc = subprocess.run([sys.executable, "-m", "benchmarks.xla_flags", "--child", "--victim", args.victim,
                                "--batch", str(args.batch), "--repeats", str(args.repeats)],
                               cwd=root, env=env, capture_output=True, text=True)
-        line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        line = [out_line for out_line in proc.stdout.splitlines() if out_line.startswith("RESULT ")]
         if not line:
             print(f"{name:20s} failed: {proc.stderr.strip().splitlines()[-1:]}")
             continue

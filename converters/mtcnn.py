@@ -51,7 +51,10 @@ def read_members(src) -> dict[str, tuple[str, bytes]]:
     """
     src = Path(src)
     if not src.exists():
-        raise ConversionError(f"{src}: no such file or folder (give the facenet-pytorch wheel or a folder with pnet.pt, rnet.pt, onet.pt)")
+        raise ConversionError(
+            f"{src}: no such file or folder "
+            "(give the facenet-pytorch wheel or a folder with pnet.pt, rnet.pt, onet.pt)"
+        )
     out = {}
     if src.is_dir():
         folder = src if (src / "pnet.pt").exists() or not (src / "data").is_dir() else src / "data"
@@ -70,7 +73,9 @@ def read_members(src) -> dict[str, tuple[str, bytes]]:
                     raise ConversionError(f"{src}: no member {member} (not a facenet-pytorch wheel?)")
                 out[net] = (f"{src}!{member}", zf.read(member))
     except zipfile.BadZipFile:
-        raise ConversionError(f"{src}: not a zip file (give the facenet-pytorch wheel or a folder with pnet.pt, rnet.pt, onet.pt)") from None
+        raise ConversionError(
+            f"{src}: not a zip file (give the facenet-pytorch wheel or a folder with pnet.pt, rnet.pt, onet.pt)"
+        ) from None
     return out
 
 
@@ -90,13 +95,18 @@ def _load_state_dict(display: str, data: bytes) -> Mapping[str, np.ndarray]:
     return obj
 
 
-def state_dicts_to_params(state_dicts: Mapping[str, Mapping[str, np.ndarray]], sources: Mapping[str, str] | None = None) -> dict:
+def state_dicts_to_params(
+    state_dicts: Mapping[str, Mapping[str, np.ndarray]], sources: Mapping[str, str] | None = None
+) -> dict:
     """``{net: state_dict}`` -> ``{net: Flax params}``; exact key and shape match per net."""
     from leat_jax.models import mtcnn
 
     template = mtcnn.mtcnn().template
     sources = sources or {}
-    return {net: convert_state_dict(state_dicts[net], template[net], source=sources.get(net, f"{net}.pt")) for net in NETS}
+    return {
+        net: convert_state_dict(state_dicts[net], template[net], source=sources.get(net, f"{net}.pt"))
+        for net in NETS
+    }
 
 
 def to_params(src) -> dict:
@@ -137,7 +147,7 @@ def write_shipped(src, folder) -> dict:
 
     How ``leat_jax/faces/weights/mtcnn`` was made (from the 2.6.0 wheel):
     ``python -c "from converters.mtcnn import write_shipped; write_shipped('facenet_pytorch-2.6.0-py3-none-any.whl', 'leat_jax/faces/weights/mtcnn')"``.
-    """
+    """  # noqa: E501
     from converters import CONVERTER_VERSION
     from leat_jax.checkpoints import flatten
 

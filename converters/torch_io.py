@@ -120,11 +120,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return real
         if module.split(".")[0] in _DENIED_ROOTS:
             raise UnsafeCheckpointError(
-                f"the file asks to call {module}.{name} while loading; a weight file has no reason to, so it was refused and nothing ran"
+                f"the file asks to call {module}.{name} while loading; "
+                "a weight file has no reason to, so it was refused and nothing ran"
             )
         key = (module, name)
         if key not in self._stubs:
-            self._stubs[key] = type(name, (Stub,), {"_stub_name": f"{module}.{name}", "__module__": "converters.torch_io.stubs"})
+            self._stubs[key] = type(
+                name, (Stub,), {"_stub_name": f"{module}.{name}", "__module__": "converters.torch_io.stubs"}
+            )
         return self._stubs[key]
 
 

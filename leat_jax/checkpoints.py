@@ -101,7 +101,8 @@ def check_against_template(params, template, where: str) -> None:
     extra = sorted(set(got) - set(want))
     if missing or extra:
         raise CheckpointError(
-            f"{where}: parameter tree does not fit the model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"{where}: parameter tree does not fit the model: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}"
         )
     bad = [(k, got[k], want[k]) for k in want if got[k] != want[k]]

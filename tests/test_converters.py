@@ -34,7 +34,8 @@ class Payload:
 def test_reads_state_dicts_and_whole_pickled_modules_in_both_formats(tmp_path, zipfile):
     module = toy_torch_module()
     path = tmp_path / "ckpt.pth"
-    torch.save({"model": module, "state_dict": module.state_dict(), "optimizer": torch.optim.SGD(module.parameters(), 0.1).state_dict()},
+    torch.save({"model": module, "state_dict": module.state_dict(),
+                "optimizer": torch.optim.SGD(module.parameters(), 0.1).state_dict()},
                path, _use_new_zipfile_serialization=zipfile)
     ckpt = torch_io.load(path)
     want = {k: v.numpy() for k, v in module.state_dict().items()}

@@ -76,7 +76,8 @@ def test_converter_reads_the_lightning_file(tmp_path, encoder_sd, zip_format):
                                   encoder_sd["input_blocks.0.0.weight"].transpose(2, 3, 1, 0))
     w = encoder_sd["input_blocks.13.1.qkv.weight"]
     np.testing.assert_array_equal(params["input_blocks"][13][1]["qkv"]["kernel"], w[:, :, 0].T)
-    np.testing.assert_array_equal(params["middle_block"][1]["proj_out"]["bias"], encoder_sd["middle_block.1.proj_out.bias"])
+    np.testing.assert_array_equal(params["middle_block"][1]["proj_out"]["bias"],
+                                  encoder_sd["middle_block.1.proj_out.bias"])
     np.testing.assert_array_equal(params["out"][0]["scale"], encoder_sd["out.0.weight"])
     np.testing.assert_array_equal(params["input_blocks"][7][0]["skip_connection"]["kernel"][0, 0],
                                   encoder_sd["input_blocks.7.0.skip_connection.weight"][:, :, 0, 0].T)
@@ -190,12 +191,19 @@ def test_group_norm_eps_on_small_activations():
     """Activations of std ~1e-3: eps 1e-5 (torch) vs Flax's 1e-6 changes the output."""
     ref, f, params = _small_pair(eps_scale=1e-3, seed=1)
     x = np.random.default_rng(1).uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32)
-    wrong = Functional(lambda rngs: _with_eps(model.SemanticEncoder(model.EncoderConfig(**SMALL, num_heads=2), rngs=rngs), 1e-6))
-    ours, with_flax_eps = jax.jit(lambda p, z: (f.apply(p, z), wrong.apply(p, z)))(params, jnp.asarray(x.transpose(0, 2, 3, 1)))
+    wrong = Functional(
+        lambda rngs: _with_eps(model.SemanticEncoder(model.EncoderConfig(**SMALL, num_heads=2), rngs=rngs), 1e-6)
+    )
+    ours, with_flax_eps = jax.jit(lambda p, z: (f.apply(p, z), wrong.apply(p, z)))(
+        params, jnp.asarray(x.transpose(0, 2, 3, 1))
+    )
     with torch.no_grad():
         want = ref.double()(torch.from_numpy(x).double()).numpy()
     scale = np.abs(want).max()
-    err, err_flax_eps = np.abs(np.asarray(ours) - want).max() / scale, np.abs(np.asarray(with_flax_eps) - want).max() / scale
+    err, err_flax_eps = (
+        np.abs(np.asarray(ours) - want).max() / scale,
+        np.abs(np.asarray(with_flax_eps) - want).max() / scale,
+    )
     print(f"\n[diffae small eps] eps 1e-5: {err:.1e}; eps 1e-6: {err_flax_eps:.1e}")
     assert err < 1e-5, err
     assert err_flax_eps > 1e-3  # the check has teeth

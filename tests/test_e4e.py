@@ -169,7 +169,9 @@ def test_preprocess_keeps_native_size_and_resizes_others():
 
 # --- converter ---------------------------------------------------------------------------
 
-SMALL_KEYS = ("encoder.input_layer.", "encoder.body.3.", "encoder.latlayer1.", "encoder.latlayer2.", "encoder.styles.1.")
+SMALL_KEYS = (
+    "encoder.input_layer.", "encoder.body.3.", "encoder.latlayer1.", "encoder.latlayer2.", "encoder.styles.1."
+)
 
 
 def _small_template():
@@ -200,9 +202,11 @@ def test_converter_maps_keys_and_ignores_decoder_and_opts():
     params = convert(ckpt, _small_template(), "test")
     sd = ckpt["state_dict"]
     flat = flatten(params)
-    np.testing.assert_array_equal(flat["encoder/body/3/res_layer/1/kernel"], sd["encoder.body.3.res_layer.1.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(flat["encoder/body/3/res_layer/1/kernel"],
+                                  sd["encoder.body.3.res_layer.1.weight"].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(flat["encoder/body/3/res_layer/2/weight"], sd["encoder.body.3.res_layer.2.weight"])
-    np.testing.assert_array_equal(flat["encoder/body/3/shortcut_layer/1/var"], sd["encoder.body.3.shortcut_layer.1.running_var"])
+    np.testing.assert_array_equal(flat["encoder/body/3/shortcut_layer/1/var"],
+                                  sd["encoder.body.3.shortcut_layer.1.running_var"])
     np.testing.assert_array_equal(flat["encoder/styles/1/linear/kernel"], sd["encoder.styles.1.linear.weight"].T)
     np.testing.assert_array_equal(flat["latent_avg"], ckpt["latent_avg"])
 
@@ -242,12 +246,13 @@ def test_converter_refuses_what_would_give_wrong_codes():
     with pytest.raises(ConversionError, match="GradualStyleEncoder"):
         convert(psp, _small_template(), "test")
     with pytest.raises(ConversionError, match="no key starts with 'encoder.'"):
-        convert(dict(ckpt, state_dict={"decoder.style.1.weight": np.zeros((512, 512), np.float32)}), _small_template(), "test")
+        convert(dict(ckpt, state_dict={"decoder.style.1.weight": np.zeros((512, 512), np.float32)}),
+                _small_template(), "test")
 
 
 @pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
 def test_converter_reads_both_torch_formats_and_module_prefix(tmp_path, zip_format):
-    """Zip and legacy torch files, a Namespace-pickled opts, and a DataParallel 'module.' prefix give the same params."""
+    """Zip and legacy torch files, a Namespace-pickled opts, and a DataParallel 'module.' prefix give the same params."""  # noqa: E501
     ckpt = _small_checkpoint()
     want = flatten(convert(ckpt, _small_template(), "test"))
     variant = dict(ckpt)

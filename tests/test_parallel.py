@@ -15,7 +15,8 @@ from tests.golden_harness import REPO
 
 def _worker(out, host_devices, *args):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "tests.parallel_worker", str(out), "--host-devices", str(host_devices), *map(str, args)]
+    cmd = [sys.executable, "-m", "tests.parallel_worker", str(out),
+           "--host-devices", str(host_devices), *map(str, args)]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

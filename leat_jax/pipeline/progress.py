@@ -72,7 +72,10 @@ class Progress:
         extra = "".join(
             f", {n} {what}" for n, what in ((self.skipped, "already done"), (self.failed, "failed")) if n
         )
-        return f"[{bar}] {self.finished}/{self.total}{extra}  {speed}  {eta}  {_duration(time.monotonic() - self.start)}"
+        return (
+            f"[{bar}] {self.finished}/{self.total}{extra}  {speed}  {eta}  "
+            f"{_duration(time.monotonic() - self.start)}"
+        )
 
     def _clear(self) -> None:
         if self._tty and self._drawn and not self.quiet:
