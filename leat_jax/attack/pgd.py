@@ -14,10 +14,10 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from leat_jax.attack import ensembles
+from leat_jax.attack import ensembles, updates
 from leat_jax.attack.config import AttackConfig
-from leat_jax.attack.losses import latent_mse
 from leat_jax.attack.step import compute_params as _compute
+from leat_jax.attack.step import initial_perturbation
 from leat_jax.attack.step import project as _project
 from leat_jax.victims import Victim
 
@@ -76,30 +76,36 @@ def ensemble_direction(victims: Sequence[Victim], config: AttackConfig, params: 
     """One image's ascent direction at ``x + eta`` and the (K,) losses there.
 
     This is one attack iteration's work: a forward and an input gradient per
-    victim, combined as ``config.ensemble`` says.
+    victim, combined as ``config.ensemble`` says, each victim with its own
+    loss and weight (``config.loss_of``, ``config.weight_of``).
     """
     dtype, params = _compute(config, params)
+    weights = [config.weight_of(v.name) for v in victims]
 
     def loss(k, e):
-        return latent_mse(_encode(victims[k], params[k], x + e, dtype), clean[k])
+        return config.loss_of(victims[k].name)(_encode(victims[k], params[k], x + e, dtype), clean[k])
 
     if config.ensemble == "mean_loss":
+        scales = [config.loss_of(v.name)(jax.tree.map(jnp.zeros_like, c), c) for v, c in zip(victims, clean)]
+
         def mean_loss(e):
             ls = jnp.stack([loss(k, e) for k in range(len(victims))])
-            return jnp.mean(ls), ls
+            return ensembles.scaled_mean_loss(ls, scales, weights, config.norm_floor), ls
 
         (_, losses), g = jax.value_and_grad(mean_loss, has_aux=True)(eta)
         return g, losses
     values, grads = zip(*(jax.value_and_grad(functools.partial(loss, k))(eta) for k in range(len(victims))))
+    grads = ensembles.weighted(grads, weights)
     if config.ensemble == "normalized":
         return ensembles.normalized(grads, config.norm_floor), jnp.stack(values)
     return ensembles.summed(grads), jnp.stack(values)
 
 
 def latent_distances(victims: Sequence[Victim], config: AttackConfig, params: Sequence, x, eta, clean):
-    """(K,) latent distance of each victim at ``x + eta``."""
+    """(K,) latent distance of each victim at ``x + eta`` (its loss, ``config.loss_of``)."""
     dtype, params = _compute(config, params)
-    return jnp.stack([latent_mse(_encode(v, p, x + eta, dtype), c) for v, p, c in zip(victims, params, clean)])
+    latents = [_encode(v, p, x + eta, dtype) for v, p in zip(victims, params)]
+    return jnp.stack([config.loss_of(v.name)(z, c) for v, z, c in zip(victims, latents, clean)])
 
 
 def attack_image(
@@ -112,23 +118,24 @@ def attack_image(
     """LEAT on one image ``x`` (H, W, C) in [-1, 1]; see ``AttackResult``."""
     params = prepared(victims, config, params)
     clean = clean_latents(victims, config, params, x)
-    if config.random_start:
-        eta0 = jax.random.uniform(key, x.shape, jnp.float32, -config.eps, config.eps)
-    else:
-        eta0 = jnp.zeros_like(x)
-    eta0 = _project(x, eta0, config.eps)
+    eta0 = initial_perturbation(config, key, x)
+    rule = updates.transformation(config)
 
-    def step(eta):
+    def step(carry):
+        # The update rule's state rides along with eta (per image, as this function is vmapped).
+        eta, state = carry
         g, losses = ensemble_direction(victims, config, params, x, eta, clean)
-        return _project(x, eta + config.step * jnp.sign(g), config.eps), losses
+        increment, state = rule.update(g, state, eta)
+        return (_project(x, eta + increment, config.eps), state), losses
 
+    carry0 = (eta0, rule.init(eta0))
     if config.record_history:
-        eta, history = jax.lax.scan(lambda e, _: step(e), eta0, None, length=config.iterations)
+        (eta, _), history = jax.lax.scan(lambda c, _: step(c), carry0, None, length=config.iterations)
         dist_start = history[0] if config.iterations else latent_distances(victims, config, params, x, eta0, clean)
     elif config.iterations:
         # The first step's losses are the start distances: no extra forward.
-        eta, dist_start = step(eta0)
-        eta = jax.lax.fori_loop(1, config.iterations, lambda _, e: step(e)[0], eta)
+        carry, dist_start = step(carry0)
+        eta, _ = jax.lax.fori_loop(1, config.iterations, lambda _, c: step(c)[0], carry)
         history = None
     else:
         eta, history = eta0, None
@@ -144,6 +151,7 @@ def make_attack(victims: Sequence[Victim], config: AttackConfig):
     integer. One compilation per (batch shape, configuration).
     """
     victims = tuple(victims)
+    config.check_victims([v.name for v in victims])
 
     def attack(params, images, image_ids, seed):
         # Shape mistakes caught at trace time, with the names of the arguments.
