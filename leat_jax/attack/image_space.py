@@ -6,7 +6,7 @@ pipelines' outputs over the attacker's *known* attributes:
     L(eta) = sum_k mean((out_k(params_k, x + eta) - out_k(params_k, x))**2)
 
 with one ``out_k`` per (pipeline, known attribute) pair. The step is LEAT's:
-same eps, step, iterations and random start (keyed per image by
+same eps, step, iterations and start (``step.initial_perturbation``, keyed per image by
 ``pgd.image_key(seed, image id)``), a sign step and the same projection
 (``step.project``: the eps-ball, then the [-1, 1] box). Everything is per
 image (vmapped), so a batch gives exactly what each image gives alone.
@@ -33,7 +33,7 @@ from jax.sharding import PartitionSpec as P
 
 from leat_jax.attack.config import AttackConfig
 from leat_jax.attack.pgd import image_key
-from leat_jax.attack.step import compute_params, project
+from leat_jax.attack.step import compute_params, initial_perturbation, project
 
 OutputFn = Callable[[Any, jax.Array], Any]  # (params_k, images [1, H, W, C]) -> output pytree
 
@@ -63,11 +63,7 @@ def attack_image(outputs: Sequence[OutputFn], config: AttackConfig, params: Sequ
     """The baseline on one image ``x`` (H, W, C) in [-1, 1]."""
     dtype, params = compute_params(config, params)
     clean = [jax.lax.stop_gradient(f(p, x[None].astype(dtype))) for f, p in zip(outputs, params)]
-    if config.random_start:
-        eta0 = jax.random.uniform(key, x.shape, jnp.float32, -config.eps, config.eps)
-    else:
-        eta0 = jnp.zeros_like(x)
-    eta0 = project(x, eta0, config.eps)
+    eta0 = initial_perturbation(config, key, x)
     loss = functools.partial(output_loss, outputs, params, x, clean=clean, dtype=dtype)
 
     def step(i, carry):
