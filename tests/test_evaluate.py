@@ -313,3 +313,19 @@ def test_diffae_settings_are_checked(section, message):
     with pytest.raises(SetupError, match=message):
         diffae.configure(section)
         diffae.attributes(section, None, None, [], 0)
+
+
+def test_baseline_refuses_without_the_settings_it_must_match(protected, tmp_path, capsys):
+    clean, prot = protected
+    (prot / "leat-jax-report.json").unlink()
+    args = [clean, prot, tmp_path / "out", "--pipelines", "toy_pipe", "--stand-in-weights", "--baseline", "--quiet"]
+    rc, err = evaluate(capsys, *args)
+    assert rc == cli.EXIT_SETUP and len(err.strip().splitlines()) == 1
+    assert "no readable immunize report" in err and "attack settings" in err and "seed" in err
+    assert not (tmp_path / "out").exists()
+    cfg = tmp_path / "eval.toml"
+    cfg.write_text("[attack]\niterations = 1\n")
+    rc, err = evaluate(capsys, *args, "--config", cfg)  # the attack given, the seed still missing
+    assert rc == cli.EXIT_SETUP and "the seed (--seed)" in err and "attack settings" not in err
+    rc, _ = evaluate(capsys, *args, "--config", cfg, "--seed", "0", "--figure-rows", "0")  # both given: it runs
+    assert rc == 0 and (tmp_path / "out" / "baseline" / "a.png").is_file()

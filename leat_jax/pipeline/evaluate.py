@@ -186,6 +186,17 @@ def _immunize_report(protected: Path) -> dict | None:
         return None
 
 
+def check_baseline_settings(cfg: EvaluateConfig, imm_settings: dict, attack: AttackConfig | None) -> None:
+    """A one-line ``SetupError`` unless the baseline's attack settings and seed are known: given, or read
+    from the immunize report in ``cfg.protected`` (a silent default would compare with another attack)."""
+    missing = [what for what, known in (
+        ("the attack settings ([attack] in --config)", cfg.attack is not None or ("attack" in imm_settings and attack)),
+        ("the seed (--seed)", cfg.seed is not None or "seed" in imm_settings)) if not known]
+    if missing:
+        raise SetupError(f"--baseline: {cfg.protected} has no readable immunize report ({inputs.REPORT}) with "
+                         f"{' and '.join(missing)} to match; give them explicitly")
+
+
 def _leat_seconds_per_image(report: dict | None) -> float | None:
     run = (report or {}).get("run") or {}
     if run.get("seconds") and run.get("protected"):
@@ -512,7 +523,10 @@ def run(cfg: EvaluateConfig) -> dict:
         try:
             attack = AttackConfig(**{k: v for k, v in (imm_settings.get("attack") or {}).items() if k in known_fields})
         except (TypeError, ValueError):
-            attack = AttackConfig()
+            attack = None
+    if cfg.baseline:
+        check_baseline_settings(cfg, imm_settings, attack)
+    attack = attack or AttackConfig()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
