@@ -329,3 +329,16 @@ def test_baseline_refuses_without_the_settings_it_must_match(protected, tmp_path
     assert rc == cli.EXIT_SETUP and "the seed (--seed)" in err and "attack settings" not in err
     rc, _ = evaluate(capsys, *args, "--config", cfg, "--seed", "0", "--figure-rows", "0")  # both given: it runs
     assert rc == 0 and (tmp_path / "out" / "baseline" / "a.png").is_file()
+
+
+def test_outputs_are_clamped_to_the_image_range_before_any_metric(protected, tmp_path, capsys):
+    """toy_bright is toy_pipe's output plus 4: saved, every pixel is white, whatever the input."""
+    clean, prot = protected
+    out = tmp_path / "out"
+    rc, _ = evaluate(capsys, clean, prot, out, "--pipelines", "toy_pipe,toy_bright", "--stand-in-weights", "--quiet",
+                     "--figure-rows", "0", "--threshold", "0.001")
+    assert rc == 0
+    per_image = json.loads((out / "leat-jax-evaluation.json").read_text())["attacks"]["leat"]["per_image"]
+    for rel, row in per_image.items():
+        assert all(v > 0 for v in row["toy_pipe"]["mse"])  # the same outputs, unshifted, do change
+        assert row["toy_bright"]["mse"] == [0.0] * len(row["toy_pipe"]["mse"])

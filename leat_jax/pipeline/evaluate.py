@@ -291,12 +291,13 @@ def _load(cfg: EvaluateConfig, clean_inputs, seed: int) -> list[_Loaded]:
 
 
 def _outputs(p: _Loaded, x: np.ndarray):
-    """(A, h, w, 3) outputs of one image for every attribute, and the input at the output size."""
+    """(A, h, w, 3) outputs of one image for every attribute, clamped to [-1, 1], and the input at the output size."""
     import jax.numpy as jnp
 
     from leat_jax.victims.base import resize
 
-    y = np.asarray(p.over(p.params, jnp.asarray(x[None]), p.stacked()))[:, 0]
+    # Clamped as a saved image would be (StyleCLIP's G is not bounded): only what a viewer sees counts.
+    y = np.clip(np.asarray(p.over(p.params, jnp.asarray(x[None]), p.stacked()))[:, 0], -1.0, 1.0)
     x_out = np.asarray(resize(jnp.asarray(x[None]), tuple(y.shape[1:3])))[0]
     return y, x_out
 
