@@ -72,6 +72,9 @@ def test_named_rules_raise_the_distance_and_stay_in_the_bound_after_rounding(upd
     assert np.abs(np.asarray(out.protected) - np.asarray(x)).max() > 0.5 * config.eps
     sign = run(VICTIMS, AttackConfig(iterations=6), PARAMS, x, ids(2), 1)
     assert not np.array_equal(np.asarray(out.protected), np.asarray(sign.protected))
+    # The rule's state is per image: the second image alone gets what it got in the batch.
+    alone = run(VICTIMS, config, PARAMS, x[1:], jnp.asarray([1], jnp.uint32), 1)
+    np.testing.assert_allclose(alone.protected[0], out.protected[1], atol=1e-6)
 
 
 def test_schedules_scale_each_sign_step():
