@@ -283,32 +283,6 @@ def test_icface_driving_vector_units():
         icface.driving_vector([0, 0], [0] * 17)
 
 
-def test_simswap_source_role_swaps_the_photos_identity_onto_each_target():
-    from converters.simswap import full_generator_to_params, identity_to_params
-    from tests.golden_harness import recipe
-
-    params = {"generator": full_generator_to_params(recipe().make_state_dict(_layout("simswap_full")["state_dict"], 4),
-                                                    "recipe"),
-              "arcface": identity_to_params(recipe().make_state_dict(_layout("simswap_id")["state_dict"], 5),
-                                            "recipe")}
-    rng = np.random.default_rng(8)
-    sources = jnp.asarray(rng.uniform(-1, 1, (2, 112, 112, 3)).astype(np.float32))  # the protected photos
-    targets = jnp.asarray(rng.uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32))  # other people's faces
-    source = deepfakes.get("simswap_source")
-    assert source.parts == deepfakes.get("simswap").parts and source.output_size == (224, 224)
-    over = np.asarray(source.over_attributes(params, sources, targets))  # [2 targets, 2 sources]
-    assert over.shape == (2, 2, 224, 224, 3) and np.abs(over).max() <= 1.0
-    # The wiring, step by step: ArcFace identity of the source, injected into the target by G.
-    ids = simswap.source_identity(params["arcface"], sources)
-    for a in range(2):
-        for n in range(2):
-            one = np.asarray(simswap.swap(params["generator"], targets[a][None], ids[n]))[0]
-            np.testing.assert_allclose(over[a, n], one, rtol=0, atol=1e-5)
-    assert np.abs(over[0, 0] - over[0, 1]).mean() > 1e-3  # the source's identity reaches the output
-    known, unknown = source.attributes({"known": 1, "unknown": 1}, None, params, [np.asarray(s) for s in sources], 0)
-    assert [a.value.shape for a in known + unknown] == [(224, 224, 3)] * 2
-
-
 def test_icface_samples_realistic_driving_and_reads_openface_csvs(tmp_path):
     v = icface.driving_vectors(400, 0)
     assert np.all(np.abs(v[:, :3] - 0.5) <= 0.28 / 1.4 + 1e-6)  # pose within +-0.28 rad
