@@ -342,3 +342,14 @@ def test_outputs_are_clamped_to_the_image_range_before_any_metric(protected, tmp
     for rel, row in per_image.items():
         assert all(v > 0 for v in row["toy_pipe"]["mse"])  # the same outputs, unshifted, do change
         assert row["toy_bright"]["mse"] == [0.0] * len(row["toy_pipe"]["mse"])
+
+
+def test_image_space_baseline_follows_the_update_rule():
+    params, x, attr = _setup()
+    fn = lambda p, im: toys.DEEPFAKE.apply(p["net"], im, p["attribute"])  # noqa: E731
+    args = (({"net": params, "attribute": attr},), x, jnp.arange(3, dtype=jnp.uint32), 0)
+    adam = jax.jit(make_image_attack([fn], AttackConfig(iterations=4, update="adam")))(*args)
+    sign = jax.jit(make_image_attack([fn], AttackConfig(iterations=4)))(*args)
+    assert np.all(np.asarray(adam.loss_end) > 2 * np.asarray(adam.loss_start))
+    assert np.abs(np.asarray(adam.protected - x)).max() <= 0.05 + 1e-6
+    assert not np.array_equal(np.asarray(adam.protected), np.asarray(sign.protected))
