@@ -41,6 +41,21 @@ def _attack_defaults():
     return AttackConfig(), ENSEMBLES, COMPUTE_DTYPES
 
 
+def _add_research(g, d) -> None:
+    # Update rule, schedule, per-victim losses and weights (issue 19); names from the attack core.
+    from leat_jax.attack import LOSSES, UPDATES
+    from leat_jax.attack.config import SCHEDULES
+
+    g.add_argument("--update", choices=UPDATES,
+                   help=f"update rule: sign steps, MI-FGSM momentum, Adam (default {d.update})")
+    g.add_argument("--momentum", type=float, metavar="MU", help=f"MI-FGSM's decay (default {d.momentum})")
+    g.add_argument("--step-schedule", choices=SCHEDULES,
+                   help=f"step size over the iterations (default {d.step_schedule})")
+    g.add_argument("--loss", metavar="NAME=LOSS,...",
+                   help=f"per-victim loss, LOSS one of {'|'.join(LOSSES)} (default mse)")
+    g.add_argument("--victim-weights", metavar="NAME=W,...", help="per-victim weights in the ensemble (default 1)")
+
+
 def _names() -> tuple[str, str]:
     # The registries' names, for the help texts (both registries import their members lazily).
     from leat_jax import deepfakes, victims
@@ -91,6 +106,7 @@ def _add_immunize(sub) -> None:
     g.add_argument("--iterations", type=int, metavar="N", help=f"PGD steps (default {d.iterations})")
     g.add_argument("--ensemble", choices=ensembles, help=f"gradient ensemble (default {d.ensemble})")
     g.add_argument("--compute-dtype", choices=dtypes, help=f"weights and activations (default {d.compute_dtype})")
+    _add_research(g, d)
     g.add_argument("--seed", type=int, metavar="N", help="seed of the random starts (default 0)")
     m = g.add_mutually_exclusive_group()
     m.add_argument("--robust", action="store_const", const="robust", dest="transforms",
@@ -302,6 +318,10 @@ def _immunize(args, parser) -> int:
     extra = tuple(e for e in os.environ.get(EXTRA_VICTIMS_ENV, "").split(",") if e.strip())
     try:
         toml = settings.read_toml(args.config) if args.config else {}
+        research = dict(update=args.update, momentum=args.momentum, step_schedule=args.step_schedule,
+                        losses=settings.parse_pairs(args.loss, "--loss") if args.loss else None,
+                        victim_weights=settings.parse_pairs(args.victim_weights, "--victim-weights", float)
+                        if args.victim_weights else None)
         cfg = settings.build(
             src, dst, toml,
             victims=parse(args.victims) if args.victims else None,
@@ -316,7 +336,7 @@ def _immunize(args, parser) -> int:
             distributed=DistributedConfig.from_env(
                 coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id
             ) if args.distributed else None,
-            extra_victims=extra or None,
+            extra_victims=extra or None, **research,
         )
         summary = immunize.run(cfg)
     except SetupError as e:

@@ -50,6 +50,14 @@ def _apply(params, images, attribute):
 DEEPFAKE = Deepfake("toy_pipe", jax.jit(_apply), vmap_over_attributes(_apply), (SIZE, SIZE), "toy vector (16,)")
 
 
+def _bright(params, images, attribute):
+    # toy_pipe's output shifted to [3, 5]: all of it saturates once clamped to [-1, 1], as a saved image would.
+    return 4.0 + _apply(params, images, attribute)
+
+
+BRIGHT = Deepfake("toy_bright", jax.jit(_bright), vmap_over_attributes(_bright), (SIZE, SIZE), "toy vector (16,)")
+
+
 def attributes(section, folder, params, images, seed, nan_unknown=False):
     k, u = section.get("known", 2), section.get("unknown", 2)
     rng = np.random.default_rng([seed, 7])
@@ -112,6 +120,7 @@ def pipelines():
 
     return {"toy_pipe": EvalPipeline(DEEPFAKE, load, attributes),
             "toy_nan": EvalPipeline(DEEPFAKE, load, functools.partial(attributes, nan_unknown=True)),
+            "toy_bright": EvalPipeline(BRIGHT, load, attributes),
             # the real DiffAE edit (encoder, DDIM inversion and render, classifier edit) at 16x16
             "diffae_small": diffae_pipeline(diffae_small_config(), _diffae_small_load, "diffae_small")}
 

@@ -85,13 +85,6 @@ def test_normalized_ensemble_serves_both_victims_sum_only_the_strong(noise_dista
     assert np.all(ratio["sum"][:, 0] < 0.4 * ratio["normalized"][:, 0])
 
 
-def test_mean_loss_and_sum_take_the_same_sign_steps():
-    # The gradient of the mean loss is the sum of gradients over K: same sign.
-    a = run(VICTIMS, AttackConfig(iterations=4, ensemble="sum"), PARAMS, images(2), ids(2), 3)
-    b = run(VICTIMS, AttackConfig(iterations=4, ensemble="mean_loss"), PARAMS, images(2), ids(2), 3)
-    np.testing.assert_array_equal(a.protected, b.protected)
-
-
 def test_batch_equals_images_one_by_one():
     config = AttackConfig(iterations=4)
     x = images(3)

@@ -18,6 +18,7 @@ from converters.keymap import ConversionError
 from leat_jax import deepfakes
 from leat_jax.checkpoints import flatten
 from leat_jax.deepfakes import icface, simswap, styleclip
+from leat_jax.errors import SetupError
 from leat_jax.models import stylegan2 as sg
 from leat_jax.models.base import Functional
 from leat_jax.models.styleclip_mapper import EDIT_STRENGTH, GROUPS
@@ -280,3 +281,30 @@ def test_icface_driving_vector_units():
     assert v.dtype == np.float32 and v.shape == (20,)
     with pytest.raises(ValueError):
         icface.driving_vector([0, 0], [0] * 17)
+
+
+def test_icface_samples_realistic_driving_and_reads_openface_csvs(tmp_path):
+    v = icface.driving_vectors(400, 0)
+    assert np.all(np.abs(v[:, :3] - 0.5) <= 0.28 / 1.4 + 1e-6)  # pose within +-0.28 rad
+    au = v[:, 3:]
+    assert au.max() <= 0.6 + 1e-6 and 0.2 < np.mean(au > 0) < 0.4  # sparse, at most intensity 3 of 5
+    # An OpenFace CSV: other columns around, names padded with spaces, found by name.
+    names = ["frame", " timestamp", *[f" {a}" for a in icface.ATTRIBUTES[3:]], " confidence",
+             " pose_Tx", *[f" {a}" for a in icface.ATTRIBUTES[:3]]]
+    rng = np.random.default_rng(1)
+    rows = [[str(i), "0.0", *map(str, rng.uniform(0, 5, 17)), "0.98", "1.0", *map(str, rng.uniform(-0.5, 0.5, 3))]
+            for i in range(25)]
+    path = tmp_path / "drive.csv"
+    path.write_text("\n".join(",".join(r) for r in [names, *rows]) + "\n")
+    frames = icface.read_openface(path)
+    pose, aus = [[float(x) for x in r[-3:]] for r in rows], [[float(x) for x in r[2:19]] for r in rows]
+    want = icface.driving_vector(pose, aus)
+    np.testing.assert_array_equal(frames, want)
+    known, unknown = icface.attributes({"driving": str(path), "known": 2, "unknown": 1}, None, None, [], 0)
+    assert [a.name for a in known + unknown] == ["drive.csv frame 0", "drive.csv frame 10", "drive.csv frame 20"]
+    np.testing.assert_array_equal(unknown[0].value, want[20])
+    with pytest.raises(SetupError, match="the CSVs give 3"):
+        icface.attributes({"driving": [str(path)], "known": 4}, None, None, [], 0)
+    (tmp_path / "bad.csv").write_text("frame, AU01_r\n0, 1\n")
+    with pytest.raises(SetupError, match="bad.csv: not an OpenFace CSV"):
+        icface.read_openface(tmp_path / "bad.csv")

@@ -313,3 +313,43 @@ def test_diffae_settings_are_checked(section, message):
     with pytest.raises(SetupError, match=message):
         diffae.configure(section)
         diffae.attributes(section, None, None, [], 0)
+
+
+def test_baseline_refuses_without_the_settings_it_must_match(protected, tmp_path, capsys):
+    clean, prot = protected
+    (prot / "leat-jax-report.json").unlink()
+    args = [clean, prot, tmp_path / "out", "--pipelines", "toy_pipe", "--stand-in-weights", "--baseline", "--quiet"]
+    rc, err = evaluate(capsys, *args)
+    assert rc == cli.EXIT_SETUP and len(err.strip().splitlines()) == 1
+    assert "no readable immunize report" in err and "attack settings" in err and "seed" in err
+    assert not (tmp_path / "out").exists()
+    cfg = tmp_path / "eval.toml"
+    cfg.write_text("[attack]\niterations = 1\n")
+    rc, err = evaluate(capsys, *args, "--config", cfg)  # the attack given, the seed still missing
+    assert rc == cli.EXIT_SETUP and "the seed (--seed)" in err and "attack settings" not in err
+    rc, _ = evaluate(capsys, *args, "--config", cfg, "--seed", "0", "--figure-rows", "0")  # both given: it runs
+    assert rc == 0 and (tmp_path / "out" / "baseline" / "a.png").is_file()
+
+
+def test_outputs_are_clamped_to_the_image_range_before_any_metric(protected, tmp_path, capsys):
+    """toy_bright is toy_pipe's output plus 4: saved, every pixel is white, whatever the input."""
+    clean, prot = protected
+    out = tmp_path / "out"
+    rc, _ = evaluate(capsys, clean, prot, out, "--pipelines", "toy_pipe,toy_bright", "--stand-in-weights", "--quiet",
+                     "--figure-rows", "0", "--threshold", "0.001")
+    assert rc == 0
+    per_image = json.loads((out / "leat-jax-evaluation.json").read_text())["attacks"]["leat"]["per_image"]
+    for rel, row in per_image.items():
+        assert all(v > 0 for v in row["toy_pipe"]["mse"])  # the same outputs, unshifted, do change
+        assert row["toy_bright"]["mse"] == [0.0] * len(row["toy_pipe"]["mse"])
+
+
+def test_image_space_baseline_follows_the_update_rule():
+    params, x, attr = _setup()
+    fn = lambda p, im: toys.DEEPFAKE.apply(p["net"], im, p["attribute"])  # noqa: E731
+    args = (({"net": params, "attribute": attr},), x, jnp.arange(3, dtype=jnp.uint32), 0)
+    adam = jax.jit(make_image_attack([fn], AttackConfig(iterations=4, update="adam")))(*args)
+    sign = jax.jit(make_image_attack([fn], AttackConfig(iterations=4)))(*args)
+    assert np.all(np.asarray(adam.loss_end) > 2 * np.asarray(adam.loss_start))
+    assert np.abs(np.asarray(adam.protected - x)).max() <= 0.05 + 1e-6
+    assert not np.array_equal(np.asarray(adam.protected), np.asarray(sign.protected))

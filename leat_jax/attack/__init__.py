@@ -1,6 +1,6 @@
 """The attack: losses, ensembles and the PGD loop, as pure functions."""
-from leat_jax.attack.config import ENSEMBLES, AttackConfig
-from leat_jax.attack.losses import latent_mse
+from leat_jax.attack.config import ENSEMBLES, UPDATES, AttackConfig
+from leat_jax.attack.losses import LOSSES, latent_mse
 from leat_jax.attack.pgd import (
     AttackResult,
     attack_image,
@@ -15,6 +15,7 @@ from leat_jax.attack.pgd import (
 )
 
 __all__ = [
-    "ENSEMBLES", "AttackConfig", "AttackResult", "attack_image", "clean_latents", "default_microbatch",
-    "ensemble_direction", "image_key", "latent_distances", "latent_mse", "make_attack", "prepared", "run",
+    "ENSEMBLES", "LOSSES", "UPDATES", "AttackConfig", "AttackResult", "attack_image", "clean_latents",
+    "default_microbatch", "ensemble_direction", "image_key", "latent_distances", "latent_mse", "make_attack",
+    "prepared", "run",
 ]

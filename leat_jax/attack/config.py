@@ -4,11 +4,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+from typing import Any
 
 from leat_jax import transforms as transforms_mod
+from leat_jax.attack.losses import LOSSES
 
 ENSEMBLES = ("normalized", "sum", "mean_loss")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+# Update rules by name (``attack.updates``) and step-size schedules over the iterations.
+UPDATES = ("sign", "mifgsm", "adam")
+SCHEDULES = ("constant", "cosine", "linear")
+# Fields added after manifests existed: left out of the digest at their defaults, so old digests stay valid.
+_LATER_FIELDS = ("update", "momentum", "step_schedule", "losses", "victim_weights")
 
 
 # Words a transform spec may be instead of a chain.
@@ -41,11 +49,15 @@ class AttackConfig:
         ``normalized`` (LEAT's Normalized Gradient Ensemble: each gradient
         divided by its own L2 norm plus ``norm_floor``, then summed),
         ``sum`` (raw gradients summed) or ``mean_loss`` (gradient of the
-        victims' averaged loss).
+        victims' mean loss, each loss divided by its value at a zero latent:
+        its clean-latent scale; ``ensembles.scaled_mean_loss``).
       norm_floor: added to each gradient norm so a vanishing gradient does
         not divide by zero.
       random_start: start from uniform noise in [-eps, eps] (keyed per image
-        by (seed, image id)); else from zero.
+        by (seed, image id)); else from practically zero: keyed noise of
+        ``eps / 100`` (``step.initial_perturbation``), since at exactly zero
+        every latent residual, so every gradient, is zero and the attack
+        would not move.
       record_history: also return every victim's latent distance before each
         step (iterations x victims per image).
       compute_dtype: ``float32``, or ``bfloat16`` for weights and activations
@@ -63,6 +75,21 @@ class AttackConfig:
       eot_untransformed: also attack the image as it is, one view beside the
         draws in each victim's mean (keeps more of plain LEAT's distortion on
         the untransformed image). Ignored without ``transforms``.
+      update: the step applied to the ensemble direction before the
+        projection: ``sign`` (PGD: ``step * sign(g)``), ``mifgsm`` (momentum
+        of L1-normalised directions with decay ``momentum``, then a sign
+        step), ``adam`` (Adam on the perturbation, rate ``step``), or any
+        ``optax.GradientTransformation`` (Python only; its updates are added to
+        the perturbation, so ascent is positive, and its own step sizes apply).
+        Its state is per image, as everything else.
+      momentum: MI-FGSM's decay mu.
+      step_schedule: ``step`` over the iterations for the named rules:
+        ``constant``, or decaying to 0 (``cosine``, ``linear``; optax schedules).
+      losses: per victim name, its loss: ``mse`` (default for victims not
+        named), ``cosine``, ``l1`` (``losses.LOSSES``) or a function
+        ``(latent, clean) -> scalar``. A dict or pairs; kept as sorted pairs.
+      victim_weights: per victim name, its weight in the ensemble (default 1).
+        A dict or pairs; kept as sorted pairs.
     """
 
     eps: float = 0.05
@@ -76,6 +103,11 @@ class AttackConfig:
     transforms: tuple = ()
     eot_samples: int = 1
     eot_untransformed: bool = False
+    update: Any = "sign"
+    momentum: float = 1.0
+    step_schedule: str = "constant"
+    losses: Any = ()
+    victim_weights: Any = ()
 
     def __post_init__(self):
         if isinstance(self.transforms, str):
@@ -99,15 +131,48 @@ class AttackConfig:
             raise ValueError(f"ensemble must be one of {', '.join(ENSEMBLES)}, got {self.ensemble!r}")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {self.compute_dtype!r}")
+        if not (isinstance(self.update, str) and self.update in UPDATES or _is_transformation(self.update)):
+            raise ValueError(f"update must be one of {', '.join(UPDATES)} or an optax.GradientTransformation, "
+                             f"got {self.update!r}")
+        if not _is_number(self.momentum) or self.momentum < 0:
+            raise ValueError(f"momentum must be a non-negative number, got {self.momentum!r}")
+        if self.step_schedule not in SCHEDULES:
+            raise ValueError(f"step_schedule must be one of {', '.join(SCHEDULES)}, got {self.step_schedule!r}")
+        object.__setattr__(self, "losses", _pairs("losses", self.losses, _check_loss))
+        object.__setattr__(self, "victim_weights", _pairs("victim_weights", self.victim_weights, _check_weight))
+
+    def loss_of(self, victim: str):
+        """The loss function of the victim named ``victim`` (``(latent, clean) -> scalar``)."""
+        loss = dict(self.losses).get(victim, "mse")
+        return LOSSES[loss] if isinstance(loss, str) else loss
+
+    def weight_of(self, victim: str) -> float:
+        """The ensemble weight of the victim named ``victim``."""
+        return float(dict(self.victim_weights).get(victim, 1.0))
+
+    def check_victims(self, names) -> None:
+        """A ``ValueError`` naming any victim in ``losses`` or ``victim_weights`` that is not among ``names``."""
+        for field in ("losses", "victim_weights"):
+            unknown = sorted({n for n, _ in getattr(self, field)} - set(names))
+            if unknown:
+                raise ValueError(f"{field} names {', '.join(unknown)}, not attacked (victims: {', '.join(names)})")
 
     def to_dict(self) -> dict:
-        """Plain values (the transform chain as its text), accepted back by ``AttackConfig(**d)``."""
+        """The settings as JSON-ready values (the transform chain as its text, functions and transformations by
+        their qualified names), accepted back by ``AttackConfig(**d)`` where they are named."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["transforms"] = transforms_mod.to_text(self.transforms)
+        d["update"] = _label(self.update)
+        d["losses"] = [[n, _label(v)] for n, v in self.losses]
+        d["victim_weights"] = [[n, w] for n, w in self.victim_weights]
         return d
 
     def digest(self) -> str:
-        """A stable hash of the settings that change the result."""
+        """A stable hash of the settings that change the result.
+
+        Fields added later count only when set, so a default configuration
+        keeps its old digest. Functions count by their qualified names.
+        """
         d = self.to_dict()
         d.pop("record_history")
         if not self.transforms:
@@ -116,4 +181,56 @@ class AttackConfig:
             d.pop("eot_samples")
         if not (self.transforms and self.eot_untransformed):
             d.pop("eot_untransformed")  # hashes of runs made before the field existed stay valid
+        for name in _LATER_FIELDS:
+            if getattr(self, name) == _DEFAULTS[name]:
+                d.pop(name)
+        # Arms whose results changed meaning (issue 19): their old manifests must not match.
+        if self.ensemble == "mean_loss":
+            d["mean_loss"] = "scaled"
+        if not self.random_start:
+            d["zero_start"] = "keyed"
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(AttackConfig)}
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_transformation(v) -> bool:
+    return callable(getattr(v, "init", None)) and callable(getattr(v, "update", None))
+
+
+def _label(v):
+    """A name for a value in JSON: strings as they are, functions and transformations by qualified name."""
+    if isinstance(v, str) or _is_number(v):
+        return v
+    fn = getattr(v, "update", v)
+    return f"python:{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(v).__qualname__)}"
+
+
+def _check_loss(victim, loss):
+    if not (isinstance(loss, str) and loss in LOSSES or callable(loss) and not isinstance(loss, str)):
+        raise ValueError(f"losses: unknown loss {loss!r} for {victim}; known: {', '.join(LOSSES)} or a function")
+    return loss
+
+
+def _check_weight(victim, weight):
+    if not _is_number(weight) or weight < 0:
+        raise ValueError(f"victim_weights: the weight of {victim} must be a non-negative number, got {weight!r}")
+    return float(weight)
+
+
+def _pairs(field: str, value, check) -> tuple:
+    """``value`` (a dict, or pairs as from JSON) as sorted ``(victim, value)`` pairs, each checked."""
+    items = value.items() if isinstance(value, dict) else value
+    try:
+        pairs = [(n, v) for n, v in items]
+    except (TypeError, ValueError):
+        raise ValueError(f"{field} must map victim names to values, got {value!r}") from None
+    names = [n for n, _ in pairs]
+    if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"{field} must map distinct victim names to values, got {value!r}")
+    return tuple(sorted(((n, check(n, v)) for n, v in pairs), key=lambda p: p[0]))

@@ -6,8 +6,9 @@ pipelines' outputs over the attacker's *known* attributes:
     L(eta) = sum_k mean((out_k(params_k, x + eta) - out_k(params_k, x))**2)
 
 with one ``out_k`` per (pipeline, known attribute) pair. The step is LEAT's:
-same eps, step, iterations and random start (keyed per image by
-``pgd.image_key(seed, image id)``), a sign step and the same projection
+same eps, step, iterations and start (``step.initial_perturbation``, keyed per image by
+``pgd.image_key(seed, image id)``), the same update rule (``updates``: a sign step
+by default; per-victim losses and weights have no victims here) and the same projection
 (``step.project``: the eps-ball, then the [-1, 1] box). Everything is per
 image (vmapped), so a batch gives exactly what each image gives alone.
 ``AttackConfig.compute_dtype`` applies as in LEAT (``step.compute_params``): with
@@ -31,9 +32,10 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from leat_jax.attack import updates
 from leat_jax.attack.config import AttackConfig
 from leat_jax.attack.pgd import image_key
-from leat_jax.attack.step import compute_params, project
+from leat_jax.attack.step import compute_params, initial_perturbation, project
 
 OutputFn = Callable[[Any, jax.Array], Any]  # (params_k, images [1, H, W, C]) -> output pytree
 
@@ -63,23 +65,23 @@ def attack_image(outputs: Sequence[OutputFn], config: AttackConfig, params: Sequ
     """The baseline on one image ``x`` (H, W, C) in [-1, 1]."""
     dtype, params = compute_params(config, params)
     clean = [jax.lax.stop_gradient(f(p, x[None].astype(dtype))) for f, p in zip(outputs, params)]
-    if config.random_start:
-        eta0 = jax.random.uniform(key, x.shape, jnp.float32, -config.eps, config.eps)
-    else:
-        eta0 = jnp.zeros_like(x)
-    eta0 = project(x, eta0, config.eps)
+    eta0 = initial_perturbation(config, key, x)
     loss = functools.partial(output_loss, outputs, params, x, clean=clean, dtype=dtype)
 
+    rule = updates.transformation(config)
+
     def step(i, carry):
-        eta, start = carry
+        eta, state, start = carry
         value, g = jax.value_and_grad(loss)(eta)
+        increment, state = rule.update(g, state, eta)
         # The first step's loss is the start loss: no extra forward, and one copy of the
         # gradient program (compiling a whole pipeline's backward pass takes minutes).
-        return project(x, eta + config.step * jnp.sign(g), config.eps), jnp.where(i == 0, value, start)
+        return project(x, eta + increment, config.eps), state, jnp.where(i == 0, value, start)
 
     if config.iterations:
         # The loss slot derives from x so that, under shard_map, it varies over devices as the loop's output does.
-        eta, start = jax.lax.fori_loop(0, config.iterations, step, (eta0, jnp.zeros_like(x[0, 0, 0])))
+        eta, _, start = jax.lax.fori_loop(0, config.iterations, step,
+                                          (eta0, rule.init(eta0), jnp.zeros_like(x[0, 0, 0])))
     else:
         eta, start = eta0, loss(eta0)
     return ImageAttackResult(x + eta, start, loss(eta))

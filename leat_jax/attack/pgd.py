@@ -18,10 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from leat_jax import transforms
-from leat_jax.attack import ensembles
+from leat_jax.attack import ensembles, updates
 from leat_jax.attack.config import AttackConfig
-from leat_jax.attack.losses import latent_mse
-from leat_jax.attack.step import compute_params, project
+from leat_jax.attack.step import compute_params, initial_perturbation, project
 from leat_jax.victims import Victim
 
 
@@ -101,26 +100,32 @@ def ensemble_direction(victims: Sequence[Victim], config: AttackConfig, params: 
     """One image's ascent direction at ``x + eta`` and the (K,) losses there.
 
     This is one attack iteration's work: a forward and an input gradient per
-    victim, combined as ``config.ensemble`` says. With ``config.transforms``,
-    ``key`` (``eot_key``) draws them: each victim's loss is its mean over the
-    draws of ``T(x + eta)``, so its gradient is the mean of the per-draw
-    gradients, and the ensemble (normalisation included) is taken after that
-    mean: averaging first keeps one direction per victim, the argument of
-    the Normalized Gradient Ensemble, instead of weighting draws by their norm.
+    victim, combined as ``config.ensemble`` says, each victim with its own
+    loss and weight (``config.loss_of``, ``config.weight_of``). With
+    ``config.transforms``, ``key`` (``eot_key``) draws them: each victim's loss
+    is its mean over the draws of ``T(x + eta)``, so its gradient is the mean
+    of the per-draw gradients, and the ensemble (normalisation included) is
+    taken after that mean: averaging first keeps one direction per victim, the
+    argument of the Normalized Gradient Ensemble, instead of weighting draws
+    by their norm.
     """
     dtype, params = compute_params(config, params)
+    weights = [config.weight_of(v.name) for v in victims]
 
     def loss(k, e):
-        return latent_mse(_encode(victims[k], params[k], x + e, dtype), clean[k])
+        return config.loss_of(victims[k].name)(_encode(victims[k], params[k], x + e, dtype), clean[k])
 
     def view_loss(k, views):
-        return sum(latent_mse(_encode(victims[k], params[k], v, dtype), clean[k]) for v in views) / len(views)
+        lose = config.loss_of(victims[k].name)
+        return sum(lose(_encode(victims[k], params[k], v, dtype), clean[k]) for v in views) / len(views)
 
     if config.ensemble == "mean_loss":
+        scales = [config.loss_of(v.name)(jax.tree.map(jnp.zeros_like, c), c) for v, c in zip(victims, clean)]
+
         def mean_loss(e):
             views = transformed_views(config, x + e, key) if config.transforms else None
             ls = jnp.stack([view_loss(k, views) if views else loss(k, e) for k in range(len(victims))])
-            return jnp.mean(ls), ls
+            return ensembles.scaled_mean_loss(ls, scales, weights, config.norm_floor), ls
 
         (_, losses), g = jax.value_and_grad(mean_loss, has_aux=True)(eta)
         return g, losses
@@ -128,6 +133,7 @@ def ensemble_direction(victims: Sequence[Victim], config: AttackConfig, params: 
         values, grads = _shared_view_gradients(config, x, eta, key, view_loss, len(victims))
     else:
         values, grads = zip(*(jax.value_and_grad(functools.partial(loss, k))(eta) for k in range(len(victims))))
+    grads = ensembles.weighted(grads, weights)
     if config.ensemble == "normalized":
         return ensembles.normalized(grads, config.norm_floor), jnp.stack(values)
     return ensembles.summed(grads), jnp.stack(values)
@@ -148,9 +154,10 @@ def _shared_view_gradients(config: AttackConfig, x, eta, key, view_loss, n_victi
 
 
 def latent_distances(victims: Sequence[Victim], config: AttackConfig, params: Sequence, x, eta, clean):
-    """(K,) latent distance of each victim at ``x + eta``."""
+    """(K,) latent distance of each victim at ``x + eta`` (its loss, ``config.loss_of``)."""
     dtype, params = compute_params(config, params)
-    return jnp.stack([latent_mse(_encode(v, p, x + eta, dtype), c) for v, p, c in zip(victims, params, clean)])
+    latents = [_encode(v, p, x + eta, dtype) for v, p in zip(victims, params)]
+    return jnp.stack([config.loss_of(v.name)(z, c) for v, z, c in zip(victims, latents, clean)])
 
 
 def attack_image(
@@ -167,16 +174,16 @@ def attack_image(
     """
     params = prepared(victims, config, params)
     clean = clean_latents(victims, config, params, x)
-    if config.random_start:
-        eta0 = jax.random.uniform(key, x.shape, jnp.float32, -config.eps, config.eps)
-    else:
-        eta0 = jnp.zeros_like(x)
-    eta0 = project(x, eta0, config.eps)
+    eta0 = initial_perturbation(config, key, x)
+    rule = updates.transformation(config)
 
-    def step(i, eta):
+    def step(i, carry):
+        # The update rule's state rides along with eta (per image, as this function is vmapped).
+        eta, state = carry
         g, losses = ensemble_direction(
             victims, config, params, x, eta, clean, eot_key(key, i) if config.transforms else None)
-        return project(x, eta + config.step * jnp.sign(g), config.eps), losses
+        increment, state = rule.update(g, state, eta)
+        return (project(x, eta + increment, config.eps), state), losses
 
     def start_distances(first_losses):
         # With transforms the step's losses were read on transformed images.
@@ -184,16 +191,17 @@ def attack_image(
             return latent_distances(victims, config, params, x, eta0, clean)
         return first_losses
 
+    carry0 = (eta0, rule.init(eta0))
     if config.record_history:
         steps = jnp.arange(config.iterations)
-        eta, history = jax.lax.scan(lambda e, i: step(i, e), eta0, steps)
+        (eta, _), history = jax.lax.scan(lambda c, i: step(i, c), carry0, steps)
         dist_start = start_distances(history[0]) if config.iterations else latent_distances(
             victims, config, params, x, eta0, clean)
     elif config.iterations:
         # The first step's losses are the start distances: no extra forward.
-        eta, dist_start = step(0, eta0)
+        carry, dist_start = step(0, carry0)
         dist_start = start_distances(dist_start)
-        eta = jax.lax.fori_loop(1, config.iterations, lambda i, e: step(i, e)[0], eta)
+        eta, _ = jax.lax.fori_loop(1, config.iterations, lambda i, c: step(i, c)[0], carry)
         history = None
     else:
         eta, history = eta0, None
@@ -222,6 +230,7 @@ def make_attack(victims: Sequence[Victim], config: AttackConfig):
     ``run`` and ``parallel.sharded_attack`` therefore call one B only.
     """
     victims = tuple(victims)
+    config.check_victims([v.name for v in victims])
 
     def attack(params, images, image_ids, seed):
         # Shape mistakes caught at trace time, with the names of the arguments.

@@ -1,4 +1,4 @@
-"""What every PGD loop here shares: the projection after a step, and the weights in the compute dtype.
+"""What every PGD loop here shares: the start, the projection after a step, and the weights in the compute dtype.
 
 Used by LEAT's loop (``attack.pgd``) and the image-space baseline
 (``attack.image_space``), so both step and compute exactly alike.
@@ -13,6 +13,21 @@ import optax
 
 from leat_jax.attack.config import AttackConfig
 from leat_jax.models.base import cast_floating
+
+# A zero start is this fraction of eps of keyed noise: at exactly zero every latent residual, so every
+# gradient, is zero; this small a start moves nothing visible (eps/100 is 0.03/255 at the default eps).
+ZERO_START_SCALE = 1e-2
+
+
+def initial_perturbation(config: AttackConfig, key: jax.Array, x: jax.Array) -> jax.Array:
+    """The start of one image: uniform noise in [-eps, eps] keyed by ``key``, or ``ZERO_START_SCALE`` of it
+    without ``random_start``; projected.
+
+    Returns:
+        The starting perturbation (same shape as ``x``).
+    """
+    radius = config.eps if config.random_start else config.eps * ZERO_START_SCALE
+    return project(x, jax.random.uniform(key, x.shape, jnp.float32, -radius, radius), config.eps)
 
 
 def project(x: jax.Array, eta: jax.Array, eps: float) -> jax.Array:

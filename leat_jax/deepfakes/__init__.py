@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping
 REGISTRY: dict[str, tuple[str, str]] = {
     "styleclip": ("leat_jax.deepfakes.styleclip", "DEEPFAKE"),
     "simswap": ("leat_jax.deepfakes.simswap", "DEEPFAKE"),
+    "simswap_source": ("leat_jax.deepfakes.simswap", "SOURCE"),
     "icface": ("leat_jax.deepfakes.icface", "DEEPFAKE"),
     "diffae": ("leat_jax.deepfakes.diffae", "DEEPFAKE"),
 }

@@ -20,6 +20,9 @@ training; an attack through the whole pipeline needs that gradient).
 """
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import jax
 import numpy as np
 
@@ -32,6 +35,14 @@ INPUT_SIZE = iv.INPUT_SIZE  # (128, 128)
 ATTRIBUTES = iv.ATTRIBUTES
 POSE_SCALE = (0.7, 1.4)  # normalised pose = (radians + 0.7) / 1.4
 AU_SCALE = 5.0           # normalised AU = OpenFace intensity (0..5) / 5
+# Sampled driving frames stay in the ranges real driving videos show (research/generators.md, ICface):
+# pose within +-0.28 rad (normalised [0.3, 0.7]), each AU active with probability 0.3 at intensity up to 3
+# (normalised 0.6). Uniform AUs over the whole range describe every muscle fully contracted and overstate disruption.
+SAMPLED_POSE_RAD = 0.28
+SAMPLED_AU_ACTIVE = 0.3
+SAMPLED_AU_MAX = 3.0
+# Every this many frames of an OpenFace CSV is a driving attribute, so pose and expression vary.
+FRAME_STEP = 10
 
 
 def neutralize(params_gn, images):
@@ -82,18 +93,65 @@ def load(folder, seed):
 
 
 def driving_vectors(count: int, seed: int) -> np.ndarray:
-    """``count`` driving vectors (count, 20): head pose uniform in [-0.7, 0.7] rad per angle (the whole
-    normalised range [0, 1]), each of the 17 AU intensities active with probability 0.3, then uniform in [0, 5]."""
+    """``count`` driving vectors (count, 20) in the ranges of real driving videos: head pose uniform in
+    +-``SAMPLED_POSE_RAD`` per angle, each of the 17 AU intensities active with probability
+    ``SAMPLED_AU_ACTIVE``, then uniform in [0, ``SAMPLED_AU_MAX``]."""
     rng = np.random.default_rng(seed)
-    pose = rng.uniform(-0.7, 0.7, (count, 3))
-    au = rng.uniform(0.0, 5.0, (count, 17)) * (rng.random((count, 17)) < 0.3)
+    pose = rng.uniform(-SAMPLED_POSE_RAD, SAMPLED_POSE_RAD, (count, 3))
+    au = rng.uniform(0.0, SAMPLED_AU_MAX, (count, 17)) * (rng.random((count, 17)) < SAMPLED_AU_ACTIVE)
     return driving_vector(pose, au)
 
 
+def read_openface(path) -> np.ndarray:
+    """An OpenFace 2.x ``FeatureExtraction`` CSV -> its frames' driving vectors (frames, 20).
+
+    Columns are found by name (``ATTRIBUTES``; OpenFace pads names with spaces), not by position, since
+    OpenFace's output flags move them. A one-line ``SetupError`` naming the file when it cannot be used.
+    """
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError) as e:
+        raise SetupError(f"{path}: cannot read the driving CSV ({getattr(e, 'strerror', None) or e})") from None
+    header = [h.strip() for h in rows[0]] if rows else []
+    missing = [a for a in ATTRIBUTES if a not in header]
+    if missing:
+        raise SetupError(f"{path}: not an OpenFace CSV with AU intensities and pose (no {', '.join(missing[:3])})")
+    cols = [header.index(a) for a in ATTRIBUTES]
+    try:
+        values = np.asarray([[float(r[c]) for c in cols] for r in rows[1:] if r], np.float64)
+    except (ValueError, IndexError):
+        raise SetupError(f"{path}: a row of the driving CSV is short or not numeric") from None
+    if not len(values):
+        raise SetupError(f"{path}: the driving CSV has no frame")
+    return driving_vector(values[:, :3], values[:, 3:])
+
+
+def _csv_attributes(section, count_needed: int) -> list:
+    """Every ``frame_step``-th frame of the section's ``driving`` CSVs, in order, as attributes."""
+    paths = section["driving"]
+    paths = [paths] if isinstance(paths, str) else paths
+    step = section.get("frame_step", FRAME_STEP)
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths) or type(step) is not int or step < 1:
+        raise SetupError("[icface] driving must be a CSV path or a list of them, frame_step a positive integer")
+    frames = [Attribute(f"{Path(p).name} frame {i}", v) for p in paths for i, v in enumerate(read_openface(p))
+              if i % step == 0]
+    if len(frames) < count_needed:
+        raise SetupError(f"[icface] {count_needed} driving frames asked for, the CSVs give {len(frames)} "
+                         f"(every {step}th frame)")
+    return frames[:count_needed]
+
+
 def attributes(section, folder, params, images, seed):
-    """Counts of driving vectors, default ``known = 2``, ``unknown = 2``, sampled with ``seed``
+    """Counts of driving vectors, default ``known = 2``, ``unknown = 2``: frames of real driving videos when the
+    section names OpenFace CSVs (``driving = "a.csv"`` or a list, paths absolute or relative to the working
+    folder; every ``frame_step``-th frame, default ``FRAME_STEP``, known first), else sampled with ``seed``
     (the section's ``seed``, default the run's) by ``driving_vectors``."""
     k, u = count(section, "known", 2, "icface"), count(section, "unknown", 2, "icface")
+    if "driving" in section:
+        attrs = _csv_attributes(section, k + u)
+        return attrs[:k], attrs[k:]
     s = section.get("seed", seed)
     if type(s) is not int:
         raise SetupError(f"[icface] seed must be an integer, got {s!r}")

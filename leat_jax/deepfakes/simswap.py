@@ -1,4 +1,4 @@
-"""SimSwap (224): the protected photo as the swap *target*, a source identity injected.
+"""SimSwap (224) in both roles of a photo: the swap's *target* (``DEEPFAKE``), its identity *source* (``SOURCE``).
 
 Official inference (``fsModel.forward(None, img_att, latent_id, None, True)``)
 runs the whole ``Generator_Adain_Upsample`` on the aligned 224 target crop in
@@ -16,6 +16,13 @@ face, and returns ``(tanh + 1) / 2``. Here:
 
 The output is the swapped 224 crop before paste-back (the aligned crop is
 where disruption is measured; see research/generators.md 1.4).
+
+``SOURCE`` (``simswap_source``) is the other role, the one the ``simswap_id``
+victim defends: the protected photo gives the identity (through ArcFace) that
+is swapped onto other people's faces, the attributes. The same generator and
+ArcFace, the same folder:
+
+    swap_from(params, images, target) = swap(params["generator"], target, source_identity(params["arcface"], images))
 """
 from __future__ import annotations
 
@@ -96,6 +103,30 @@ def configure(section):
     return _EVALUATION
 
 
+def _swap_from(params, images, target):
+    # images: the sources (N, H, W, 3); target: one face (224, 224, 3) for all, or (N, 224, 224, 3)
+    latent_id = sv.identity_apply(params["arcface"], sv.identity_preprocess(images))
+    targets = jnp.broadcast_to(target, (images.shape[0], *target.shape[-3:]))
+    return _swap(params["generator"], targets, latent_id)
+
+
+swap_from = jax.jit(_swap_from)
+swap_from.__doc__ = """({"generator", "arcface"} params, source images [-1, 1] NHWC, target face (224, 224, 3))
+-> the target with each source's identity, 224 crops in [-1, 1]."""
+
+
+def target_attributes(section, folder, params, images, seed):
+    """Counts of target faces, default ``known = 2``, ``unknown = 2``: the first clean images of the folder
+    in sorted order (known first), at 224; an image that is itself a target gets its own identity back
+    for that attribute (documented, not excluded)."""
+    k, u = count(section, "known", 2, "simswap_source"), count(section, "unknown", 2, "simswap_source")
+    if k + u > len(images):
+        raise SetupError(f"[simswap_source] {k + u} target faces asked for, but the folder has {len(images)} images")
+    faces = [np.asarray(resize(jnp.asarray(im)[None], INPUT_SIZE))[0] for im in images[:k + u]]
+    attrs = [Attribute(f"face of image {i} as target", f) for i, f in enumerate(faces)]
+    return attrs[:k], attrs[k:]
+
+
 DEEPFAKE = Deepfake(
     name="simswap",
     apply=swap,
@@ -105,5 +136,16 @@ DEEPFAKE = Deepfake(
     load=load,
     attributes=attributes,
     configure=configure,
+    parts=PARTS,
+)
+
+SOURCE = Deepfake(
+    name="simswap_source",
+    apply=swap_from,
+    over_attributes=vmap_over_attributes(_swap_from),
+    output_size=INPUT_SIZE,
+    attribute="target face: another person's aligned face (224, 224, 3) receiving the protected identity",
+    load=load,
+    attributes=target_attributes,
     parts=PARTS,
 )

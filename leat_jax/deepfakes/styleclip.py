@@ -15,9 +15,9 @@ then the wrapper's ``AdaptiveAvgPool2d((256, 256))``. Here:
   ``over_attributes``.
 
 The output is G's raw image pooled to 256, about [-1, 1] for real weights and
-not clamped (the official code clamps only when saving a PNG), so the
-disruption is measured on what G computes and gradients never vanish at the
-clamp.
+not clamped here (the official code clamps only when saving a PNG), so
+gradients (the image-space baseline's) never vanish at the clamp; the
+evaluation clamps every output to [-1, 1] before any metric, as saving does.
 """
 from __future__ import annotations
 

@@ -13,6 +13,9 @@ Precedence: the defaults here (the attack's from ``AttackConfig``), then
     iterations = 50
     transforms = "robust"     # EOT (--robust), or a spec: "jpeg:quality=50-95,round8"; "none": plain
     eot_samples = 1
+    update = "sign"           # or "mifgsm", "adam"
+    losses = { simswap_id = "cosine" }     # per victim: mse (default), cosine, l1
+    victim_weights = { e4e = 2.0 }         # per victim (default 1)
 
     [victims]                 # name = converted checkpoint folder, or "stand-in"
     e4e = "ckpt/e4e"          # relative to the TOML file's folder
@@ -182,4 +185,23 @@ def build(src, dst, toml: Mapping[str, Any] | None = None, **flags) -> ImmunizeC
     unknown = set(values) - _RUN_KEYS - {"victims", "distributed", "extra_victims"}
     if unknown:
         raise SetupError(f"unknown settings {sorted(unknown)}")
-    return ImmunizeConfig(src=src, dst=dst, attack=attack_config, **values)
+    cfg = ImmunizeConfig(src=src, dst=dst, attack=attack_config, **values)
+    try:
+        attack_config.check_victims([spec.name for spec in cfg.victim_specs()])
+    except ValueError as e:
+        raise SetupError(f"attack settings: {e}") from None
+    return cfg
+
+
+def parse_pairs(text: str, flag: str, convert=str) -> dict[str, Any]:
+    """``NAME=VALUE,...`` (``--loss``, ``--victim-weights``) -> {name: convert(value)}; one-line ``SetupError``."""
+    out: dict[str, Any] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not name or not value or name in out:
+            raise SetupError(f"{flag}: expected NAME=VALUE,... with distinct names, got {item!r}")
+        try:
+            out[name] = convert(value)
+        except ValueError:
+            raise SetupError(f"{flag}: {name}: not a valid value: {value!r}") from None
+    return out

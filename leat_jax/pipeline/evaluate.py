@@ -191,6 +191,17 @@ def _immunize_report(protected: Path) -> dict | None:
         return None
 
 
+def check_baseline_settings(cfg: EvaluateConfig, imm_settings: dict, attack: AttackConfig | None) -> None:
+    """A one-line ``SetupError`` unless the baseline's attack settings and seed are known: given, or read
+    from the immunize report in ``cfg.protected`` (a silent default would compare with another attack)."""
+    missing = [what for what, known in (
+        ("the attack settings ([attack] in --config)", cfg.attack is not None or ("attack" in imm_settings and attack)),
+        ("the seed (--seed)", cfg.seed is not None or "seed" in imm_settings)) if not known]
+    if missing:
+        raise SetupError(f"--baseline: {cfg.protected} has no readable immunize report ({inputs.REPORT}) with "
+                         f"{' and '.join(missing)} to match; give them explicitly")
+
+
 def _leat_seconds_per_image(report: dict | None) -> float | None:
     run = (report or {}).get("run") or {}
     if run.get("seconds") and run.get("protected"):
@@ -287,12 +298,13 @@ def _load(cfg: EvaluateConfig, clean_inputs, seed: int) -> list[_Loaded]:
 
 
 def _outputs(p: _Loaded, x: np.ndarray):
-    """(A, h, w, 3) outputs of one image for every attribute, and the input at the output size."""
+    """(A, h, w, 3) outputs of one image for every attribute, clamped to [-1, 1], and the input at the output size."""
     import jax.numpy as jnp
 
     from leat_jax.victims.base import resize
 
-    y = np.asarray(p.over(p.params, jnp.asarray(x[None]), p.stacked()))[:, 0]
+    # Clamped as a saved image would be (StyleCLIP's G is not bounded): only what a viewer sees counts.
+    y = np.clip(np.asarray(p.over(p.params, jnp.asarray(x[None]), p.stacked()))[:, 0], -1.0, 1.0)
     x_out = np.asarray(resize(jnp.asarray(x[None]), tuple(y.shape[1:3])))[0]
     return y, x_out
 
@@ -519,7 +531,10 @@ def run(cfg: EvaluateConfig) -> dict:
         try:
             attack = AttackConfig(**{k: v for k, v in (imm_settings.get("attack") or {}).items() if k in known_fields})
         except (TypeError, ValueError):
-            attack = AttackConfig()
+            attack = None
+    if cfg.baseline:
+        check_baseline_settings(cfg, imm_settings, attack)
+    attack = attack or AttackConfig()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
