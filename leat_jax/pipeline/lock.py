@@ -4,12 +4,15 @@
 runs as process ``index`` there. A second such process is refused with a
 one-line error; a lock whose holder is gone (same host, pid no longer
 running) is stale and taken over. A lock from another host cannot be checked
-and is refused, naming the host and the file to remove.
+and is refused, naming the host and the file to remove. ``departed`` finds
+the processes of an earlier run with more processes, whose leftovers
+(lock, temporary files, listing) nobody live will clear.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -24,6 +27,29 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True  # someone else's process
     return True
+
+
+def in_use(state: Path, index: int) -> bool:
+    """Whether process ``index``'s lock in ``state`` is held by a live process (or one on another host)."""
+    try:
+        holder = json.loads((Path(state) / f"lock-p{index}").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(holder, dict):
+        return False
+    if holder.get("host") != socket.gethostname():
+        return True  # cannot be checked from here
+    return _alive(int(holder.get("pid", -1)))
+
+
+def departed(state: Path, process_count: int) -> list[int]:
+    """Process indexes >= ``process_count`` that left state in ``state`` and whose lock no live process holds."""
+    found = set()
+    for path in [*Path(state).glob("lock-p*"), *Path(state).glob("work-p*"), *Path(state).glob("tmp/p*-*.part")]:
+        m = re.match(r"(?:lock-|work-)?p(\d+)", path.name)
+        if m and int(m.group(1)) >= process_count:
+            found.add(int(m.group(1)))
+    return sorted(i for i in found if not in_use(state, i))
 
 
 class Lock:
