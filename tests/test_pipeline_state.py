@@ -104,11 +104,17 @@ def test_a_second_process_with_the_same_identity_is_refused_and_a_stale_lock_tak
         lock.write_text(json.dumps({"host": "elsewhere", "pid": 1}))
         rc, err = immunize(capsys, src, dst)
         assert rc == 2 and "runs on elsewhere" in err
+        lock.unlink()  # a live process of another run, under another identity: refused too, nothing kept
+        other = dst / inputs.STATE_DIR / "lock-p3"
+        other.write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid, "run": "another"}))
+        rc, err = immunize(capsys, src, dst)
+        assert rc == 2 and f"lock-p3: another leat-jax run (pid {holder.pid}" in err and not lock.exists()
     finally:
         holder.kill()
         holder.wait()
     lock.write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid}))  # its holder is dead
     assert immunize(capsys, src, dst)[0] == 0 and len(outputs(dst)) == 2 and not lock.exists()
+    assert not other.exists()  # its holder dead, process 0 cleared what that run's process 3 left
 
 
 def _env() -> dict:

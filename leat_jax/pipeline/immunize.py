@@ -86,6 +86,13 @@ def join(cfg: ImmunizeConfig) -> tuple[int, int]:
         raise SetupError(f"--distributed: cannot join the job ({type(e).__name__}: {str(e).splitlines()[0]})") from None
 
 
+def run_identity(cfg: ImmunizeConfig, process_count: int) -> str | None:
+    """What the processes of one run share in their locks (None: this process alone is the run)."""
+    if cfg.distributed is None:
+        return None
+    return f"jax.distributed {cfg.distributed.coordinator or 'auto'} x{process_count}"
+
+
 def list_inputs(src: Path, dst: Path, fmt: str):
     """The list stage: every input under ``src``, streamed; ``SetupError`` when SRC is unusable."""
     try:
@@ -144,7 +151,7 @@ def run(cfg: ImmunizeConfig, stream=None, detector=None) -> Summary:
     dst = Path(cfg.dst)
     items = list_inputs(src, dst, cfg.format)
     tmp_dir = writing.prepare_dst(dst, process_index)
-    with Lock(manifest.state_dir(dst), process_index):
+    with Lock(manifest.state_dir(dst), process_index, run_identity(cfg, process_count)):
         clear_leftovers(manifest.state_dir(dst), tmp_dir, process_index, process_count)
         loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
         mesh = mesh_of(cfg)
