@@ -53,6 +53,10 @@ def test_records_resolve_by_order_within_the_shard_not_by_clock(tmp_path):
     assert store.records(7)["a.png"]["status"] == "failed"
     store.append(7, [{"path": "b.png", "status": "done"}])  # not swallowed by the torn line
     assert set(store.records(7)) == {"a.png", "b.png"}
+    store.mark_done(7, "h", "d", 2)
+    assert store.is_done(7, "h", "d") and not store.is_done(7, "other", "d") and not store.is_done(7, "h", "x")
+    (tmp_path / "shards" / "7.done").write_text('{"settings": "h", "dig')  # torn by a kill: not done
+    assert not store.is_done(7, "h", "d") and not list(tmp_path.rglob("*.part"))
 
 
 def test_done_rerun_skips_shards_unopened_and_verify_rehashes(tmp_path, capsys, monkeypatch):
