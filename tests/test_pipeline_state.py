@@ -206,6 +206,7 @@ def test_two_processes_killed_then_one_resumes_to_identical_files_nothing_done_t
         holder.kill()
         holder.wait()
     (state / "tmp" / "p1-in-flight.part").write_bytes(b"x")  # as process 1 could leave it, killed mid-write
+    (dst / f".{inputs.REPORT}.99999.part").write_bytes(b"{")  # as process 0 could leave it, killed mid-report
 
     assert immunize(capsys, src, dst, attack=attack)[0] == 0  # one process now: every shard is its own
     assert immunize(capsys, src, tmp_path / "whole", attack=attack)[0] == 0

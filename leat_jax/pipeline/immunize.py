@@ -183,13 +183,16 @@ def run(cfg: ImmunizeConfig, stream=None, detector=None) -> Summary:
 def clear_leftovers(state: Path, tmp_dir: Path, process_index: int, process_count: int) -> None:
     """Remove what killed processes left (call holding this identity's lock).
 
-    This identity's temporary files; from process 0 also everything of the
-    processes an earlier run had and this one has not (lock, temporary
-    files, listing), so a rerun with fewer processes leaves no stale state.
+    This identity's temporary files; from process 0 also the report's and
+    contact sheet's, and everything of the processes an earlier run had and
+    this one has not (lock, temporary files, listing), so a rerun with fewer
+    processes leaves no stale state.
     """
     writing.clear_temporary(tmp_dir, process_index)
     if process_index != 0:
         return
+    for stale in state.parent.glob(".leat-jax-*.part"):  # the report or contact sheet of a killed process 0
+        stale.unlink(missing_ok=True)
     for gone in departed(state, process_count):
         writing.clear_temporary(tmp_dir, gone)
         shutil.rmtree(state / f"work-p{gone}", ignore_errors=True)
