@@ -12,12 +12,21 @@ import sys
 
 import jax
 import pytest
+from PIL import Image
 
 from leat_jax import cli, parallel
-from leat_jax.pipeline import faults, inputs, writing
+from leat_jax.pipeline import aligned, faults, inputs, writing
 from tests.golden_harness import REPO
 from tests.pipeline_toys import ENV
-from tests.test_pipeline_immunize import ATTACK, immunize, outputs, report, simple_set, toy_victims  # noqa: F401
+from tests.test_pipeline_immunize import (  # noqa: F401
+    ATTACK,
+    immunize,
+    noise,
+    outputs,
+    report,
+    simple_set,
+    toy_victims,
+)
 
 
 def _records(dst) -> list[dict]:
@@ -125,3 +134,15 @@ def test_no_compile_cache_and_bad_values(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["immunize", str(src), str(tmp_path / "x"), "--no-compile-cache", "--compile-cache", "d"])
     assert e.value.code == 2
+
+
+def test_each_image_size_compiles_its_own_attack_and_many_sizes_are_announced(tmp_path, capsys, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, (h, w) in enumerate([(8, 8), (8, 12), (12, 8), (8, 8)]):
+        Image.fromarray(noise(h, w)).save(src / f"img{i}.png")
+    monkeypatch.setattr(aligned, "SIZES_WARNING", 2)
+    rc, err = immunize(capsys, src, tmp_path / "dst")
+    assert rc == 0, err
+    assert err.count("image sizes so far; each compiles its own attack") == 1 and "warning: 2 image sizes" in err
+    assert report(tmp_path / "dst")["run"]["per_process"][0]["image_sizes"] == 3  # three programs, no bucket

@@ -17,6 +17,7 @@ import sys
 import types
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -291,3 +292,56 @@ def test_real_detector_on_the_astronaut(capsys, tmp_path):
     outside = np.ones(diff.shape[:2], bool)
     outside[y0:y1, x0:x1] = False
     assert not diff[outside].any()
+
+
+def _oom():
+    return jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 3.2GiB")
+
+
+class _Unfetchable:
+    """A device result whose fetch runs out of memory (as an asynchronous failure surfaces)."""
+
+    def __array__(self, *args, **kwargs):
+        raise _oom()
+
+
+def test_out_of_memory_on_a_photo_retries_it_alone_with_identical_files(run_once, capsys, fake, monkeypatch,
+                                                                         tmp_path):
+    src, whole, _ = run_once
+    real = photos.attack_groups
+
+    def short_of_memory(victims, config, params, x, the_plan, *rest):
+        if len(the_plan.groups) == 2:  # two.png: out of memory at dispatch
+            raise _oom()
+        if len(the_plan.faces) == 2:  # pair.png: out of memory when its result is fetched
+            return [(g, (_Unfetchable(),) * 3) for g in the_plan.groups]
+        return real(victims, config, params, x, the_plan, *rest)
+
+    monkeypatch.setattr(photos, "attack_groups", short_of_memory)
+    dst = tmp_path / "dst"
+    rc, err = immunize_photos(capsys, src, dst)
+    assert rc == 0, err
+    for name in ("two.png", "pair.png", "empty.png"):
+        assert (dst / name).read_bytes() == (whole / name).read_bytes()
+    run = json.loads((dst / inputs.REPORT).read_text())["run"]["per_process"][0]
+    retried = sorted((r["photo"], r["groups"], r["result"]) for r in run["out_of_memory"])
+    assert retried == [("pair.png", 1, "done"), ("two.png", 2, "done")] and run["photos_in_flight"] == 1
+
+
+def test_out_of_memory_even_alone_fails_the_photo_and_five_in_a_row_stop_the_job(capsys, fake, monkeypatch,
+                                                                                    tmp_path):
+    def no_memory(*args):
+        raise _oom()
+
+    monkeypatch.setattr(photos, "attack_group", no_memory)
+    src = make_photos(tmp_path / "src")
+    rc, err = immunize_photos(capsys, src, tmp_path / "dst")
+    failed = [line for line in err.splitlines() if line.startswith("leat-jax: error:") and "even alone" in line]
+    assert rc == 1 and len(failed) == 2 and "two.png: device out of memory even alone" in err, err
+    assert (tmp_path / "dst" / "empty.png").exists() and not (tmp_path / "dst" / "two.png").exists()
+    for i in range(6):  # six photos that fit no device: the job stops at the fifth
+        shutil.copy(src / "two.png", src / f"two{i}.png")
+    (src / "empty.png").unlink()
+    rc, err = immunize_photos(capsys, src, tmp_path / "dst2")
+    assert rc == 3, err
+    assert f"{tmp_path / 'dst2'}: device out of memory; the job stopped after 5 images in a row" in err

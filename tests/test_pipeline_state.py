@@ -53,6 +53,10 @@ def test_records_resolve_by_order_within_the_shard_not_by_clock(tmp_path):
     assert store.records(7)["a.png"]["status"] == "failed"
     store.append(7, [{"path": "b.png", "status": "done"}])  # not swallowed by the torn line
     assert set(store.records(7)) == {"a.png", "b.png"}
+    store.mark_done(7, "h", "d", 2)
+    assert store.is_done(7, "h", "d") and not store.is_done(7, "other", "d") and not store.is_done(7, "h", "x")
+    (tmp_path / "shards" / "7.done").write_text('{"settings": "h", "dig')  # torn by a kill: not done
+    assert not store.is_done(7, "h", "d") and not list(tmp_path.rglob("*.part"))
 
 
 def test_done_rerun_skips_shards_unopened_and_verify_rehashes(tmp_path, capsys, monkeypatch):
@@ -104,11 +108,17 @@ def test_a_second_process_with_the_same_identity_is_refused_and_a_stale_lock_tak
         lock.write_text(json.dumps({"host": "elsewhere", "pid": 1}))
         rc, err = immunize(capsys, src, dst)
         assert rc == 2 and "runs on elsewhere" in err
+        lock.unlink()  # a live process of another run, under another identity: refused too, nothing kept
+        other = dst / inputs.STATE_DIR / "lock-p3"
+        other.write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid, "run": "another"}))
+        rc, err = immunize(capsys, src, dst)
+        assert rc == 2 and f"lock-p3: another leat-jax run (pid {holder.pid}" in err and not lock.exists()
     finally:
         holder.kill()
         holder.wait()
     lock.write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid}))  # its holder is dead
     assert immunize(capsys, src, dst)[0] == 0 and len(outputs(dst)) == 2 and not lock.exists()
+    assert not other.exists()  # its holder dead, process 0 cleared what that run's process 3 left
 
 
 def _env() -> dict:
@@ -150,3 +160,61 @@ def test_killed_at_random_moments_resumes_to_identical_files_nothing_done_twice(
     assert report(dst)["run"]["already_done"] >= killed_at
     assert not [p for p in dst.rglob("*.part")]
     assert report(dst)["totals"] == {"images": n, "done": n, "failed": 0, "missing": 0, "done_with_other_settings": 0}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _done_lines(path) -> int:
+    return path.read_text().count('"done"') if path.exists() else 0
+
+
+def test_two_processes_killed_then_one_resumes_to_identical_files_nothing_done_twice(tmp_path, capsys):
+    n = 120
+    src, dst = _tiny_set(tmp_path / "src", n), tmp_path / "dst"
+    attack = [*ATTACK, "--batch-size", "8", "--no-compile-cache", "--contact-sheet", "0"]
+    coordinator, state = f"127.0.0.1:{_free_port()}", dst / inputs.STATE_DIR
+    cmd = [sys.executable, "-m", "leat_jax", "immunize", str(src), str(dst), *attack, "--quiet", "--distributed",
+           "--coordinator", coordinator, "--num-processes", "2", "--process-id"]
+    procs = [subprocess.Popen([*cmd, str(i)], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for i in range(2)]
+    target = random.Random(5).randint(8, 30)  # of each process's ~60
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and all(p.poll() is None for p in procs):
+        if all(_done_lines(state / f"manifest-{i}.jsonl") >= target for i in range(2)):
+            break
+        time.sleep(0.002)
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+    for p in procs:
+        p.wait()
+        assert p.returncode == -signal.SIGKILL, p.stderr.read()[-2000:]
+    killed_at = [_done_lines(state / f"manifest-{i}.jsonl") for i in range(2)]
+    assert all(k >= target for k in killed_at) and sum(killed_at) < n, killed_at
+    # The same identity as a live process is refused, and leaves that process's temporary files alone.
+    holder = _alive_pid()
+    try:
+        (state / "lock-p0").write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid}))
+        (state / "tmp" / "p0-in-flight.part").write_bytes(b"x")
+        rc, err = immunize(capsys, src, dst, attack=attack)
+        assert rc == 2 and f"another leat-jax (pid {holder.pid})" in err
+        assert (state / "tmp" / "p0-in-flight.part").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    (state / "tmp" / "p1-in-flight.part").write_bytes(b"x")  # as process 1 could leave it, killed mid-write
+    (dst / f".{inputs.REPORT}.99999.part").write_bytes(b"{")  # as process 0 could leave it, killed mid-report
+
+    assert immunize(capsys, src, dst, attack=attack)[0] == 0  # one process now: every shard is its own
+    assert immunize(capsys, src, tmp_path / "whole", attack=attack)[0] == 0
+    assert outputs(dst) == outputs(tmp_path / "whole") and len(outputs(dst)) == n
+    done = [json.loads(line)["path"] for path in (state / "shards").glob("*.jsonl")
+            for line in path.read_text().splitlines() if '"done"' in line]
+    assert len(done) == len(set(done)) == n  # nothing protected twice
+    assert report(dst)["run"]["already_done"] >= sum(killed_at)
+    assert report(dst)["totals"] == {"images": n, "done": n, "failed": 0, "missing": 0, "done_with_other_settings": 0}
+    assert not list(dst.rglob("*.part"))  # no temporary file left, process 1's included
+    assert sorted(p.name for p in state.iterdir() if p.name.startswith(("lock-", "work-"))) == ["work-p0"]

@@ -8,6 +8,11 @@ call, so results do not depend on the batch. A device out-of-memory error
 halves the images per device and retries the batch (recorded in ``stats``);
 at the microbatch it stops the job (a smaller microbatch changes results:
 the user chooses it with ``--microbatch``).
+
+Each image size compiles its own program: padding to a few size buckets
+would change what every victim's resize reads, hence the results (README,
+*Images of many sizes*). The persistent compilation cache keeps each
+program for later runs; past ``SIZES_WARNING`` sizes the user is told once.
 """
 from __future__ import annotations
 
@@ -18,6 +23,9 @@ import numpy as np
 from leat_jax import parallel
 from leat_jax.pipeline import faults, writing
 from leat_jax.pipeline.job import IN_FLIGHT, Context, Prepared, finite
+
+# Distinct image sizes in a run after which the user is told that each compiles its own attack.
+SIZES_WARNING = 8
 
 
 class AlignedAttack:
@@ -90,6 +98,11 @@ class AlignedAttack:
             self.say(f"leat-jax: compiling the attack for {size[1]}x{size[0]} images, batch {batch} "
                      "(once per image size)")
             self.compiled.add((*size, batch))
+            if len(self.sizes()) == SIZES_WARNING:
+                self.say(f"leat-jax: warning: {SIZES_WARNING} image sizes so far; each compiles its own attack "
+                         "(results depend on the size, so sizes are not padded into buckets); for fewer "
+                         "compilations, resize the crops to one size first (compiled attacks are kept in the "
+                         "compilation cache for later runs)")
         x = np.stack([p.x for p in part])
         ids = np.asarray([p.item.image_id for p in part], np.uint32)
         pad = batch - len(part)
@@ -134,5 +147,9 @@ class AlignedAttack:
             for i, p in enumerate(part)
         ]
 
+    def sizes(self) -> set[tuple[int, int]]:
+        """The distinct image sizes attacked so far (each one compiled program per batch)."""
+        return {(h, w) for h, w, _ in self.compiled}
+
     def stats(self) -> dict:
-        return {"batch": self.batch, "out_of_memory": list(self.out_of_memory)}
+        return {"batch": self.batch, "image_sizes": len(self.sizes()), "out_of_memory": list(self.out_of_memory)}

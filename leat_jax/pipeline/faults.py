@@ -13,6 +13,8 @@ import jax
 
 # Failures in a row with the same job-level reason that stop the job.
 SAME_FAULT_LIMIT = 5
+# The fault of an image that ran out of device memory in its smallest unit (a photo's face region).
+OUT_OF_MEMORY = "device out of memory"
 _OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory")
 
 

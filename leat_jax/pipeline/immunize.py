@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -40,7 +41,7 @@ from leat_jax.pipeline import (
 )
 from leat_jax.pipeline.aligned import AlignedAttack
 from leat_jax.pipeline.config import ImmunizeConfig
-from leat_jax.pipeline.lock import Lock
+from leat_jax.pipeline.lock import Lock, departed
 from leat_jax.pipeline.progress import Progress
 from leat_jax.pipeline.resume import Resume
 
@@ -83,6 +84,13 @@ def join(cfg: ImmunizeConfig) -> tuple[int, int]:
         return parallel.initialize(cfg.distributed)
     except Exception as e:  # jax raises several types for a bad address or count
         raise SetupError(f"--distributed: cannot join the job ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+
+def run_identity(cfg: ImmunizeConfig, process_count: int) -> str | None:
+    """What the processes of one run share in their locks (None: this process alone is the run)."""
+    if cfg.distributed is None:
+        return None
+    return f"jax.distributed {cfg.distributed.coordinator or 'auto'} x{process_count}"
 
 
 def list_inputs(src: Path, dst: Path, fmt: str):
@@ -143,7 +151,8 @@ def run(cfg: ImmunizeConfig, stream=None, detector=None) -> Summary:
     dst = Path(cfg.dst)
     items = list_inputs(src, dst, cfg.format)
     tmp_dir = writing.prepare_dst(dst, process_index)
-    with Lock(manifest.state_dir(dst), process_index):
+    with Lock(manifest.state_dir(dst), process_index, run_identity(cfg, process_count)):
+        clear_leftovers(manifest.state_dir(dst), tmp_dir, process_index, process_count)
         loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
         mesh = mesh_of(cfg)
         detector, faces = face_detector(cfg, detector)
@@ -169,6 +178,25 @@ def run(cfg: ImmunizeConfig, stream=None, detector=None) -> Summary:
     if loaded.stand_in:
         print("leat-jax: reminder: stand-in weights; this output protects against nothing.", file=stream, flush=True)
     return summary
+
+
+def clear_leftovers(state: Path, tmp_dir: Path, process_index: int, process_count: int) -> None:
+    """Remove what killed processes left (call holding this identity's lock).
+
+    This identity's temporary files; from process 0 also the report's and
+    contact sheet's, and everything of the processes an earlier run had and
+    this one has not (lock, temporary files, listing), so a rerun with fewer
+    processes leaves no stale state.
+    """
+    writing.clear_temporary(tmp_dir, process_index)
+    if process_index != 0:
+        return
+    for stale in state.parent.glob(".leat-jax-*.part"):  # the report or contact sheet of a killed process 0
+        stale.unlink(missing_ok=True)
+    for gone in departed(state, process_count):
+        writing.clear_temporary(tmp_dir, gone)
+        shutil.rmtree(state / f"work-p{gone}", ignore_errors=True)
+        (state / f"lock-p{gone}").unlink(missing_ok=True)
 
 
 def run_stages(cfg, base: job.Context, items, about, loaded, mesh, detector, stream, start) -> Summary:

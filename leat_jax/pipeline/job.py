@@ -257,7 +257,7 @@ class Recorder:
             if reason is not None:
                 raise faults.JobFailed(
                     f"{self.ctx.dst}: {reason}; the job stopped after {self.streak.count} images in a row "
-                    "could not be written (finished images are kept)"
+                    "failed for this reason (finished images are kept)"
                 )
 
     def close(self) -> None:

@@ -1,15 +1,20 @@
 """One process per identity in an output folder: a lock file naming its holder.
 
 ``DST/.leat-jax/lock-p<index>`` holds the host and pid of the process that
-runs as process ``index`` there. A second such process is refused with a
-one-line error; a lock whose holder is gone (same host, pid no longer
+runs as process ``index`` there, and the run it belongs to. A second such
+process is refused with a one-line error, and so is a process of another
+run while any live process holds a lock there (the processes of one
+``jax.distributed`` job share a run); a lock whose holder is gone (same host, pid no longer
 running) is stale and taken over. A lock from another host cannot be checked
-and is refused, naming the host and the file to remove.
+and is refused, naming the host and the file to remove. ``departed`` finds
+the processes of an earlier run with more processes, whose leftovers
+(lock, temporary files, listing) nobody live will clear.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -26,17 +31,61 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def holder_of(path: Path) -> dict | None:
+    """The holder recorded in lock file ``path``, or None (absent, or torn by a kill)."""
+    try:
+        holder = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def is_live(holder: dict | None) -> bool:
+    """Whether ``holder`` runs: its pid is alive on this host, or it is on another host (cannot be checked)."""
+    if not holder:
+        return False
+    if holder.get("host") != socket.gethostname():
+        return True
+    return _alive(int(holder.get("pid", -1)))
+
+
+def in_use(state: Path, index: int) -> bool:
+    """Whether process ``index``'s lock in ``state`` is held by a live process (or one on another host)."""
+    return is_live(holder_of(Path(state) / f"lock-p{index}"))
+
+
+def departed(state: Path, process_count: int) -> list[int]:
+    """Process indexes >= ``process_count`` that left state in ``state`` and whose lock no live process holds."""
+    found = set()
+    for path in [*Path(state).glob("lock-p*"), *Path(state).glob("work-p*"), *Path(state).glob("tmp/p*-*.part")]:
+        m = re.match(r"(?:lock-|work-)?p(\d+)", path.name)
+        if m and int(m.group(1)) >= process_count:
+            found.add(int(m.group(1)))
+    return sorted(i for i in found if not in_use(state, i))
+
+
 class Lock:
     """The lock of process ``index`` in the state folder ``state`` (a context manager)."""
 
-    def __init__(self, state: Path, index: int):
+    def __init__(self, state: Path, index: int, run: str | None = None):
         self.path = Path(state) / f"lock-p{index}"
         self.index = index
+        self.run = run if run is not None else f"{socket.gethostname()} pid {os.getpid()}"
         self.held = False
 
     def acquire(self) -> None:
-        """Take the lock; ``SetupError`` (one line) if a live process holds it."""
-        me = {"host": socket.gethostname(), "pid": os.getpid()}
+        """Take the lock; ``SetupError`` (one line) if a live process holds it, or one of another run holds any."""
+        self._take()
+        for other in sorted(self.path.parent.glob("lock-p*")):
+            holder = holder_of(other) if other != self.path else None
+            if holder and holder.get("run") != self.run and is_live(holder) and holder.get("pid") != os.getpid():
+                self.release()
+                hint = "" if holder.get("host") == socket.gethostname() else "; if it is dead, remove this file"
+                raise SetupError(f"{other}: another leat-jax run (pid {holder.get('pid')} on {holder.get('host')}) "
+                                 f"is writing into this output folder{hint}")
+
+    def _take(self) -> None:
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "run": self.run}
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

@@ -36,6 +36,7 @@ import dataclasses
 import functools
 import hashlib
 import math
+import threading
 from typing import Sequence
 
 import jax
@@ -45,7 +46,7 @@ import numpy as np
 from leat_jax.attack.pgd import attack_image, image_key
 from leat_jax.faces import align
 from leat_jax.faces.detect import SNAP, DetectConfig, load_detector
-from leat_jax.pipeline import images, writing
+from leat_jax.pipeline import faults, images, writing
 from leat_jax.pipeline.job import Context, Failure, Prepared, finite
 from leat_jax.victims.warped import footprint, make_warp, warped
 
@@ -202,24 +203,33 @@ def group_key(seed: int, image_id: int, group: int):
     return jax.random.fold_in(image_key(seed, np.uint32(image_id)), group)
 
 
+def attack_group(victims, config, params, x: np.ndarray, the_plan: Plan, g: int, seed: int, image_id: int,
+                 device=None):
+    """Dispatch group ``g``'s attack (asynchronously, on ``device`` if given); (the group, device results)."""
+    group = the_plan.groups[g]
+    y0, x0, y1, x1 = group.bbox
+    hb, wb = group.bucket
+    region = np.zeros((hb, wb, x.shape[2]), np.float32)
+    region[: y1 - y0, : x1 - x0] = x[y0:y1, x0:x1]
+    wvs, ps = [], []
+    for f in group.faces:
+        for v, p, c in zip(victims, params, the_plan.faces[f].crops):
+            wvs.append(warped(v, c.border, c.supersample))
+            ps.append((p, make_warp(c.affine, (y0, x0), x.shape[:2])))
+    fn = _jitted(tuple(wvs), config)
+    region = jnp.asarray(region) if device is None else jax.device_put(region, device)
+    return group, fn(tuple(ps), region, group_key(seed, image_id, g))
+
+
 def attack_groups(victims, config, params, x: np.ndarray, the_plan: Plan, seed: int, image_id: int, device=None):
     """Dispatch every group's attack (asynchronously, on ``device`` if given); a list of (group, device results)."""
-    photo_hw = x.shape[:2]
-    launched = []
-    for g, group in enumerate(the_plan.groups):
-        y0, x0, y1, x1 = group.bbox
-        hb, wb = group.bucket
-        region = np.zeros((hb, wb, x.shape[2]), np.float32)
-        region[: y1 - y0, : x1 - x0] = x[y0:y1, x0:x1]
-        wvs, ps = [], []
-        for f in group.faces:
-            for v, p, c in zip(victims, params, the_plan.faces[f].crops):
-                wvs.append(warped(v, c.border, c.supersample))
-                ps.append((p, make_warp(c.affine, (y0, x0), photo_hw)))
-        fn = _jitted(tuple(wvs), config)
-        region = jnp.asarray(region) if device is None else jax.device_put(region, device)
-        launched.append((group, fn(tuple(ps), region, group_key(seed, image_id, g))))
-    return launched
+    return [attack_group(victims, config, params, x, the_plan, g, seed, image_id, device)
+            for g in range(len(the_plan.groups))]
+
+
+def fetched(launched) -> list:
+    """(group, host results) for each launched group: waits for the device (raises its errors, out of memory too)."""
+    return [(group, tuple(np.asarray(a) for a in results)) for group, results in launched]
 
 
 def paste(x: np.ndarray, the_plan: Plan, launched, n_victims: int):
@@ -250,6 +260,16 @@ class PhotoAttack:
     of the weights), their face groups one after another on that device; a
     result does not depend on the device it ran on.
 
+    A device out-of-memory error on a photo (at dispatch or when its result
+    is fetched) does not stop the job: from then on one photo per device is
+    in flight, and the photo is redone alone (one such retry at a time), its
+    groups one after another, each finished before the next starts (the same
+    programs, so the same result). A group is the smallest unit (a smaller
+    region would change the result), so a photo that runs out of memory even
+    then is recorded failed with the fault ``faults.OUT_OF_MEMORY``; the
+    recorder stops the job (exit 3) after ``faults.SAME_FAULT_LIMIT`` such
+    photos in a row. Each retry is in ``stats()["out_of_memory"]``.
+
     Args:
       ctx: the job's context.
       victims, attack, params, seed: what the attack needs.
@@ -269,6 +289,8 @@ class PhotoAttack:
         self.detector = detector
         self.say = say
         self.seen: set = set()
+        self.out_of_memory: list[dict] = []
+        self.alone_lock = threading.Lock()  # one photo retried alone at a time
 
     def inspect(self, got: Prepared) -> Prepared | Failure:
         """Detect the faces and plan their crops (reader threads)."""
@@ -291,15 +313,31 @@ class PhotoAttack:
                 )
             self.seen.add(key)
         k, self.next = self.next, (self.next + 1) % len(self.devices)
-        return [(got, attack_groups(self.victims, self.attack, self.params[k], got.x, got.plan, self.seed,
-                                    got.item.image_id, self.devices[k]))]
+        try:
+            groups = attack_groups(self.victims, self.attack, self.params[k], got.x, got.plan, self.seed,
+                                   got.item.image_id, self.devices[k])
+        except Exception as e:
+            if not faults.is_out_of_memory(e):
+                raise
+            groups = e  # redone alone by ``finish``
+        return [(got, k, groups)]
 
     def flush(self) -> list:
         return []
 
     def finish(self, launched) -> list[dict]:
         """Paste the groups' results into the photo and write it (writer threads)."""
-        p, groups = launched
+        p, k, groups = launched
+        try:
+            if isinstance(groups, BaseException):
+                raise groups
+            groups = fetched(groups)
+        except Exception as e:
+            if not faults.is_out_of_memory(e):
+                raise
+            groups = self.alone(p, k, e)
+            if isinstance(groups, dict):
+                return [groups]
         names = self.ctx.names
         protected, dists = paste(p.x, p.plan, groups, len(names))
         faces = []
@@ -325,8 +363,40 @@ class PhotoAttack:
             extra["unusable_faces"] = list(p.plan.unusable)
         return [writing.write_image(self.ctx, p, protected, mean, extra)]
 
+    def alone(self, p: Prepared, k: int, error: BaseException) -> list | dict:
+        """Redo photo ``p`` after an out-of-memory ``error``: its groups one at a time, nothing else retried.
+
+        Returns:
+          (group, host results) per group, or the failed record when even that runs out of memory.
+        """
+        with self.alone_lock:
+            if self.in_flight > len(self.devices):
+                self.in_flight = len(self.devices)
+                self.say("leat-jax: device out of memory; from now on one photo per device at a time")
+            self.say(f"leat-jax: device out of memory on {p.item.path}; retrying it alone")
+            note = {"photo": p.item.rel, "groups": len(p.plan.groups), "error": first_line(error)}
+            try:
+                groups = [fetched([attack_group(self.victims, self.attack, self.params[k], p.x, p.plan, g, self.seed,
+                                                p.item.image_id, self.devices[k])])[0]
+                          for g in range(len(p.plan.groups))]
+            except Exception as e:
+                if not faults.is_out_of_memory(e):
+                    raise
+                self.out_of_memory.append({**note, "retried": "alone", "result": "failed"})
+                return writing.failed_record(
+                    self.ctx, p.item, f"{p.item.path}: device out of memory even alone, one face region at a time "
+                    f"({first_line(e)})", faults.OUT_OF_MEMORY)
+            self.out_of_memory.append({**note, "retried": "alone", "result": "done"})
+        return groups
+
     def stats(self) -> dict:
-        return {"batch": 1, "photo_devices": len(self.devices), "out_of_memory": []}
+        return {"batch": 1, "photo_devices": len(self.devices), "photos_in_flight": self.in_flight,
+                "out_of_memory": list(self.out_of_memory)}
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
 
 
 def _mean(values):

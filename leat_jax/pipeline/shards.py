@@ -173,10 +173,13 @@ class Store:
         return marker.get("settings") == settings_hash and marker.get("digest") == shard_digest
 
     def mark_done(self, shard: int, settings_hash: str, shard_digest: str, inputs: int) -> None:
-        """Write the shard's done marker (after its records are synced)."""
-        tmp = self.folder / f".{shard}.done.{os.getpid()}.part"
-        tmp.write_text(json.dumps({"settings": settings_hash, "digest": shard_digest, "inputs": inputs}))
-        os.replace(tmp, self.folder / f"{shard}.done")
+        """Write the shard's done marker (after its records are synced).
+
+        Written in place, not renamed from a temporary file, so a kill leaves
+        no stray file: a marker torn by a kill is not JSON and reads as not done.
+        """
+        (self.folder / f"{shard}.done").write_text(
+            json.dumps({"settings": settings_hash, "digest": shard_digest, "inputs": inputs}))
 
     def clear_done(self, shard: int) -> None:
         try:

@@ -61,14 +61,18 @@ def prepare_dst(dst: Path, process_index: int) -> Path:
     try:
         tmp_dir = manifest.state_dir(dst) / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
-        for stale in tmp_dir.glob(f"p{process_index}-*.part"):  # left by a killed run of ours
-            stale.unlink()
         probe = tmp_dir / f"p{process_index}-probe-{uuid.uuid4().hex}.part"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
         raise SetupError(f"{dst}: cannot write to the output folder ({e.strerror or e})") from None
     return tmp_dir
+
+
+def clear_temporary(tmp_dir: Path, process_index: int) -> None:
+    """Remove the temporary files a killed process ``process_index`` left (call holding its lock)."""
+    for stale in tmp_dir.glob(f"p{process_index}-*.part"):
+        stale.unlink(missing_ok=True)
 
 
 def failed_record(ctx: Context, item: inputs.Item, error: str, fault: str | None = None) -> dict:
