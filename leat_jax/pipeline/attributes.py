@@ -23,10 +23,13 @@ baseline may use only ``known``). Defaults:
   default known ``Smiling:0.3, Blond_Hair:0.3``, unknown ``Eyeglasses:0.3,
   Young:-0.3``; ``inversion_steps`` / ``render_steps`` override the DDIM
   step counts (official 250 / 100).
-* ``simswap``: counts of source identities, default ``known = 2``,
-  ``unknown = 2``: the ArcFace identities of the first clean images of the
-  folder, in sorted order (known first); an image that is itself a source is
-  swapped with its own identity for that attribute (documented, not excluded).
+* ``simswap``: counts of source identities: the ArcFace identities of the
+  first clean images of the folder, in sorted order (known first). Default:
+  one per *other* image of the folder (at least one, at most ``known = 2``,
+  ``unknown = 2``), known rounded up: 2 images give 1 known, 3 give 1 + 1.
+  An image that is itself a source is swapped with its own identity for that
+  attribute (documented, not excluded); a folder of one image is swapped
+  with itself.
 * ``icface``: counts of driving vectors, default ``known = 2``, ``unknown =
   2``, sampled with ``seed`` (default 0): head pose uniform in [-0.7, 0.7] rad
   per angle (the whole normalised range [0, 1]), each of the 17 AU
@@ -72,12 +75,17 @@ class EvalPipeline:
       configure: ``section -> (apply, over_attributes)`` to use instead of the
         deepfake's (e.g. DiffAE step counts, or params holding more than the
         pipeline's own); None: the deepfake's.
+      check: ``(section, folder or None, clean image names) -> note or None``:
+        every check of the settings that needs no weights and builds no
+        network (raises ``SetupError``), run for all pipelines before any is
+        loaded; the note says which defaults were taken. None: none.
     """
 
     deepfake: Any
     load: Callable[[str | None, int], Any]
     attributes: Callable[..., tuple[list[Attribute], list[Attribute]]]
     configure: Callable[[Mapping], tuple[Callable, Callable]] | None = None
+    check: Callable[[Mapping, str | None, Sequence[str]], str | None] | None = None
 
     def functions(self, section: Mapping) -> tuple[Callable, Callable]:
         """(apply, over_attributes) for this section's settings."""
@@ -117,13 +125,10 @@ def _styleclip_load(folder, seed):
     return {"e4e": _sub(folder, "e4e"), "generator": _sub(folder, "stylegan2")}
 
 
-def _styleclip_attributes(section, folder, params, images, seed):
-    from leat_jax.deepfakes import styleclip
-
+def _styleclip_choice(section, folder):
+    """(known, unknown): counts of stand-in mappers, or mapper names found in ``folder``."""
     if folder is None:
-        k, u = _count(section, "known", 2, "styleclip"), _count(section, "unknown", 2, "styleclip")
-        mk = lambda i: Attribute(f"stand-in mapper {i}", styleclip.mapper().init(seed + 1 + i))  # noqa: E731
-        return [mk(i) for i in range(k)], [mk(k + i) for i in range(u)]
+        return _count(section, "known", 2, "styleclip"), _count(section, "unknown", 2, "styleclip")
     found = sorted(p.name for p in (Path(folder) / "mappers").glob("*") if p.is_dir())
     known = section.get("known")
     unknown = section.get("unknown")
@@ -138,6 +143,20 @@ def _styleclip_attributes(section, folder, params, images, seed):
     for n in [*known, *unknown]:
         if n not in found:
             raise SetupError(f"[styleclip] no mapper {n!r} in {Path(folder) / 'mappers'}; found: {', '.join(found)}")
+    return known, unknown
+
+
+def _styleclip_check(section, folder, names):
+    _styleclip_choice(section, folder)
+
+
+def _styleclip_attributes(section, folder, params, images, seed):
+    from leat_jax.deepfakes import styleclip
+
+    known, unknown = _styleclip_choice(section, folder)
+    if folder is None:
+        mk = lambda i: Attribute(f"stand-in mapper {i}", styleclip.mapper().init(seed + 1 + i))  # noqa: E731
+        return [mk(i) for i in range(known)], [mk(known + i) for i in range(unknown)]
     mk = lambda n: Attribute(n, _sub(Path(folder) / "mappers", n))  # noqa: E731
     return [mk(n) for n in known], [mk(n) for n in unknown]
 
@@ -152,12 +171,34 @@ def _simswap_load(folder, seed):
     return {"generator": _sub(folder, "simswap_full"), "arcface": _sub(folder, "simswap_id")}
 
 
+SIMSWAP_MOST_IDENTITIES = 4  # the default's cap: known 2 + unknown 2
+
+
+def simswap_identity_counts(section: Mapping, images: int) -> tuple[int, int]:
+    """(known, unknown) source identities for a folder of ``images`` clean images (module docstring)."""
+    room = max(1, min(SIMSWAP_MOST_IDENTITIES, images - 1))
+    k = _count(section, "known", (room + 1) // 2, "simswap")
+    u = _count(section, "unknown", max(0, room - k), "simswap")
+    if k + u > images:
+        raise SetupError(f"[simswap] {k + u} source identities asked for (known {k} + unknown {u}), but the folder "
+                         f"has {images} image(s): lower known / unknown in the --config file's [simswap] table")
+    if k + u == 0:
+        raise SetupError("[simswap] known and unknown are both 0: no source identity to swap in")
+    return k, u
+
+
+def _simswap_check(section, folder, names):
+    k, u = simswap_identity_counts(section, len(names))
+    which = f"{', '.join(names[:k])} (known)" + (f", {', '.join(names[k:k + u])} (unknown)" if u else "")
+    how = ("set" if {"known", "unknown"} & set(section) else
+           "default: one per other image of the folder, at most 2 + 2; [simswap] known / unknown in --config")
+    return f"[simswap] source identities: the faces of {which} ({how})"
+
+
 def _simswap_attributes(section, folder, params, images, seed):
     from leat_jax.deepfakes import simswap
 
-    k, u = _count(section, "known", 2, "simswap"), _count(section, "unknown", 2, "simswap")
-    if k + u > len(images):
-        raise SetupError(f"[simswap] {k + u} source identities asked for, but the folder has {len(images)} images")
+    k, u = simswap_identity_counts(section, len(images))
     ids = [np.asarray(simswap.source_identity(params["arcface"], np.asarray(im)[None]))[0] for im in images[:k + u]]
     attrs = [Attribute(f"identity of image {i}", v) for i, v in enumerate(ids)]
     return attrs[:k], attrs[k:]
@@ -192,6 +233,10 @@ def driving_vectors(count: int, seed: int) -> np.ndarray:
     pose = rng.uniform(-0.7, 0.7, (count, 3))
     au = rng.uniform(0.0, 5.0, (count, 17)) * (rng.random((count, 17)) < 0.3)
     return icface.driving_vector(pose, au)
+
+
+def _icface_check(section, folder, names):
+    _icface_attributes(section, folder, None, [], 0)  # numpy only: the settings' errors, no network
 
 
 def _icface_attributes(section, folder, params, images, seed):
@@ -238,6 +283,11 @@ def _diffae_attributes(section, folder, params, images, seed):
     return [parse(e) for e in lists["known"]], [parse(e) for e in lists["unknown"]]
 
 
+def _diffae_check(section, folder, names, base=None):
+    _diffae_configure(section, base)  # builds nothing: the jitted functions compile on first call
+    _diffae_attributes(section, folder, None, [], 0)
+
+
 def _diffae_configure(section, base=None):
     """The edit at ``base`` (None: the official ffhq256 settings) with the section's step counts."""
     from leat_jax.deepfakes import diffae
@@ -274,7 +324,8 @@ def diffae_pipeline(config=None, load=None, name: str = "diffae") -> EvalPipelin
         fake = deepfakes.Deepfake(name, diffae.pipeline(config), diffae.over_attributes_for(config),
                                   (config.unet.image_size,) * 2, deepfakes.get("diffae").attribute)
     return EvalPipeline(fake, load or functools.partial(_diffae_load, config=config), _diffae_attributes,
-                        functools.partial(_diffae_configure, base=config))
+                        functools.partial(_diffae_configure, base=config),
+                        functools.partial(_diffae_check, base=config))
 
 
 def _builtin(name: str) -> EvalPipeline:
@@ -287,13 +338,13 @@ def _builtin(name: str) -> EvalPipeline:
     except Exception as e:  # a pipeline module that fails to import
         raise SetupError(f"pipeline {name}: cannot be built ({type(e).__name__}: {e})") from None
     table = {
-        "styleclip": (_styleclip_load, _styleclip_attributes, None),
-        "simswap": (_simswap_load, _simswap_attributes, _simswap_configure),
-        "icface": (_icface_load, _icface_attributes, None),
-        "diffae": (_diffae_load, _diffae_attributes, _diffae_configure),
+        "styleclip": (_styleclip_load, _styleclip_attributes, None, _styleclip_check),
+        "simswap": (_simswap_load, _simswap_attributes, _simswap_configure, _simswap_check),
+        "icface": (_icface_load, _icface_attributes, None, _icface_check),
+        "diffae": (_diffae_load, _diffae_attributes, _diffae_configure, _diffae_check),
     }
-    load, attrs, configure = table[name]
-    return EvalPipeline(fake, load, attrs, configure)
+    load, attrs, configure, check = table[name]
+    return EvalPipeline(fake, load, attrs, configure, check)
 
 
 def extra_pipelines(entries: Sequence[str]) -> dict[str, EvalPipeline]:
