@@ -190,7 +190,7 @@ def simswap_identity_counts(section: Mapping, images: int) -> tuple[int, int]:
 def _simswap_check(section, folder, names):
     k, u = simswap_identity_counts(section, len(names))
     which = f"{', '.join(names[:k])} (known)" + (f", {', '.join(names[k:k + u])} (unknown)" if u else "")
-    how = ("set" if {"known", "unknown"} & set(section) else
+    how = ("as set in [simswap]" if {"known", "unknown"} & set(section) else
            "default: one per other image of the folder, at most 2 + 2; [simswap] known / unknown in --config")
     return f"[simswap] source identities: the faces of {which} ({how})"
 

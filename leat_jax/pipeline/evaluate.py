@@ -371,14 +371,17 @@ class _Loaded:
         return jax.tree.map(lambda *v: np.stack([np.asarray(a) for a in v]), *[a.value for a in self.all_attributes])
 
 
-def _load(plan: _Plan, clean_inputs: list[np.ndarray], seed: int) -> _Loaded:
+def _load(cfg, plan: _Plan, clean_inputs: list[np.ndarray], seed: int) -> _Loaded:
     """A checked pipeline's weights, attributes and functions (where networks are built)."""
     spec, pipe = plan.spec, plan.pipe
+    t0 = time.perf_counter()
     params = pipe.load(spec.folder, seed)
     known, unknown = pipe.attributes(plan.section, spec.folder, params, clean_inputs, seed)
     if not known and not unknown:
         raise SetupError(f"pipeline {spec.name}: no attributes to evaluate")
     apply, over = pipe.functions(plan.section)
+    _say(cfg, f"{spec.name}: {'stand-in weights' if spec.folder is None else 'weights'} and "
+              f"{len(known)} + {len(unknown)} attributes ready ({time.perf_counter() - t0:.1f}s)")
     return _Loaded(spec.name, pipe, params, list(known), list(unknown), apply, over, spec.folder)
 
 
@@ -737,7 +740,7 @@ def run(cfg: EvaluateConfig) -> dict:
     plans = _checked_pipelines(cfg, [rel for rel, _, _ in pairs])
     mesh = _baseline_mesh(cfg)
     out = _output_folder(cfg)
-    loaded = [_load(plan, [c.model_input() for _, c, _ in pairs], leat.seed) for plan in plans]
+    loaded = [_load(cfg, plan, [c.model_input() for _, c, _ in pairs], leat.seed) for plan in plans]
     warning = _stand_in_warning(loaded)
     if warning:
         print(warning, file=sys.stderr, flush=True)
