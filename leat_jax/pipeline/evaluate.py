@@ -692,8 +692,10 @@ def figure(rows, titles: list[str], warning: str | None):
             im = im.resize((TILE, max(1, round(TILE * im.height / im.width))) if im.width >= im.height
                            else (max(1, round(TILE * im.width / im.height)), TILE), Image.BILINEAR)
             sheet.paste(im, (pad + c * (TILE + pad), y))
-            if text:
-                draw.text((pad + c * (TILE + pad) + 3, y + 3), text, fill=(255, 255, 0))
+            if text:  # on a black box: readable on any tile
+                at = (pad + c * (TILE + pad) + 3, y + 3)
+                draw.rectangle(draw.textbbox(at, text), fill=(0, 0, 0))
+                draw.text(at, text, fill=(255, 255, 0))
         draw.text((pad, y + TILE + 1), rel[:60], fill=(80, 80, 80))
         y += TILE + label + pad
     return sheet
@@ -703,7 +705,9 @@ def _figure_content(loaded: list[_Loaded], pairs, cache: Mapping, shown: Mapping
     """(column titles, rows) of the figure: inputs, per pipeline its outputs (stand-in: and their difference)."""
     titles = ["clean input", "protected"]
     for p in loaded:
-        titles += [f"{p.name} clean out", f"{p.name} protected out"] + ([f"{p.name} |difference|"] * p.stand_in)
+        titles += [f"{p.name} clean out", f"{p.name} protected out"]
+        if p.stand_in:
+            titles.append(f"{p.name} |difference|")
     rows = []
     for rel, clean, prot in pairs:
         if (loaded[0].name, rel) not in shown:
@@ -711,7 +715,9 @@ def _figure_content(loaded: list[_Loaded], pairs, cache: Mapping, shown: Mapping
         tiles = [(clean.model_input(), None), (prot.model_input(), None)]
         for p in loaded:
             y_clean, y_prot = cache[(p.name, rel)][0][0], shown[(p.name, rel)]
-            tiles += [(y_clean, None), (y_prot, None)] + ([difference_tile(y_clean, y_prot)] * p.stand_in)
+            tiles += [(y_clean, None), (y_prot, None)]
+            if p.stand_in:  # random networks: near-flat outputs, so show what changed
+                tiles.append(difference_tile(y_clean, y_prot))
         rows.append((rel, tiles))
     return titles, rows
 
