@@ -258,35 +258,39 @@ def _read(path: Path, max_size: int) -> images.Decoded:
     return images.decode(path.read_bytes(), max_size)
 
 
+def _pair(item: inputs.Item, protected: Path, max_size: int):
+    """(rel, clean Decoded, protected Decoded), or the reason this image is left out (a string)."""
+    if item.problem:
+        return item.problem
+    target = protected / item.output
+    if not target.is_file():
+        return f"no protected version ({item.output})"
+    try:
+        a, b = _read(item.path, max_size), _read(target, max_size)
+    except (OSError, images.ImageError) as e:
+        return str(e).splitlines()[0]
+    if a.levels.shape[:2] != b.levels.shape[:2]:
+        return f"sizes differ: {a.levels.shape[:2]} vs {b.levels.shape[:2]}"
+    return item.rel, a, b
+
+
 def _pairs(cfg: EvaluateConfig):
     """[(rel, clean Decoded, protected Decoded)], [(rel, reason)] for those left out."""
     clean, protected = Path(cfg.clean), Path(cfg.protected)
-    if not clean.is_dir():
-        raise SetupError(f"{clean}: not a folder")
-    if not protected.is_dir():
-        raise SetupError(f"{protected}: not a folder")
+    for folder in (clean, protected):
+        if not folder.is_dir():
+            raise SetupError(f"{folder}: not a folder")
     try:
         items = inputs.discover(clean, Path(cfg.out))
     except inputs.InputError as e:
         raise SetupError(str(e)) from None
     pairs, skipped = [], []
     for item in items:
-        if item.problem:
-            skipped.append((item.rel, item.problem))
-            continue
-        target = protected / item.output
-        if not target.is_file():
-            skipped.append((item.rel, f"no protected version ({item.output})"))
-            continue
-        try:
-            a, b = _read(item.path, cfg.max_size), _read(target, cfg.max_size)
-        except (OSError, images.ImageError) as e:
-            skipped.append((item.rel, str(e).splitlines()[0]))
-            continue
-        if a.levels.shape[:2] != b.levels.shape[:2]:
-            skipped.append((item.rel, f"sizes differ: {a.levels.shape[:2]} vs {b.levels.shape[:2]}"))
-            continue
-        pairs.append((item.rel, a, b))
+        pair = _pair(item, protected, cfg.max_size)
+        if isinstance(pair, str):
+            skipped.append((item.rel, pair))
+        else:
+            pairs.append(pair)
     if not pairs:
         why = f" ({skipped[0][0]}: {skipped[0][1]})" if skipped else ""
         raise SetupError(f"no image of {clean} has a protected version in {protected}{why}")
@@ -568,15 +572,9 @@ def _fmt(v, pct=False):
     return f"{100 * v:.1f}%" if pct else f"{v:.4g}"
 
 
-def markdown(data: dict) -> str:
-    """The JSON report's tables as Markdown."""
-    lines = ["# leat-jax evaluation", ""]
-    if data.get("warning"):
-        lines += [f"**{data['warning']}**", ""]
-    lines += [f"{data['images']} image pairs; disrupted when the output MSE (in [-1, 1]) > {data['threshold']}. "
-              "Definitions: see `definitions` in the JSON report.", ""]
-    lines += ["| attack | pipeline | attributes | pairs | mean MSE | DSR | image DSR (all attributes) | "
-              "masked MSE | masked DSR |", "|---|---|---|---|---|---|---|---|---|"]
+def _pipeline_table(data: dict) -> list[str]:
+    lines = ["| attack | pipeline | attributes | pairs | mean MSE | DSR | image DSR (all attributes) | "
+             "masked MSE | masked DSR |", "|---|---|---|---|---|---|---|---|---|"]
     for attack, res in data["attacks"].items():
         for name, splits in res["pipelines"].items():
             for split in ("known", "unknown"):
@@ -585,23 +583,40 @@ def markdown(data: dict) -> str:
                     lines.append(f"| {attack} | {name} | {split} | {s['pairs']} | {_fmt(s['mean_mse'])} | "
                                  f"{_fmt(s['dsr'], True)} | {_fmt(s['image_dsr'], True)} | "
                                  f"{_fmt(s['mean_masked_mse'])} | {_fmt(s['masked_dsr'], True)} |")
-    lines += ["", "| attack | attributes | Avg-DSR | E-DSR | Avg masked DSR | E masked DSR |",
-              "|---|---|---|---|---|---|"]
+    return lines
+
+
+def _overall_table(data: dict) -> list[str]:
+    lines = ["| attack | attributes | Avg-DSR | E-DSR | Avg masked DSR | E masked DSR |", "|---|---|---|---|---|---|"]
     for attack, res in data["attacks"].items():
         for split in ("known", "unknown", "all"):
             o = res["overall"].get(split)
             if o:
                 lines.append(f"| {attack} | {split} | {_fmt(o['avg_dsr'], True)} | {_fmt(o['e_dsr'], True)} | "
                              f"{_fmt(o['avg_masked_dsr'], True)} | {_fmt(o['e_masked_dsr'], True)} |")
-    lines += ["", "| attack | PSNR (dB) | SSIM | max L-inf | attack, seconds per image | "
-              "this evaluation, seconds per image |", "|---|---|---|---|---|---|"]
+    return lines
+
+
+def _cost_table(data: dict) -> list[str]:
+    lines = ["| attack | PSNR (dB) | SSIM | max L-inf | attack, seconds per image | "
+             "this evaluation, seconds per image |", "|---|---|---|---|---|---|"]
     for attack, res in data["attacks"].items():
         im = res["imperceptibility"]
         lines.append(f"| {attack} | {_fmt(im['psnr'])} | {_fmt(im['ssim'])} | {_fmt(im['linf'])} | "
                      f"{_fmt(res.get('attack_seconds_per_image'))} | {_fmt(res.get('evaluation_seconds_per_image'))} |")
-    lines += ["", "Attack seconds: LEAT's from the immunize report in the protected folder (- when there is none), "
-              "the baseline's measured here; evaluation seconds: every pipeline's passes on the clean and attacked "
-              "image (clean outputs computed once, on the first attack).", "", "Attributes:", ""]
+    return lines + ["", "Attack seconds: LEAT's from the immunize report in the protected folder (- when there is "
+                    "none), the baseline's measured here; evaluation seconds: every pipeline's passes on the clean "
+                    "and attacked image (clean outputs computed once, on the first attack)."]
+
+
+def markdown(data: dict) -> str:
+    """The JSON report (``run``'s) as Markdown tables."""
+    lines = ["# leat-jax evaluation", ""]
+    if data.get("warning"):
+        lines += [f"**{data['warning']}**", ""]
+    lines += [f"{data['images']} image pairs; disrupted when the output MSE (in [-1, 1]) > {data['threshold']}. "
+              "Definitions: see `definitions` in the JSON report.", ""]
+    lines += [*_pipeline_table(data), "", *_overall_table(data), "", *_cost_table(data), "", "Attributes:", ""]
     for name, a in data["attributes"].items():
         lines.append(f"- {name}: known {', '.join(a['known']) or '-'}; unknown {', '.join(a['unknown']) or '-'}")
     return "\n".join(lines) + "\n"
