@@ -134,7 +134,8 @@ def _add_evaluate(sub) -> None:
             "DiffAE 2 + 2 DDIM steps and 1 + 1 attributes, ICface 1 + 1 driving vectors, SimSwap one identity per "
             "other image): about 17 minutes measured on a shared 2-core CPU, 80% of it DiffAE and StyleCLIP at "
             "their real sizes; --pipelines simswap,icface takes about 3.5 minutes. "
-            "LEAT_EXTRA_DEEPFAKES=module:function[,...] adds pipelines (a function returning {name: EvalPipeline}), for tests and experiments."
+            "LEAT_EXTRA_DEEPFAKES=module:function[,...] adds pipelines (a function returning "
+            "{name: EvalPipeline}), for tests and experiments."
         ),
     )
     p.add_argument("paths", nargs="+", metavar="CLEAN_DIR PROTECTED_DIR OUT_DIR", help=argparse.SUPPRESS)
