@@ -106,6 +106,15 @@ def test_every_pipelines_settings_are_checked_first(tmp_path, no_networks, compi
     assert compilations == []
 
 
+def test_a_converted_folder_missing_a_network_fails_before_loading(tmp_path, capsys, no_networks, compilations):
+    clean, prot = _folders(tmp_path, 3)
+    (tmp_path / "simswap" / "simswap_id").mkdir(parents=True)
+    rc, err = _evaluate(capsys, clean, prot, tmp_path / "out", "--pipelines", f"icface,simswap={tmp_path / 'simswap'}",
+                        "--stand-in-weights", "--quiet")
+    assert rc == cli.EXIT_SETUP and f"{tmp_path / 'simswap'}: no simswap_full/ (each made by `leat-jax convert`)" in err
+    assert compilations == []
+
+
 @pytest.mark.parametrize("images, known, unknown", [(1, 1, 0), (2, 1, 0), (3, 1, 1), (4, 2, 1), (5, 2, 2), (9, 2, 2)])
 def test_simswap_identity_default_fits_the_folder(images, known, unknown):
     """One identity per other image of the folder, at least one, at most 2 + 2; explicit counts are kept."""

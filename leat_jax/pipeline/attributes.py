@@ -114,6 +114,13 @@ def _sub(folder: str | None, name: str):
     return params
 
 
+def _need(folder: str | None, *subs: str) -> None:
+    """A converted pipeline folder must hold these sub-folders (checked before anything is loaded)."""
+    missing = [n for n in subs if folder is not None and not (Path(folder) / n).is_dir()]
+    if missing:
+        raise SetupError(f"{folder}: no {', '.join(n + '/' for n in missing)} (each made by `leat-jax convert`)")
+
+
 # ---------------------------------------------------------------- StyleCLIP
 
 def _styleclip_load(folder, seed):
@@ -147,6 +154,7 @@ def _styleclip_choice(section, folder):
 
 
 def _styleclip_check(section, folder, names):
+    _need(folder, "e4e", "stylegan2")
     _styleclip_choice(section, folder)
 
 
@@ -188,6 +196,7 @@ def simswap_identity_counts(section: Mapping, images: int) -> tuple[int, int]:
 
 
 def _simswap_check(section, folder, names):
+    _need(folder, "simswap_full", "simswap_id")
     k, u = simswap_identity_counts(section, len(names))
     which = f"{', '.join(names[:k])} (known)" + (f", {', '.join(names[k:k + u])} (unknown)" if u else "")
     how = ("as set in [simswap]" if {"known", "unknown"} & set(section) else
@@ -236,6 +245,7 @@ def driving_vectors(count: int, seed: int) -> np.ndarray:
 
 
 def _icface_check(section, folder, names):
+    _need(folder, "icface", "icface_full")
     _icface_attributes(section, folder, None, [], 0)  # numpy only: the settings' errors, no network
 
 
@@ -284,6 +294,7 @@ def _diffae_attributes(section, folder, params, images, seed):
 
 
 def _diffae_check(section, folder, names, base=None):
+    _need(folder, "encoder", "unet", "classifier")
     _diffae_configure(section, base)  # builds nothing: the jitted functions compile on first call
     _diffae_attributes(section, folder, None, [], 0)
 
