@@ -171,23 +171,30 @@ def _add_evaluate(sub) -> None:
     p = sub.add_parser(
         "evaluate",
         help="measure how much protected images disrupt deepfake pipelines (DSR, PSNR, SSIM)",
+        usage="leat-jax evaluate [options] CLEAN_DIR PROTECTED_DIR OUT_DIR\n"
+              "       leat-jax evaluate [options] --samples DEMO_DIR [OUT_DIR]",
         description=(
             "Run the deepfake pipelines on every image under CLEAN_DIR and its protected version under "
             "PROTECTED_DIR (same relative path, as immunize writes it), for every known and unknown target "
-            "attribute, and write a JSON report, a Markdown table and a figure into OUT_DIR. "
-            "Exit code 0: done; 2: could not start."
+            "attribute, and write a JSON report, a Markdown table and a figure into OUT_DIR. Every check that "
+            "needs no weights runs before any network is built. Exit code 0: done; 2: could not start."
         ),
         epilog=(
             f"Pipelines: --pipelines NAME=DIR,... with NAME among {pipeline_names} (folders of converted "
             "networks, in the sub-folders each pipeline's PARTS in leat_jax/deepfakes/NAME.py names), or bare "
-            "names with --stand-in-weights (random weights: the numbers mean nothing). "
-            "LEAT_EXTRA_DEEPFAKES=module:function[,...] adds pipelines (a function returning "
-            "{name: Deepfake}), for tests and experiments."
+            "names with --stand-in-weights (random weights: the numbers mean nothing). --samples DEMO_DIR: the "
+            "bundled sample faces against what `leat-jax immunize --samples DEMO_DIR` wrote (scripts/demo.sh: "
+            "out/demo), report in DEMO_DIR/evaluation unless OUT_DIR is given; every pipeline on stand-in weights "
+            "at its cheapest settings (StyleCLIP 1 + 1 mappers, DiffAE 2 + 2 DDIM steps and 1 + 1 attributes, "
+            "ICface 1 + 1 driving vectors, SimSwap one face per other image): about 17 minutes measured on a "
+            "shared 2-core CPU, 80% of it DiffAE and StyleCLIP at their real sizes; --pipelines simswap,icface "
+            "takes about 3.5 minutes. LEAT_EXTRA_DEEPFAKES=module:function[,...] adds pipelines (a function "
+            "returning {name: Deepfake}), for tests and experiments."
         ),
     )
-    p.add_argument("clean", metavar="CLEAN_DIR", help="the original images")
-    p.add_argument("protected", metavar="PROTECTED_DIR", help="their protected versions (immunize's DST)")
-    p.add_argument("out", metavar="OUT_DIR", help="where the report, table and figure go")
+    p.add_argument("paths", nargs="+", metavar="CLEAN_DIR PROTECTED_DIR OUT_DIR", help=argparse.SUPPRESS)
+    p.add_argument("--samples", action="store_true", help="evaluate the demo's output (DEMO_DIR) against the "
+                   "bundled sample faces, every pipeline on stand-in weights (then give DEMO_DIR [OUT_DIR])")
     p.add_argument("--pipelines", metavar="NAME=DIR,...", help="pipelines and their converted networks")
     p.add_argument("--config", metavar="FILE.toml", help="settings file ([pipelines], per-pipeline attribute "
                    "tables with known / unknown, [attack] for the baseline, threshold, seed)")
@@ -212,16 +219,23 @@ def _evaluate(args, parser) -> int:
     from leat_jax.pipeline import evaluate
     from leat_jax.pipeline.attributes import EXTRA_DEEPFAKES_ENV
 
+    if args.samples and len(args.paths) not in (1, 2):
+        parser.error("evaluate --samples takes DEMO_DIR [OUT_DIR]")
+    if not args.samples and len(args.paths) != 3:
+        parser.error("evaluate takes CLEAN_DIR PROTECTED_DIR OUT_DIR (or --samples DEMO_DIR [OUT_DIR])")
     extra = tuple(e for e in os.environ.get(EXTRA_DEEPFAKES_ENV, "").split(",") if e.strip())
     try:
         toml = evaluate.read_toml(args.config) if args.config else {}
-        cfg = evaluate.build(
-            args.clean, args.protected, args.out, toml,
+        flags = dict(
             pipelines=evaluate.parse_pipelines(args.pipelines) if args.pipelines else None,
             stand_in_weights=args.stand_in_weights, baseline=args.baseline, seed=args.seed,
             threshold=args.threshold, figure_rows=args.figure_rows, quiet=args.quiet, devices=args.devices,
             countermeasure=args.countermeasure, extra_pipelines=extra or None,
         )
+        if args.samples:
+            cfg = evaluate.build_samples(*args.paths, toml=toml, **flags)
+        else:
+            cfg = evaluate.build(*args.paths, toml, **flags)
         evaluate.run(cfg)
     except SetupError as e:
         _error(str(e))

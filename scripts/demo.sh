@@ -4,9 +4,14 @@
 # weights of DiffAE and SimSwap's generator (random networks of the real
 # architectures: this output protects against NOTHING; it shows the job
 # working). About 2-4 minutes on 2 CPU cores. Extra arguments go to
-# `leat-jax immunize` (e.g. --iterations 50, --force).
+# `leat-jax immunize` (e.g. --iterations 50, --force). At its end it prints
+# the command that evaluates this output on the deepfake pipelines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m leat_jax immunize --samples out/demo \
+.venv/bin/python -m leat_jax immunize --samples out/demo \
   --stand-in-weights --victims diffae,simswap_G --iterations 5 "$@"
+echo
+echo "Next, what this output does to the four deepfake pipelines (stand-in weights again, so the numbers"
+echo "mean nothing; about 17 minutes on 2 CPU cores, add --pipelines simswap,icface for 3.5 minutes):"
+echo "  .venv/bin/leat-jax evaluate --samples out/demo"

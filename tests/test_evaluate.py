@@ -245,13 +245,19 @@ def test_evaluate_end_to_end_with_baseline(protected, tmp_path, capsys):
         assert res["pipelines"]["toy_pipe"]["unknown"]["dsr"] == 1.0  # threshold 0.001: every pair
         assert res["overall"]["all"]["e_dsr"] == 1.0
         assert 25 < res["imperceptibility"]["psnr"] < 60 and res["imperceptibility"]["linf"] <= 0.05 + 1e-9
-        assert res["seconds_per_image"] > 0  # LEAT's from the immunize report
+        assert res["attack_seconds_per_image"] > 0  # LEAT's from the immunize report, the baseline's measured
+        assert res["evaluation_seconds_per_image"] > 0
         assert set(res["per_image"]) == {"a.png", "b.jpg", "sub/c.png"}
+    imm = json.loads((prot / "leat-jax-report.json").read_text())["run"]
+    leat = data["attacks"]["leat"]
+    assert leat["attack_seconds_per_image"] == pytest.approx(imm["seconds"] / imm["protected"])
     assert (out / "baseline" / "sub" / "c.png").is_file()
     md = (out / "leat-jax-evaluation.md").read_text()
     assert "mean NOTHING" in md and "| leat | toy_pipe | unknown | 6 |" in md and "| image_space | toy_pipe | known | 3 |" in md
+    assert "| attack, seconds per image | this evaluation, seconds per image |" in md
+    assert f"| {leat['attack_seconds_per_image']:.4g} | {leat['evaluation_seconds_per_image']:.4g} |" in md
     fig = Image.open(out / "leat-jax-evaluation.png")
-    assert fig.width > 4 * 128 and fig.height > 3 * 128  # 4 columns, 3 rows
+    assert fig.width > 5 * 128 and fig.height > 3 * 128  # 5 columns (stand-in: the difference too), 3 rows
 
 
 def test_baseline_never_sees_unknown_attributes(protected, tmp_path, capsys):

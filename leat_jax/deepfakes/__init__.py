@@ -70,6 +70,10 @@ class Deepfake:
         holding more than ``apply`` takes); None: those two.
       parts: sub-folder of the pipeline's folder -> the ``leat-jax convert``
         model name that writes it (``<...>``: one folder per attribute).
+      check: ``(section, folder or None, clean image names) -> note or None``:
+        the section's settings checked against the folder listing alone (no
+        weights, no network; ``SetupError``), run before anything is loaded;
+        the note says which defaults were taken. None: nothing to check.
     """
 
     name: str
@@ -81,6 +85,7 @@ class Deepfake:
     attributes: Callable[..., tuple[list[Attribute], list[Attribute]]] | None = None
     configure: Callable[[Mapping], tuple[Callable, Callable]] | None = None
     parts: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    check: Callable[[Mapping, str | None, Any], str | None] | None = None
 
     def functions(self, section: Mapping) -> tuple[Callable, Callable]:
         """(apply, over_attributes) for this TOML section's settings."""

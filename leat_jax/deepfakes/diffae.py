@@ -372,6 +372,12 @@ def configure(section, base: DiffAEConfig | None = None):
     return pipeline(config), over_attributes_for(config)
 
 
+def check(section, folder, names, base: DiffAEConfig | None = None):
+    """The section's step counts and attributes (builds nothing: the jitted functions compile on first call)."""
+    configure(section, base)
+    attributes(section, folder, None, [], 0)
+
+
 DEEPFAKE = Deepfake(
     name="diffae",
     apply=edit,
@@ -383,6 +389,7 @@ DEEPFAKE = Deepfake(
     attributes=attributes,
     configure=configure,
     parts=PARTS,
+    check=check,
 )
 
 
@@ -394,7 +401,7 @@ def at_config(config: DiffAEConfig, load_fn=None, name: str = "diffae") -> Deepf
     return dataclasses.replace(
         DEEPFAKE, name=name, apply=pipeline(config), over_attributes=over_attributes_for(config),
         output_size=(config.unet.image_size,) * 2, load=load_fn or functools.partial(load, config=config),
-        configure=functools.partial(configure, base=config))
+        configure=functools.partial(configure, base=config), check=functools.partial(check, base=config))
 
 
 __all__ = [

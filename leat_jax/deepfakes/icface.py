@@ -160,6 +160,11 @@ def attributes(section, folder, params, images, seed):
     return attrs[:k], attrs[k:]
 
 
+def check(section, folder, names):
+    """The section's counts, seed and driving CSVs (numpy only: no network)."""
+    attributes(section, folder, None, [], 0)
+
+
 DEEPFAKE = Deepfake(
     name="icface",
     apply=animate,
@@ -169,4 +174,5 @@ DEEPFAKE = Deepfake(
     load=load,
     attributes=attributes,
     parts=PARTS,
+    check=check,
 )

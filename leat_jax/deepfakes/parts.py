@@ -1,4 +1,4 @@
-"""What the pipelines' declarations share: reading a converted part, checking a TOML count.
+"""What the pipelines' declarations share: reading a converted part, checking parts and a TOML count.
 
 Both fail with a one-line ``SetupError`` naming the folder or the setting.
 """
@@ -28,6 +28,18 @@ def load_part(folder, sub: str):
     except OSError as e:
         raise SetupError(f"{path}: {e.strerror or e}") from None
     return params
+
+
+def require_parts(folder, parts: Mapping[str, str]) -> None:
+    """Every sub-folder ``parts`` names exists under ``folder`` (None: stand-ins, nothing to check).
+
+    Names holding ``<...>`` (one folder per attribute) are the attributes' to check.
+    """
+    if folder is None:
+        return
+    missing = [sub for sub in parts if "<" not in sub and not (Path(folder) / sub).is_dir()]
+    if missing:
+        raise SetupError(f"{folder}: no {', '.join(sub + '/' for sub in missing)} (each made by `leat-jax convert`)")
 
 
 def count(section: Mapping, key: str, default: int, name: str) -> int:

@@ -75,16 +75,50 @@ def load(folder, seed):
     return {"generator": load_part(folder, "simswap_full"), "arcface": load_part(folder, "simswap_id")}
 
 
-def attributes(section, folder, params, images, seed):
-    """Counts of source identities, default ``known = 2``, ``unknown = 2``.
+MOST_FACES = 4  # the default's cap: known 2 + unknown 2
 
-    The ArcFace identities of the first clean images of the folder, in sorted
-    order (known first); an image that is itself a source is swapped with its
-    own identity for that attribute (documented, not excluded).
+
+def face_counts(section, images: int, name: str = "simswap", what: str = "source identities") -> tuple[int, int]:
+    """(known, unknown) faces of the folder to swap with, for a folder of ``images`` clean images.
+
+    Default: one per *other* image of the folder (at least one, at most
+    ``MOST_FACES``), known rounded up: 2 images give 1 + 0, 3 give 1 + 1.
+    ``SetupError`` when the section asks for more than the folder holds.
     """
-    k, u = count(section, "known", 2, "simswap"), count(section, "unknown", 2, "simswap")
-    if k + u > len(images):
-        raise SetupError(f"[simswap] {k + u} source identities asked for, but the folder has {len(images)} images")
+    room = max(1, min(MOST_FACES, images - 1))
+    k = count(section, "known", (room + 1) // 2, name)
+    u = count(section, "unknown", max(0, room - k), name)
+    if k + u > images:
+        raise SetupError(f"[{name}] {k + u} {what} asked for (known {k} + unknown {u}), but the folder "
+                         f"has {images} image(s): lower known / unknown in the --config file's [{name}] table")
+    if k + u == 0:
+        raise SetupError(f"[{name}] known and unknown are both 0: no face to swap with")
+    return k, u
+
+
+def _note(section, names, name: str, what: str) -> str:
+    k, u = face_counts(section, len(names), name, what)
+    which = f"{', '.join(names[:k])} (known)" + (f", {', '.join(names[k:k + u])} (unknown)" if u else "")
+    how = (f"as set in [{name}]" if {"known", "unknown"} & set(section) else
+           f"default: one per other image of the folder, at most 2 + 2; [{name}] known / unknown in --config")
+    return f"[{name}] {what}: the faces of {which} ({how})"
+
+
+def check(section, folder, names):
+    """The identity counts against the folder's clean images ``names`` (sorted); a note naming the sources."""
+    return _note(section, names, "simswap", "source identities")
+
+
+def target_check(section, folder, names):
+    """The target counts against the folder's clean images ``names`` (sorted); a note naming the targets."""
+    return _note(section, names, "simswap_source", "target faces")
+
+
+def attributes(section, folder, params, images, seed):
+    """Source identities (``face_counts``): the ArcFace identities of the first clean images of the folder, in
+    sorted order (known first); an image that is itself a source is swapped with its own identity for that
+    attribute (documented, not excluded)."""
+    k, u = face_counts(section, len(images))
     ids = [np.asarray(source_identity(params["arcface"], np.asarray(im)[None]))[0] for im in images[:k + u]]
     attrs = [Attribute(f"identity of image {i}", v) for i, v in enumerate(ids)]
     return attrs[:k], attrs[k:]
@@ -119,9 +153,7 @@ def target_attributes(section, folder, params, images, seed):
     """Counts of target faces, default ``known = 2``, ``unknown = 2``: the first clean images of the folder
     in sorted order (known first), at 224; an image that is itself a target gets its own identity back
     for that attribute (documented, not excluded)."""
-    k, u = count(section, "known", 2, "simswap_source"), count(section, "unknown", 2, "simswap_source")
-    if k + u > len(images):
-        raise SetupError(f"[simswap_source] {k + u} target faces asked for, but the folder has {len(images)} images")
+    k, u = face_counts(section, len(images), "simswap_source", "target faces")
     faces = [np.asarray(resize(jnp.asarray(im)[None], INPUT_SIZE))[0] for im in images[:k + u]]
     attrs = [Attribute(f"face of image {i} as target", f) for i, f in enumerate(faces)]
     return attrs[:k], attrs[k:]
@@ -137,6 +169,7 @@ DEEPFAKE = Deepfake(
     attributes=attributes,
     configure=configure,
     parts=PARTS,
+    check=check,
 )
 
 SOURCE = Deepfake(
@@ -148,4 +181,5 @@ SOURCE = Deepfake(
     load=load,
     attributes=target_attributes,
     parts=PARTS,
+    check=target_check,
 )

@@ -96,17 +96,10 @@ def _check_names(section, folder):
                              f"got {v!r}")
 
 
-def attributes(section, folder, params, images, seed):
-    """Mapper prompt names (sub-folders of ``mappers/``).
-
-    Default: every mapper found, sorted, the first half (rounded up) known. On
-    stand-in weights (``folder`` None): ``known = 2``, ``unknown = 2`` stand-in
-    mappers (seeds ``seed + 1``, ...).
-    """
+def choice(section, folder):
+    """(known, unknown): counts of stand-in mappers (``folder`` None), or mapper names found under ``folder``."""
     if folder is None:
-        k, u = count(section, "known", 2, "styleclip"), count(section, "unknown", 2, "styleclip")
-        stand_in = [Attribute(f"stand-in mapper {i}", mapper().init(seed + 1 + i)) for i in range(k + u)]
-        return stand_in[:k], stand_in[k:]
+        return count(section, "known", 2, "styleclip"), count(section, "unknown", 2, "styleclip")
     _check_names(section, folder)
     found = sorted(p.name for p in (Path(folder) / "mappers").glob("*") if p.is_dir())
     known, unknown = section.get("known"), section.get("unknown")
@@ -117,6 +110,25 @@ def attributes(section, folder, params, images, seed):
     for n in [*known, *unknown]:
         if n not in found:
             raise SetupError(f"[styleclip] no mapper {n!r} in {Path(folder) / 'mappers'}; found: {', '.join(found)}")
+    return known, unknown
+
+
+def check(section, folder, names):
+    """The mapper choice, before anything is loaded."""
+    choice(section, folder)
+
+
+def attributes(section, folder, params, images, seed):
+    """Mapper prompt names (sub-folders of ``mappers/``).
+
+    Default: every mapper found, sorted, the first half (rounded up) known. On
+    stand-in weights (``folder`` None): ``known = 2``, ``unknown = 2`` stand-in
+    mappers (seeds ``seed + 1``, ...).
+    """
+    known, unknown = choice(section, folder)
+    if folder is None:
+        stand_in = [Attribute(f"stand-in mapper {i}", mapper().init(seed + 1 + i)) for i in range(known + unknown)]
+        return stand_in[:known], stand_in[known:]
     return ([Attribute(n, load_part(Path(folder) / "mappers", n)) for n in known],
             [Attribute(n, load_part(Path(folder) / "mappers", n)) for n in unknown])
 
@@ -130,4 +142,5 @@ DEEPFAKE = Deepfake(
     load=load,
     attributes=attributes,
     parts=PARTS,
+    check=check,
 )

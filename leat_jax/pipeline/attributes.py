@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from leat_jax import deepfakes
 from leat_jax.deepfakes import Attribute, Deepfake
+from leat_jax.deepfakes.parts import require_parts
 from leat_jax.errors import SetupError
 from leat_jax.pipeline.victimset import load_extras
 
@@ -36,19 +37,29 @@ class EvalPipeline:
     Attributes:
       deepfake: the pure pipeline (``apply``, ``over_attributes``, ``output_size``).
       load, attributes, configure: as ``Deepfake``'s fields of those names.
+      check: ``(section, folder or None, clean image names) -> note or None``:
+        every check of the settings that needs no weights and builds no
+        network (raises ``SetupError``), run for all pipelines before any is
+        loaded; the note says which defaults were taken. None: none.
     """
 
     deepfake: Any
     load: Callable[[str | None, int], Any]
     attributes: Callable[..., tuple[list[Attribute], list[Attribute]]]
     configure: Callable[[Mapping], tuple[Callable, Callable]] | None = None
+    check: Callable[[Mapping, str | None, Sequence[str]], str | None] | None = None
 
     @classmethod
     def of(cls, fake: Deepfake) -> "EvalPipeline":
         """The evaluation view of a declaration; ``SetupError`` when it lacks a loader or attributes."""
         if fake.load is None or fake.attributes is None:
             raise SetupError(f"pipeline {fake.name}: its Deepfake declares no load or attributes function")
-        return cls(fake, fake.load, fake.attributes, fake.configure)
+
+        def check(section, folder, names):
+            require_parts(folder, fake.parts)
+            return fake.check(section, folder, names) if fake.check is not None else None
+
+        return cls(fake, fake.load, fake.attributes, fake.configure, check)
 
     def functions(self, section: Mapping) -> tuple[Callable, Callable]:
         """(apply, over_attributes) for this section's settings."""

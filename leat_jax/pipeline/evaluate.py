@@ -11,7 +11,13 @@ known and unknown), and writes into OUT_DIR:
   PSNR / SSIM of the protection, per-image distances, timings;
 * ``leat-jax-evaluation.md``: the same as tables;
 * ``leat-jax-evaluation.png``: per image, clean input, protected input, and
-  per pipeline its clean and protected output (first attribute).
+  per pipeline its clean and protected output (first attribute); on stand-in
+  weights also their difference, amplified, with its scale.
+
+Every check that needs no weights (folders, images, pipeline names and
+folders, each pipeline's settings against the folder, devices) runs before
+any network is built. ``build_samples`` is ``--samples``: the demo's
+output against the bundled samples, every pipeline on stand-in weights.
 
 With ``baseline``, the image-space attack (``attack.image_space``) runs on
 the clean images over the *known* attributes only, with LEAT's settings (read
@@ -32,13 +38,21 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from PIL import Image, ImageDraw
 
-from leat_jax import __version__
+from leat_jax import __version__, deepfakes
 from leat_jax.attack import AttackConfig
+from leat_jax.attack.image_space import make_sharded_image_attack
 from leat_jax.errors import SetupError
+from leat_jax.parallel.mesh import data_mesh, replicate
 from leat_jax.pipeline import attributes as attrs_mod
 from leat_jax.pipeline import countermeasures, images, inputs, metrics
+from leat_jax.pipeline.config import load_toml
+from leat_jax.pipeline.immunize import SAMPLES
+from leat_jax.victims.base import resize
 
 REPORT_JSON = "leat-jax-evaluation.json"
 REPORT_MD = "leat-jax-evaluation.md"
@@ -143,8 +157,6 @@ def read_toml(path) -> dict[str, Any]:
         known = 2
         unknown = 2
     """
-    from leat_jax.pipeline.config import load_toml
-
     path = Path(path)
     data = load_toml(path)
     out: dict[str, Any] = {"sections": {}}
@@ -169,6 +181,38 @@ def read_toml(path) -> dict[str, Any]:
     return out
 
 
+# --samples: the cheapest settings that still split known / unknown (README: minutes per pipeline on a CPU)
+SAMPLES_SECTIONS = {
+    "styleclip": {"known": 1, "unknown": 1},
+    "diffae": {"known": ["Smiling:0.3"], "unknown": ["Young:-0.3"], "inversion_steps": 2, "render_steps": 2},
+    "icface": {"known": 1, "unknown": 1},
+}
+
+
+SAMPLES_OUT = "evaluation"  # --samples: the report's default folder, inside the demo's output
+
+
+def build_samples(protected, out=None, toml: Mapping[str, Any] | None = None, **flags) -> EvaluateConfig:
+    """``--samples``: the bundled sample faces against ``protected`` (what ``immunize --samples`` wrote).
+
+    Args:
+      protected: the demo's output folder.
+      out: where the report goes (None: ``protected/evaluation``).
+      toml: ``read_toml``'s settings: they update every pipeline on stand-in weights at ``SAMPLES_SECTIONS``.
+      flags: as ``build``'s.
+    Returns:
+      the config.
+    """
+    toml = dict(toml or {})
+    sections = {n: dict(v) for n, v in SAMPLES_SECTIONS.items()}
+    for name, table in toml.pop("sections", {}).items():
+        sections[name] = {**sections.get(name, {}), **table}
+    settings = {"pipelines": tuple(PipelineSpec(n) for n in deepfakes.NAMES), "stand_in_weights": True,
+                **toml, "sections": sections}
+    out = Path(protected) / SAMPLES_OUT if out is None else out
+    return build(SAMPLES, protected, out, settings, **flags)
+
+
 def build(clean, protected, out, toml: Mapping[str, Any] | None = None, **flags) -> EvaluateConfig:
     """Defaults < ``toml`` < ``flags`` (None: not given)."""
     values = {**dict(toml or {}), **{k: v for k, v in flags.items() if v is not None}}
@@ -181,14 +225,18 @@ def build(clean, protected, out, toml: Mapping[str, Any] | None = None, **flags)
     return EvaluateConfig(clean=str(clean), protected=str(protected), out=str(out), **values)
 
 
-# ---------------------------------------------------------------- the job
+
+# ---------------------------------------------------------------- checks that need no weights
 
 
-def _immunize_report(protected: Path) -> dict | None:
-    try:
-        return json.loads((protected / inputs.REPORT).read_text())
-    except (OSError, ValueError):
-        return None
+@dataclasses.dataclass(frozen=True)
+class _Leat:
+    """What PROTECTED_DIR's immunize report says of LEAT's run (defaults when there is none)."""
+
+    report: dict | None
+    seed: int
+    attack: AttackConfig
+    seconds_per_image: float | None
 
 
 def check_baseline_settings(cfg: EvaluateConfig, imm_settings: dict, attack: AttackConfig | None) -> None:
@@ -202,52 +250,129 @@ def check_baseline_settings(cfg: EvaluateConfig, imm_settings: dict, attack: Att
                          f"{' and '.join(missing)} to match; give them explicitly")
 
 
-def _leat_seconds_per_image(report: dict | None) -> float | None:
+def _leat_settings(cfg: EvaluateConfig) -> _Leat:
+    """The seed and the baseline's attack settings: the config's, else LEAT's (the baseline refuses to guess)."""
+    try:
+        report = json.loads((Path(cfg.protected) / inputs.REPORT).read_text())
+    except (OSError, ValueError):
+        report = None
+    settings = (report or {}).get("settings") or {}
+    seed = cfg.seed if cfg.seed is not None else int(settings.get("seed", 0) or 0)
+    attack = cfg.attack
+    if attack is None:
+        fields = {f.name for f in dataclasses.fields(AttackConfig)}
+        try:
+            attack = AttackConfig(**{k: v for k, v in (settings.get("attack") or {}).items() if k in fields})
+        except (TypeError, ValueError):
+            attack = None
+    if cfg.baseline:
+        check_baseline_settings(cfg, settings, attack)
     run = (report or {}).get("run") or {}
-    if run.get("seconds") and run.get("protected"):
-        return float(run["seconds"]) / float(run["protected"])
-    return None
+    per_image = float(run["seconds"]) / float(run["protected"]) if run.get("seconds") and run.get("protected") else None
+    return _Leat(report, seed, attack or AttackConfig(), per_image)
 
 
 def _read(path: Path, max_size: int) -> images.Decoded:
     return images.decode(path.read_bytes(), max_size)
 
 
+def _pair(item: inputs.Item, protected: Path, max_size: int, countermeasure: str | None = None):
+    """(rel, clean Decoded, protected Decoded), or the reason this image is left out (a string).
+
+    ``countermeasure``: applied to the protected image as read (``countermeasures``), as an upload would.
+    """
+    if item.problem:
+        return item.problem
+    target = protected / item.output
+    if not target.is_file():
+        return f"no protected version ({item.output})"
+    try:
+        a, b = _read(item.path, max_size), _read(target, max_size)
+        if countermeasure:
+            b = countermeasures.apply_decoded(countermeasure, b)
+    except (OSError, images.ImageError) as e:
+        return str(e).splitlines()[0]
+    if a.levels.shape[:2] != b.levels.shape[:2]:
+        return f"sizes differ: {a.levels.shape[:2]} vs {b.levels.shape[:2]}"
+    return item.rel, a, b
+
+
 def _pairs(cfg: EvaluateConfig):
     """[(rel, clean Decoded, protected Decoded)], [(rel, reason)] for those left out."""
     clean, protected = Path(cfg.clean), Path(cfg.protected)
-    if not clean.is_dir():
-        raise SetupError(f"{clean}: not a folder")
-    if not protected.is_dir():
-        raise SetupError(f"{protected}: not a folder")
+    for folder in (clean, protected):
+        if not folder.is_dir():
+            raise SetupError(f"{folder}: not a folder")
     try:
         items = inputs.discover(clean, Path(cfg.out))
     except inputs.InputError as e:
         raise SetupError(str(e)) from None
     pairs, skipped = [], []
     for item in items:
-        if item.problem:
-            skipped.append((item.rel, item.problem))
-            continue
-        target = protected / item.output
-        if not target.is_file():
-            skipped.append((item.rel, f"no protected version ({item.output})"))
-            continue
-        try:
-            a, b = _read(item.path, cfg.max_size), _read(target, cfg.max_size)
-            if cfg.countermeasure:
-                b = countermeasures.apply_decoded(cfg.countermeasure, b)
-        except (OSError, images.ImageError) as e:
-            skipped.append((item.rel, str(e).splitlines()[0]))
-            continue
-        if a.levels.shape[:2] != b.levels.shape[:2]:
-            skipped.append((item.rel, f"sizes differ: {a.levels.shape[:2]} vs {b.levels.shape[:2]}"))
-            continue
-        pairs.append((item.rel, a, b))
+        pair = _pair(item, protected, cfg.max_size, cfg.countermeasure)
+        if isinstance(pair, str):
+            skipped.append((item.rel, pair))
+        else:
+            pairs.append(pair)
     if not pairs:
         why = f" ({skipped[0][0]}: {skipped[0][1]})" if skipped else ""
         raise SetupError(f"no image of {clean} has a protected version in {protected}{why}")
     return pairs, skipped
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """A pipeline whose settings passed every check that needs no weights."""
+
+    spec: PipelineSpec
+    pipe: attrs_mod.EvalPipeline
+    section: dict
+
+
+def _checked_pipelines(cfg: EvaluateConfig, names: list[str]) -> list[_Plan]:
+    """Names, folders and each pipeline's settings against the clean images ``names``, before any loading."""
+    if not cfg.pipelines:
+        raise SetupError("no pipelines: give --pipelines NAME=DIR,... (or bare names with --stand-in-weights)")
+    given = [p.name for p in cfg.pipelines]
+    dup = sorted({n for n in given if given.count(n) > 1})
+    if dup:
+        raise SetupError(f"pipeline {dup[0]!r} is named twice")
+    extra = attrs_mod.extra_pipelines(cfg.extra_pipelines)
+    plans = [_Plan(spec, attrs_mod.resolve(spec.name, extra), dict(cfg.sections.get(spec.name, {})))
+             for spec in cfg.pipelines]
+    for plan in plans:
+        spec = plan.spec
+        if spec.folder is None and not cfg.stand_in_weights:
+            raise SetupError(f"pipeline {spec.name} has no folder: give {spec.name}=DIR, or --stand-in-weights "
+                             "for a demo whose numbers mean nothing")
+        if spec.folder is not None and not Path(spec.folder).is_dir():
+            raise SetupError(f"pipeline {spec.name}: {spec.folder}: not a folder")
+        note = plan.pipe.check(plan.section, spec.folder, names) if plan.pipe.check else None
+        if note:
+            _say(cfg, note)
+    return plans
+
+
+def _baseline_mesh(cfg: EvaluateConfig):
+    """The baseline's device mesh (None without ``baseline``)."""
+    if not cfg.baseline:
+        return None
+    try:
+        return data_mesh(cfg.devices)
+    except ValueError as e:
+        raise SetupError(f"devices: {e}") from None
+
+
+def _output_folder(cfg: EvaluateConfig) -> Path:
+    out = Path(cfg.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SetupError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
+    return out
+
+
+# ---------------------------------------------------------------- the pipelines
 
 
 @dataclasses.dataclass
@@ -259,50 +384,41 @@ class _Loaded:
     unknown: list
     apply: Any
     over: Any
-    stand_in: bool
+    folder: str | None
+
+    @property
+    def stand_in(self) -> bool:
+        return self.folder is None
 
     @property
     def all_attributes(self):
         return [*self.known, *self.unknown]
 
     def stacked(self):
-        import jax
-
         return jax.tree.map(lambda *v: np.stack([np.asarray(a) for a in v]), *[a.value for a in self.all_attributes])
 
 
-def _load(cfg: EvaluateConfig, clean_inputs, seed: int) -> list[_Loaded]:
-    if not cfg.pipelines:
-        raise SetupError("no pipelines: give --pipelines NAME=DIR,... (or bare names with --stand-in-weights)")
-    names = [p.name for p in cfg.pipelines]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise SetupError(f"pipeline {dup[0]!r} is named twice")
-    extra = attrs_mod.extra_pipelines(cfg.extra_pipelines)
-    resolved = [(spec, attrs_mod.resolve(spec.name, extra)) for spec in cfg.pipelines]
-    out = []
-    for spec, pipe in resolved:
-        if spec.folder is None and not cfg.stand_in_weights:
-            raise SetupError(f"pipeline {spec.name} has no folder: give {spec.name}=DIR, or --stand-in-weights "
-                             "for a demo whose numbers mean nothing")
-        if spec.folder is not None and not Path(spec.folder).is_dir():
-            raise SetupError(f"pipeline {spec.name}: {spec.folder}: not a folder")
-        section = dict(cfg.sections.get(spec.name, {}))
-        params = pipe.load(spec.folder, seed)
-        known, unknown = pipe.attributes(section, spec.folder, params, clean_inputs, seed)
-        if not known and not unknown:
-            raise SetupError(f"pipeline {spec.name}: no attributes to evaluate")
-        apply, over = pipe.functions(section)
-        out.append(_Loaded(spec.name, pipe, params, list(known), list(unknown), apply, over, spec.folder is None))
-    return out
+def _load(cfg, plan: _Plan, clean_inputs: list[np.ndarray], seed: int) -> _Loaded:
+    """A checked pipeline's weights, attributes and functions (where networks are built)."""
+    spec, pipe = plan.spec, plan.pipe
+    t0 = time.perf_counter()
+    params = pipe.load(spec.folder, seed)
+    known, unknown = pipe.attributes(plan.section, spec.folder, params, clean_inputs, seed)
+    if not known and not unknown:
+        raise SetupError(f"pipeline {spec.name}: no attributes to evaluate")
+    apply, over = pipe.functions(plan.section)
+    _say(cfg, f"{spec.name}: {'stand-in weights' if spec.folder is None else 'weights'} and "
+              f"{len(known)} + {len(unknown)} attributes ready ({time.perf_counter() - t0:.1f}s)")
+    return _Loaded(spec.name, pipe, params, list(known), list(unknown), apply, over, spec.folder)
+
+
+def _stand_in_warning(loaded: list[_Loaded]) -> str | None:
+    stand_in = [p.name for p in loaded if p.stand_in]
+    return STAND_IN_WARNING.format(names=", ".join(stand_in)) if stand_in else None
 
 
 def _outputs(p: _Loaded, x: np.ndarray):
     """(A, h, w, 3) outputs of one image for every attribute, clamped to [-1, 1], and the input at the output size."""
-    import jax.numpy as jnp
-
-    from leat_jax.victims.base import resize
-
     # Clamped as a saved image would be (StyleCLIP's G is not bounded): only what a viewer sees counts.
     y = np.clip(np.asarray(p.over(p.params, jnp.asarray(x[None]), p.stacked()))[:, 0], -1.0, 1.0)
     x_out = np.asarray(resize(jnp.asarray(x[None]), tuple(y.shape[1:3])))[0]
@@ -314,14 +430,12 @@ def _say(cfg, text):
         print(text, file=sys.stderr, flush=True)
 
 
-def _baseline(cfg, attack: AttackConfig, seed: int, loaded: list[_Loaded], pairs, out: Path):
-    """Run the image-space attack on every clean image: ({rel: x_adv}, timings, attribute names used)."""
-    import jax
-    import jax.numpy as jnp
+# ---------------------------------------------------------------- the baseline
 
-    from leat_jax.attack.image_space import make_sharded_image_attack
-    from leat_jax.parallel.mesh import data_mesh, replicate
 
+def _baseline_attack(attack: AttackConfig, loaded: list[_Loaded], mesh):
+    """The sharded image-space attack over every known attribute, its replicated params, the (pipeline,
+    attribute) names used."""
     fns, params, used = [], [], []
     for p in loaded:
         for a in p.known:  # the baseline sees the known attributes only
@@ -330,74 +444,80 @@ def _baseline(cfg, attack: AttackConfig, seed: int, loaded: list[_Loaded], pairs
             used.append((p.name, a.name))
     if not fns:
         raise SetupError("--baseline: no known attributes to attack (every attribute is unknown)")
-    try:
-        mesh = data_mesh(cfg.devices)
-    except ValueError as e:
-        raise SetupError(f"devices: {e}") from None
-    attack_fn = make_sharded_image_attack(fns, attack, mesh)
-    params = replicate(tuple(params), mesh)
+    return make_sharded_image_attack(fns, attack, mesh), replicate(tuple(params), mesh), used
+
+
+def _baseline(cfg, attack: AttackConfig, seed: int, loaded: list[_Loaded], pairs, out: Path, mesh):
+    """Run the image-space attack on every clean image: ({rel: x_adv}, timings, attribute names used)."""
+    attack_fn, params, used = _baseline_attack(attack, loaded, mesh)
     n = mesh.devices.size
     by_size: dict = {}
-    for pair in pairs:  # one program per image size
-        by_size.setdefault(pair[1].model_input().shape, []).append(pair)
+    for pair in pairs:
+        by_size.setdefault(pair[1].levels.shape, []).append(pair)
     batches = [group[i:i + n] for group in by_size.values() for i in range(0, len(group), n)]
-    advs, times, done = {}, [], 0
+    advs, times = {}, []
     for batch in batches:
         x = np.stack([clean.model_input() for _, clean, _ in batch])
         ids = np.asarray([inputs.image_id(rel) for rel, _, _ in batch], np.uint32)
         t0 = time.perf_counter()
-        res = attack_fn(params, x, ids, seed)
-        prot = np.asarray(jax.block_until_ready(res.protected))
+        prot = np.asarray(jax.block_until_ready(attack_fn(params, x, ids, seed).protected))
         times.append((time.perf_counter() - t0, len(batch)))
         for (rel, clean, _), y in zip(batch, prot):
-            if not np.isfinite(y).all():
-                raise SetupError(f"baseline: {rel}: the attack produced non-finite pixels (a pipeline output or "
-                                 "gradient is NaN or infinite)")
-            levels = images.quantize(clean, y, attack.eps)
-            advs[rel] = dataclasses.replace(clean, levels=levels).model_input()
-            target = out / "baseline" / Path(rel).with_suffix(".png")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(images.encode(clean, levels, "png"))
-            done += 1
-            _say(cfg, f"baseline {done}/{len(pairs)}: {rel} ({times[-1][0] / len(batch):.1f}s)")
+            advs[rel] = _write_baseline_image(out, rel, clean, y, attack.eps)
+            _say(cfg, f"baseline {len(advs)}/{len(pairs)}: {rel} ({times[-1][0] / len(batch):.1f}s)")
+    return advs, _baseline_timing(times, len(pairs), mesh), used
+
+
+def _write_baseline_image(out: Path, rel: str, clean: images.Decoded, y: np.ndarray, eps: float) -> np.ndarray:
+    """Quantise one attacked image as ``immunize`` writes it, save it under ``out/baseline``; its model input."""
+    if not np.isfinite(y).all():
+        raise SetupError(f"baseline: {rel}: the attack produced non-finite pixels (a pipeline output or "
+                         "gradient is NaN or infinite)")
+    levels = images.quantize(clean, y, eps)
+    target = out / "baseline" / Path(rel).with_suffix(".png")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(images.encode(clean, levels, "png"))
+    return dataclasses.replace(clean, levels=levels).model_input()
+
+
+def _baseline_timing(times: list[tuple[float, int]], count: int, mesh) -> dict:
     seconds = float(sum(t for t, _ in times))
     later = times[1:]
-    timing = {
-        "images": len(pairs),
-        "devices": int(n),
+    return {
+        "images": count,
+        "devices": int(mesh.devices.size),
         "platform": mesh.devices.flat[0].platform,
         "seconds": seconds,
-        "seconds_per_image": seconds / len(pairs),
+        "seconds_per_image": seconds / count,
         "seconds_per_image_after_first": (float(sum(t for t, _ in later) / sum(k for _, k in later))
                                           if later else None),
     }
-    return advs, timing, used
 
 
-def _evaluate_attack(cfg, attack: str, loaded: list[_Loaded], pairs, adv_inputs: Mapping[str, np.ndarray],
-                     clean_cache: dict, keep: Mapping | None = None):
-    """Per pipeline: (images, attributes) MSE and masked MSE tables; the summary by split.
+# ---------------------------------------------------------------- measuring
 
-    ``clean_cache``: (pipeline, rel) -> clean outputs, filled once for all attacks;
-    ``keep``: (pipeline, rel) -> None, filled with the first attribute's output (the figure's).
-    """
-    threshold = cfg.threshold
-    tables = {}
-    for p in loaded:
-        d_rows, m_rows = [], []
-        for i, (rel, clean, _) in enumerate(pairs):
-            t0 = time.perf_counter()
-            key = (p.name, rel)
-            if key not in clean_cache:
-                clean_cache[key] = _outputs(p, clean.model_input())
-            y_clean, x_out = clean_cache[key]
-            y_adv, _ = _outputs(p, adv_inputs[rel])
-            if keep is not None and key in keep:
-                keep[key] = y_adv[0]
-            _say(cfg, f"{attack} on {p.name} {i + 1}/{len(pairs)}: {rel} ({time.perf_counter() - t0:.1f}s)")
-            d_rows.append(metrics.mse(y_adv, y_clean))
-            m_rows.append(metrics.masked_mse(y_adv, y_clean, metrics.cmua_mask(y_clean, x_out)))
-        tables[p.name] = (np.stack(d_rows), np.stack(m_rows))
+
+def _output_tables(cfg, attack: str, p: _Loaded, pairs, adv_inputs, clean_cache: dict, keep: Mapping | None):
+    """(images, attributes) MSE and masked MSE of one pipeline, and the seconds its passes took."""
+    d_rows, m_rows, seconds = [], [], 0.0
+    for i, (rel, clean, _) in enumerate(pairs):
+        t0 = time.perf_counter()
+        key = (p.name, rel)
+        if key not in clean_cache:
+            clean_cache[key] = _outputs(p, clean.model_input())
+        y_clean, x_out = clean_cache[key]
+        y_adv, _ = _outputs(p, adv_inputs[rel])
+        if keep is not None and key in keep:
+            keep[key] = y_adv[0]
+        seconds += time.perf_counter() - t0
+        _say(cfg, f"{attack} on {p.name} {i + 1}/{len(pairs)}: {rel} ({time.perf_counter() - t0:.1f}s)")
+        d_rows.append(metrics.mse(y_adv, y_clean))
+        m_rows.append(metrics.masked_mse(y_adv, y_clean, metrics.cmua_mask(y_clean, x_out)))
+    return np.stack(d_rows), np.stack(m_rows), seconds
+
+
+def _summaries(loaded: list[_Loaded], tables: Mapping, threshold: float) -> dict:
+    """Per pipeline and split its summary; per split the aggregate over pipelines."""
     result: dict[str, Any] = {"pipelines": {}, "overall": {}}
     for split in ("known", "unknown", "all"):
         per = {}
@@ -410,8 +530,24 @@ def _evaluate_attack(cfg, attack: str, loaded: list[_Loaded], pairs, adv_inputs:
                 result["pipelines"].setdefault(p.name, {})[split] = metrics.summarize(d[:, cols], m[:, cols],
                                                                                       threshold)
         result["overall"][split] = metrics.aggregate(per, threshold) if per else None
+    return result
+
+
+def _evaluate_attack(cfg, attack: str, loaded: list[_Loaded], pairs, adv_inputs: Mapping[str, np.ndarray],
+                     clean_cache: dict, keep: Mapping | None = None):
+    """Per pipeline: (images, attributes) MSE and masked MSE tables; the summary by split.
+
+    ``clean_cache``: (pipeline, rel) -> clean outputs, filled once for all attacks;
+    ``keep``: (pipeline, rel) -> None, filled with the first attribute's output (the figure's).
+    """
+    tables, seconds = {}, 0.0
+    for p in loaded:
+        d, m, t = _output_tables(cfg, attack, p, pairs, adv_inputs, clean_cache, keep)
+        tables[p.name], seconds = (d, m), seconds + t
+    result = _summaries(loaded, tables, cfg.threshold)
     adv = [adv_inputs[rel] for rel, _, _ in pairs]
     result["imperceptibility"] = metrics.imperceptibility(adv, [c.model_input() for _, c, _ in pairs])
+    result["evaluation_seconds_per_image"] = seconds / len(pairs)
     result["per_image"] = {
         rel: {p.name: {"mse": [float(v) for v in tables[p.name][0][i]],
                        "masked_mse": [None if np.isnan(v) else float(v) for v in tables[p.name][1][i]]}
@@ -421,14 +557,36 @@ def _evaluate_attack(cfg, attack: str, loaded: list[_Loaded], pairs, adv_inputs:
     return result
 
 
-def _finite(obj):
+def _attacks(cfg, leat: _Leat, loaded: list[_Loaded], pairs, out: Path, mesh, shown: dict):
+    """LEAT's protected images, and with ``baseline`` the image-space attack's, measured on every pipeline.
+
+    Returns:
+      ({attack: result}, the clean outputs by (pipeline, rel), the baseline's (pipeline, attribute) names or None).
+    """
+    cache: dict = {}
+    protected = {rel: b.model_input() for rel, _, b in pairs}
+    attacks = {"leat": _evaluate_attack(cfg, "leat", loaded, pairs, protected, cache, shown)}
+    attacks["leat"]["attack_seconds_per_image"] = leat.seconds_per_image
+    if not cfg.baseline:
+        return attacks, cache, None
+    advs, timing, used = _baseline(cfg, leat.attack, leat.seed, loaded, pairs, out, mesh)
+    attacks["image_space"] = _evaluate_attack(cfg, "image_space", loaded, pairs, advs, cache)
+    attacks["image_space"]["attack_seconds_per_image"] = timing["seconds_per_image"]
+    attacks["image_space"]["timing"] = timing
+    return attacks, cache, used
+
+
+# ---------------------------------------------------------------- the report
+
+
+def _nan_as_null(obj):
     """NaN and infinities (a pipeline gone numerically wrong) as null, so the JSON stays valid."""
     if isinstance(obj, float):
         return obj if np.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: _nan_as_null(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [_nan_as_null(v) for v in obj]
     return obj
 
 
@@ -438,14 +596,9 @@ def _fmt(v, pct=False):
     return f"{100 * v:.1f}%" if pct else f"{v:.4g}"
 
 
-def markdown(data: dict) -> str:
-    lines = ["# leat-jax evaluation", ""]
-    if data.get("warning"):
-        lines += [f"**{data['warning']}**", ""]
-    lines += [f"{data['images']} image pairs; disrupted when the output MSE (in [-1, 1]) > {data['threshold']}. "
-              "Definitions: see `definitions` in the JSON report.", ""]
-    lines += ["| attack | pipeline | attributes | pairs | mean MSE | DSR | image DSR (all attributes) | "
-              "masked MSE | masked DSR |", "|---|---|---|---|---|---|---|---|---|"]
+def _pipeline_table(data: dict) -> list[str]:
+    lines = ["| attack | pipeline | attributes | pairs | mean MSE | DSR | image DSR (all attributes) | "
+             "masked MSE | masked DSR |", "|---|---|---|---|---|---|---|---|---|"]
     for attack, res in data["attacks"].items():
         for name, splits in res["pipelines"].items():
             for split in ("known", "unknown"):
@@ -454,51 +607,43 @@ def markdown(data: dict) -> str:
                     lines.append(f"| {attack} | {name} | {split} | {s['pairs']} | {_fmt(s['mean_mse'])} | "
                                  f"{_fmt(s['dsr'], True)} | {_fmt(s['image_dsr'], True)} | "
                                  f"{_fmt(s['mean_masked_mse'])} | {_fmt(s['masked_dsr'], True)} |")
-    lines += ["", "| attack | attributes | Avg-DSR | E-DSR | Avg masked DSR | E masked DSR |", "|---|---|---|---|---|---|"]
+    return lines
+
+
+def _overall_table(data: dict) -> list[str]:
+    lines = ["| attack | attributes | Avg-DSR | E-DSR | Avg masked DSR | E masked DSR |", "|---|---|---|---|---|---|"]
     for attack, res in data["attacks"].items():
         for split in ("known", "unknown", "all"):
             o = res["overall"].get(split)
             if o:
                 lines.append(f"| {attack} | {split} | {_fmt(o['avg_dsr'], True)} | {_fmt(o['e_dsr'], True)} | "
                              f"{_fmt(o['avg_masked_dsr'], True)} | {_fmt(o['e_masked_dsr'], True)} |")
-    lines += ["", "| attack | PSNR (dB) | SSIM | max L-inf | seconds per image |", "|---|---|---|---|---|"]
+    return lines
+
+
+def _cost_table(data: dict) -> list[str]:
+    lines = ["| attack | PSNR (dB) | SSIM | max L-inf | attack, seconds per image | "
+             "this evaluation, seconds per image |", "|---|---|---|---|---|---|"]
     for attack, res in data["attacks"].items():
         im = res["imperceptibility"]
         lines.append(f"| {attack} | {_fmt(im['psnr'])} | {_fmt(im['ssim'])} | {_fmt(im['linf'])} | "
-                     f"{_fmt(res.get('seconds_per_image'))} |")
-    lines += ["", "Attributes:", ""]
+                     f"{_fmt(res.get('attack_seconds_per_image'))} | {_fmt(res.get('evaluation_seconds_per_image'))} |")
+    return lines + ["", "Attack seconds: LEAT's from the immunize report in the protected folder (- when there is "
+                    "none), the baseline's measured here; evaluation seconds: every pipeline's passes on the clean "
+                    "and attacked image (clean outputs computed once, on the first attack)."]
+
+
+def markdown(data: dict) -> str:
+    """The JSON report (``run``'s) as Markdown tables."""
+    lines = ["# leat-jax evaluation", ""]
+    if data.get("warning"):
+        lines += [f"**{data['warning']}**", ""]
+    lines += [f"{data['images']} image pairs; disrupted when the output MSE (in [-1, 1]) > {data['threshold']}. "
+              "Definitions: see `definitions` in the JSON report.", ""]
+    lines += [*_pipeline_table(data), "", *_overall_table(data), "", *_cost_table(data), "", "Attributes:", ""]
     for name, a in data["attributes"].items():
         lines.append(f"- {name}: known {', '.join(a['known']) or '-'}; unknown {', '.join(a['unknown']) or '-'}")
     return "\n".join(lines) + "\n"
-
-
-def _to8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint((np.asarray(x, np.float64) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def figure(rows, names, warning: str | None):
-    """rows: [(rel, [clean in, protected in, (clean out, protected out) per pipeline])] -> PIL image."""
-    from PIL import Image, ImageDraw
-
-    pad, head, label = 6, 40, 14
-    cols = 2 + 2 * len(names)
-    sheet = Image.new("RGB", (pad + cols * (TILE + pad), head + len(rows) * (TILE + label + pad) + pad), "white")
-    draw = ImageDraw.Draw(sheet)
-    titles = ["clean input", "protected"] + [f"{n} {w}" for n in names for w in ("clean out", "protected out")]
-    for c, t in enumerate(titles):
-        draw.text((pad + c * (TILE + pad), head - 14), t[:22], fill=(0, 0, 0))
-    if warning:
-        draw.text((pad, 4), "STAND-IN WEIGHTS: these outputs mean nothing about real protection", fill=(200, 0, 0))
-    y = head
-    for rel, tiles in rows:
-        for c, t in enumerate(tiles):
-            im = Image.fromarray(_to8(t))
-            im = im.resize((TILE, max(1, round(TILE * im.height / im.width))) if im.width >= im.height
-                           else (max(1, round(TILE * im.width / im.height)), TILE), Image.BILINEAR)
-            sheet.paste(im, (pad + c * (TILE + pad), y))
-        draw.text((pad, y + TILE + 1), rel[:60], fill=(80, 80, 80))
-        y += TILE + label + pad
-    return sheet
 
 
 DEFINITIONS = {
@@ -513,50 +658,18 @@ DEFINITIONS = {
     "psnr": "of x_adv against x on [0, 1] (data range 1), mean over images with a change",
     "ssim": "Wang et al. 2004, Gaussian 11x11 window, sigma 1.5, on [0, 1], valid positions, mean over "
             "channels, positions and images",
-    "seconds_per_image": "wall time of the attack divided by the images (first call includes compilation); "
-                         "LEAT's from the immunize report (run seconds / images protected)",
+    "attack_seconds_per_image": "the attack's cost: wall time of the attack divided by the images (first call "
+                                "includes compilation); LEAT's from the immunize report (run seconds / images "
+                                "protected), null without one",
+    "evaluation_seconds_per_image": "this evaluation's cost for the attack: wall time of every pipeline's passes "
+                                    "divided by the images; the clean outputs are computed once, on the first attack",
 }
 
 
-def run(cfg: EvaluateConfig) -> dict:
-    """Evaluate; returns the report (also written to ``cfg.out``). ``SetupError`` when it cannot start."""
-    out = Path(cfg.out)
-    pairs, skipped = _pairs(cfg)
-    imm = _immunize_report(Path(cfg.protected))
-    imm_settings = (imm or {}).get("settings") or {}
-    seed = cfg.seed if cfg.seed is not None else int(imm_settings.get("seed", 0) or 0)
-    attack = cfg.attack
-    if attack is None:
-        known_fields = {f.name for f in dataclasses.fields(AttackConfig)}
-        try:
-            attack = AttackConfig(**{k: v for k, v in (imm_settings.get("attack") or {}).items() if k in known_fields})
-        except (TypeError, ValueError):
-            attack = None
-    if cfg.baseline:
-        check_baseline_settings(cfg, imm_settings, attack)
-    attack = attack or AttackConfig()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SetupError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
-    loaded = _load(cfg, [c.model_input() for _, c, _ in pairs], seed)
-    stand_in = [p.name for p in loaded if p.stand_in]
-    warning = STAND_IN_WARNING.format(names=", ".join(stand_in)) if stand_in else None
-    if warning:
-        print(warning, file=sys.stderr, flush=True)
-    _say(cfg, f"evaluating {len(pairs)} image pair(s) on {', '.join(p.name for p in loaded)}")
-    cache: dict = {}
-    shown = {(p.name, rel): None for rel, _, _ in pairs[:cfg.figure_rows] for p in loaded}
-    attacks = {"leat": _evaluate_attack(cfg, "leat", loaded, pairs, {rel: b.model_input() for rel, _, b in pairs},
-                                        cache, shown)}
-    attacks["leat"]["seconds_per_image"] = _leat_seconds_per_image(imm)
-    baseline_used = None
-    if cfg.baseline:
-        advs, timing, baseline_used = _baseline(cfg, attack, seed, loaded, pairs, out)
-        attacks["image_space"] = _evaluate_attack(cfg, "image_space", loaded, pairs, advs, cache)
-        attacks["image_space"]["seconds_per_image"] = timing["seconds_per_image"]
-        attacks["image_space"]["timing"] = timing
-    data = {
+def _report(cfg, leat: _Leat, loaded: list[_Loaded], pairs, skipped, attacks, baseline_used, warning) -> dict:
+    """The report as a dict (``REPORT_JSON``)."""
+    settings = (leat.report or {}).get("settings") or {}
+    return {
         "warning": warning,
         "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "leat_jax_version": __version__,
@@ -564,32 +677,123 @@ def run(cfg: EvaluateConfig) -> dict:
         "images": len(pairs),
         "skipped": [{"path": r, "reason": why} for r, why in skipped],
         "threshold": cfg.threshold,
-        "seed": seed,
-        "pipelines": {p.name: {"folder": next(s.folder for s in cfg.pipelines if s.name == p.name),
-                               "stand_in": p.stand_in, "attribute": p.pipeline.deepfake.attribute}
+        "seed": leat.seed,
+        "pipelines": {p.name: {"folder": p.folder, "stand_in": p.stand_in, "attribute": p.pipeline.deepfake.attribute}
                       for p in loaded},
         "attributes": {p.name: {"known": [a.name for a in p.known], "unknown": [a.name for a in p.unknown]}
                        for p in loaded},
-        "baseline": None if not cfg.baseline else {
-            "attack": attack.to_dict(), "attributes": [list(u) for u in baseline_used]},
-        "leat": {"attack": imm_settings.get("attack"), "victims": imm_settings.get("victims"),
-                 "immunize_report": imm is not None},
+        "baseline": None if baseline_used is None else {
+            "attack": leat.attack.to_dict(), "attributes": [list(u) for u in baseline_used]},
+        "leat": {"attack": settings.get("attack"), "victims": settings.get("victims"),
+                 "immunize_report": leat.report is not None},
         "definitions": DEFINITIONS,
         "attacks": attacks,
     }
-    (out / REPORT_JSON).write_text(json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
+
+
+# ---------------------------------------------------------------- the figure
+
+
+def _to8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint((np.asarray(x, np.float64) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def difference_tile(clean_out: np.ndarray, protected_out: np.ndarray) -> tuple[np.ndarray, str]:
+    """|protected - clean| (mean over channels), amplified so its largest value is white.
+
+    Args:
+      clean_out, protected_out: (h, w, 3) outputs in [-1, 1].
+    Returns:
+      the (h, w, 3) tile in [-1, 1] (black: no change) and its label (the scale, or "identical").
+    """
+    d = np.abs(np.asarray(protected_out, np.float64) - np.asarray(clean_out, np.float64)).mean(axis=-1)
+    top = float(d.max())
+    if not np.isfinite(top) or top == 0.0:
+        return np.full(d.shape + (3,), -1.0), "identical" if top == 0.0 else "non-finite"
+    scale = 1.0 / top
+    return np.repeat((2.0 * d * scale - 1.0)[..., None], 3, axis=-1), f"x{scale:.3g}"
+
+
+def figure(rows, titles: list[str], warning: str | None):
+    """rows: [(rel, [(tile (h, w, 3) in [-1, 1], label or None)])], titles: one per column -> PIL image."""
+    pad, head, label = 6, 40, 14
+    cols = len(titles)
+    sheet = Image.new("RGB", (pad + cols * (TILE + pad), head + len(rows) * (TILE + label + pad) + pad), "white")
+    draw = ImageDraw.Draw(sheet)
+    for c, t in enumerate(titles):
+        draw.text((pad + c * (TILE + pad), head - 14), t[:22], fill=(0, 0, 0))
+    if warning:
+        draw.text((pad, 4), "STAND-IN WEIGHTS: these outputs mean nothing about real protection", fill=(200, 0, 0))
+    y = head
+    for rel, tiles in rows:
+        for c, (t, text) in enumerate(tiles):
+            im = Image.fromarray(_to8(t))
+            im = im.resize((TILE, max(1, round(TILE * im.height / im.width))) if im.width >= im.height
+                           else (max(1, round(TILE * im.width / im.height)), TILE), Image.BILINEAR)
+            sheet.paste(im, (pad + c * (TILE + pad), y))
+            if text:  # on a black box: readable on any tile
+                at = (pad + c * (TILE + pad) + 3, y + 3)
+                draw.rectangle(draw.textbbox(at, text), fill=(0, 0, 0))
+                draw.text(at, text, fill=(255, 255, 0))
+        draw.text((pad, y + TILE + 1), rel[:60], fill=(80, 80, 80))
+        y += TILE + label + pad
+    return sheet
+
+
+def _figure_content(loaded: list[_Loaded], pairs, cache: Mapping, shown: Mapping):
+    """(column titles, rows) of the figure: inputs, per pipeline its outputs (stand-in: and their difference)."""
+    titles = ["clean input", "protected"]
+    for p in loaded:
+        titles += [f"{p.name} clean out", f"{p.name} protected out"]
+        if p.stand_in:
+            titles.append(f"{p.name} |difference|")
+    rows = []
+    for rel, clean, prot in pairs:
+        if (loaded[0].name, rel) not in shown:
+            continue
+        tiles = [(clean.model_input(), None), (prot.model_input(), None)]
+        for p in loaded:
+            y_clean, y_prot = cache[(p.name, rel)][0][0], shown[(p.name, rel)]
+            tiles += [(y_clean, None), (y_prot, None)]
+            if p.stand_in:  # random networks: near-flat outputs, so show what changed
+                tiles.append(difference_tile(y_clean, y_prot))
+        rows.append((rel, tiles))
+    return titles, rows
+
+
+def _write(cfg, out: Path, data: dict, figure_content) -> None:
+    """The JSON and Markdown reports, and the figure (``figure_content``: titles and rows, or None)."""
+    (out / REPORT_JSON).write_text(json.dumps(_nan_as_null(data), indent=2, allow_nan=False) + "\n")
     (out / REPORT_MD).write_text(markdown(data))
-    if cfg.figure_rows:
-        rows = []
-        for rel, clean, prot in pairs[:cfg.figure_rows]:
-            tiles = [clean.model_input(), prot.model_input()]
-            for p in loaded:
-                tiles += [cache[(p.name, rel)][0][0], shown[(p.name, rel)]]
-            rows.append((rel, tiles))
+    if figure_content is not None:
         tmp = out / f".{FIGURE}.{os.getpid()}.part"
-        figure(rows, [p.name for p in loaded], warning).save(tmp, "PNG")
+        figure(figure_content[1], figure_content[0], data["warning"]).save(tmp, "PNG")
         os.replace(tmp, out / FIGURE)
-    _say(cfg, f"wrote {out / REPORT_JSON}, {out / REPORT_MD}" + (f", {out / FIGURE}" if cfg.figure_rows else ""))
+    _say(cfg, f"wrote {out / REPORT_JSON}, {out / REPORT_MD}" + (f", {out / FIGURE}" if figure_content else ""))
+
+
+# ---------------------------------------------------------------- the job
+
+
+def run(cfg: EvaluateConfig) -> dict:
+    """Evaluate; returns the report (also written to ``cfg.out``).
+
+    Every check that needs no weights runs first (``SetupError`` before any network is built).
+    """
+    pairs, skipped = _pairs(cfg)
+    leat = _leat_settings(cfg)
+    plans = _checked_pipelines(cfg, [rel for rel, _, _ in pairs])
+    mesh = _baseline_mesh(cfg)
+    out = _output_folder(cfg)
+    loaded = [_load(cfg, plan, [c.model_input() for _, c, _ in pairs], leat.seed) for plan in plans]
+    warning = _stand_in_warning(loaded)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    _say(cfg, f"evaluating {len(pairs)} image pair(s) on {', '.join(p.name for p in loaded)}")
+    shown = {(p.name, rel): None for rel, _, _ in pairs[:cfg.figure_rows] for p in loaded}
+    attacks, cache, baseline_used = _attacks(cfg, leat, loaded, pairs, out, mesh, shown)
+    data = _report(cfg, leat, loaded, pairs, skipped, attacks, baseline_used, warning)
+    _write(cfg, out, data, _figure_content(loaded, pairs, cache, shown) if cfg.figure_rows else None)
     if warning:
         print(warning, file=sys.stderr, flush=True)
     return data
