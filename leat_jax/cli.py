@@ -88,7 +88,8 @@ def _add_immunize(sub) -> None:
     p.add_argument("paths", nargs="+", metavar="SRC DST", help=argparse.SUPPRESS)
     g = p.add_argument_group("what to protect")
     g.add_argument("--samples", action="store_true", help="protect the bundled sample faces (then give DST only)")
-    g.add_argument("--max-size", type=_positive_int, metavar="N", help="refuse images with a side longer than this (default 2048)")
+    g.add_argument("--max-size", type=_positive_int, metavar="N",
+                   help="refuse images with a side longer than this (default 2048)")
     g.add_argument("--faces", choices=("aligned", "detect"),
                    help="aligned (default): every input is an aligned face crop, attacked whole; detect: inputs are "
                         "photos: faces are found and each victim attacked through its own official crop of each "
@@ -145,7 +146,8 @@ def _add_immunize(sub) -> None:
     g.add_argument("--distributed", action="store_true",
                    help="join a jax.distributed job; each process takes a disjoint share of the files")
     g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (default $LEAT_COORDINATOR)")
-    g.add_argument("--num-processes", type=_positive_int, metavar="N", help="processes in the job (default $LEAT_NUM_PROCESSES)")
+    g.add_argument("--num-processes", type=_positive_int, metavar="N",
+                   help="processes in the job (default $LEAT_NUM_PROCESSES)")
     g.add_argument("--process-id", type=int, metavar="N", help="this process's index (default $LEAT_PROCESS_ID)")
     p.set_defaults(run=_immunize)
 

@@ -33,7 +33,8 @@ def test_immunize_keeps_torch_out_and_setup_errors_are_one_line(tmp_path):
     Image.new("RGB", (8, 8), (200, 100, 50)).save(tmp_path / "src" / "face.png")
     code = (
         "import sys; from leat_jax import cli; "
-        f"bad = cli.main(['immunize', {str(tmp_path / 'nothing')!r}, {str(tmp_path / 'out')!r}, '--stand-in-weights']); "
+        f"bad = cli.main(['immunize', {str(tmp_path / 'nothing')!r}, {str(tmp_path / 'out')!r}, "
+        "'--stand-in-weights']); "
         f"good = cli.main(['immunize', {str(tmp_path / 'src')!r}, {str(tmp_path / 'out')!r}, '--stand-in-weights', "
         "'--victims', 'toy_a', '--iterations', '1', '--quiet']); "
         "print('torch' in sys.modules, bad, good)"

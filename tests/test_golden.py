@@ -36,7 +36,7 @@ def _x64_in_subprocess(name, case):
         [sys.executable, "-m", "tests.golden_harness", name, str(case), "float64,float32"],
         cwd=REPO, env={**os.environ, "JAX_ENABLE_X64": "1"}, capture_output=True, text=True, timeout=1800,
     )
-    line = [l for l in proc.stdout.splitlines() if l.startswith("GOLDEN_RESULT ")]
+    line = [out for out in proc.stdout.splitlines() if out.startswith("GOLDEN_RESULT ")]
     assert proc.returncode == 0 and line, f"float64 run failed:\n{proc.stderr[-3000:]}"
     return json.loads(line[-1].split(" ", 1)[1])
 
@@ -58,7 +58,8 @@ def test_golden_case(name, case, tmp_path, record_property):
         return
     if getattr(sup, "X64", False):
         res, f32 = _x64_in_subprocess(name, case)
-        print(f"\n[golden] {name} {case.name} float32 (reported, not asserted): out {f32['out_err']:.2e} grad {f32['grad_err']:.2e}")
+        print(f"\n[golden] {name} {case.name} float32 (reported, not asserted): "
+              f"out {f32['out_err']:.2e} grad {f32['grad_err']:.2e}")
     else:
         (res,) = run_case(name, case, workdir=tmp_path)
     print(f"\n[golden] {name} {case.name} {res['dtype']}: out {res['out_err']:.2e} (tol {OUT_TOL:g}), "

@@ -67,13 +67,15 @@ def test_preprocess_native_size_untouched_other_sizes_resized():
 # ------------------------------------------------------ transposed convolution
 
 
-@pytest.mark.parametrize("k,s,p,op,hw", [(3, 2, 1, 1, (5, 7)), (4, 2, 1, 0, (6, 4)), (3, 1, 0, 0, (4, 5)), (5, 3, 2, 2, (3, 4))])
+@pytest.mark.parametrize("k,s,p,op,hw", [
+    (3, 2, 1, 1, (5, 7)), (4, 2, 1, 0, (6, 4)), (3, 1, 0, 0, (4, 5)), (5, 3, 2, 2, (3, 4))])
 def test_conv_transpose_matches_torch(k, s, p, op, hw):
     torch.manual_seed(k * 10 + s)
     ref = torch.nn.ConvTranspose2d(3, 5, k, stride=s, padding=p, output_padding=op, bias=True).double()
     x = torch.randn(2, 3, *hw, dtype=torch.float64)
     want = ref(x).detach().numpy()
-    ours = Functional(lambda rngs: ConvTranspose2d(3, 5, k, stride=s, padding=p, output_padding=op, bias=True, rngs=rngs))
+    ours = Functional(
+        lambda rngs: ConvTranspose2d(3, 5, k, stride=s, padding=p, output_padding=op, bias=True, rngs=rngs))
     params = {"kernel": icface_conv.conv_transpose_kernel(ref.weight.detach().float().numpy()),
               "bias": ref.bias.detach().float().numpy()}
     got = np.asarray(jax.jit(ours.apply)(params, jnp.asarray(x.permute(0, 2, 3, 1).float().numpy())))
@@ -103,7 +105,8 @@ def test_small_generator_file_to_flax_matches_torch_with_nonzero_attributes(tmp_
     sd = {"module." + k: v for k, v in net.state_dict().items()}
     torch.save({"state_dict": sd, "optimizer": {"state": {}, "param_groups": []}}, path)
 
-    small = Functional(lambda rngs: ResnetGenerator(input_nc=23, output_nc=3, ngf=4, n_blocks=2, use_dropout=True, rngs=rngs))
+    small = Functional(
+        lambda rngs: ResnetGenerator(input_nc=23, output_nc=3, ngf=4, n_blocks=2, use_dropout=True, rngs=rngs))
     params = icface_conv.state_dict_to_params(
         icface_conv.extract_state_dict(converters.torch_io.load(path)), small.template, n_blocks=2)
 
@@ -115,7 +118,8 @@ def test_small_generator_file_to_flax_matches_torch_with_nonzero_attributes(tmp_
     out_t = net(x_t, torch.from_numpy(attr))
     (grad_t,) = torch.autograd.grad((out_t * torch.from_numpy(weights)).sum(), x_t)
 
-    to_nhwc = lambda a: jnp.asarray(np.transpose(a, (0, 2, 3, 1)))
+    def to_nhwc(a):
+        return jnp.asarray(np.transpose(a, (0, 2, 3, 1)))
 
     @jax.jit  # one compilation for both paths
     def run(p, x, w):

@@ -130,7 +130,8 @@ class ImmunizeConfig:
         return self.victims
 
 
-_RUN_KEYS = {f.name for f in dataclasses.fields(ImmunizeConfig)} - {"src", "dst", "victims", "attack", "distributed", "extra_victims"}
+_RUN_KEYS = {f.name for f in dataclasses.fields(ImmunizeConfig)} - {
+    "src", "dst", "victims", "attack", "distributed", "extra_victims"}
 _ATTACK_KEYS = {f.name for f in dataclasses.fields(AttackConfig)}
 
 
