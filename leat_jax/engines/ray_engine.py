@@ -10,8 +10,9 @@ arrays); only the driver appends records, once the files are in place. The
 same stage functions run on the same inputs with the same batch shapes, so
 outputs are byte-identical to the in-process engine's.
 
-A cluster this module starts listens on 127.0.0.1 only and has no dashboard
-and so no jobs API (whoever reaches that API runs code on the cluster).
+A cluster this module starts has node address 127.0.0.1 and no dashboard, so
+no jobs API (whoever reaches that API runs code on the cluster); Ray's token
+authentication guards its servers, which Ray binds on every interface.
 """
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ def pool_size(text: str | None, accelerators: int) -> tuple[int, int]:
 def connect(ray, address: str | None, num_cpus: int | None = None) -> bool:
     """Join the cluster at ``address``, or start a local one; True when this call started it.
 
-    A local cluster listens on 127.0.0.1 only, without dashboard or jobs API;
+    A local cluster has node address 127.0.0.1, no dashboard and no jobs API;
     ``num_cpus``: its CPUs (None: the machine's). A process already connected
     (``ray.init`` done by the caller) is used as is.
     """
