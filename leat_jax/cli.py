@@ -119,7 +119,7 @@ def _add_immunize(sub) -> None:
                    help="who runs the job: this process on its local devices (default), or a Ray cluster "
                         "(pip install 'leat-jax[ray]')")
     g.add_argument("--ray-address", metavar="HOST:PORT",
-                   help="--engine ray: the cluster to join (default: start a local one on 127.0.0.1, no dashboard)")
+                   help="--engine ray: the cluster to join (default: start a local one, without dashboard)")
     g.add_argument("--ray-actors", metavar="N|MIN-MAX",
                    help="--engine ray: attack actors, the pool scales between MIN and MAX (default: one per GPU)")
     p.set_defaults(run=_immunize)

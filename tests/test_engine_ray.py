@@ -29,6 +29,7 @@ def cluster(request):
     Started after the S3 server, so its workers see the endpoint in their environment.
     """
     request.getfixturevalue("s3")
+    ray_engine.import_ray()  # Ray Data's log handler takes the stderr of now, not of a test's capsys (closed after it)
     assert ray_engine.connect(ray, None, num_cpus=2)
     try:
         yield ray
@@ -53,16 +54,16 @@ def test_pool_size_is_a_range():
             ray_engine.pool_size(bad, 0)
 
 
-def test_started_cluster_is_on_loopback_without_dashboard(cluster):
-    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
-    assert [n["NodeManagerAddress"] for n in ray.nodes()] == ["127.0.0.1"]
+def test_started_cluster_has_no_dashboard_and_so_no_jobs_api(cluster):
     ours = {p.pid: p for p in psutil.Process().children(recursive=True)}
-    assert any("gcs_server" in p.name() for p in ours.values())
-    assert not any("dashboard" in " ".join(p.cmdline()) for p in ours.values())  # no dashboard, so no jobs API
+    assert any("gcs_server" in p.name() for p in ours.values())  # these are the cluster's processes
+    heads = [p.cmdline() for p in ours.values() if any(a.endswith("dashboard/dashboard.py") for a in p.cmdline())]
+    # Without the dashboard Ray's head process loads the usage-stats module alone: no jobs API, no frontend.
+    assert all("--modules-to-load=UsageStatsHead" in c and "--disable-frontend" in c for c in heads), heads
     listening = [c.laddr for c in psutil.net_connections(kind="inet") if c.status == "LISTEN" and c.pid in ours]
-    assert listening and 8265 not in [a.port for a in listening]
-    # Ray 2.60's own servers bind every interface ("::") whatever the node address; its token
-    # authentication (on by default) is what guards them: see README.
+    assert listening and 8265 not in [a.port for a in listening]  # nothing at the dashboard's port
+    # Ray 2.60 turns a loopback node address into the host's reachable one and binds its own servers (and
+    # each node agent's HTTP job endpoint) on it; its token authentication guards them (README).
 
 
 def test_ray_engine_writes_the_files_of_the_in_process_engine(cluster, tmp_path, capsys):
@@ -116,9 +117,10 @@ def test_tar_and_parquet_shards_give_the_files_of_the_in_process_engine(cluster,
     (shards_in / "bad.tar").write_bytes(b"not a tar" * 200)
     rc, err = immunize(capsys, shards_in, tmp_path / "out", "--engine", "ray", "--ray-actors", "2")
     errors = sorted(line for line in err.splitlines() if "error" in line)
-    assert rc == 1 and len(errors) == 2, err  # the unreadable shard and the corrupt member fail alone, one line each
-    assert errors[0].startswith("leat-jax: error: file://") and "bad.tar: not a readable tar shard" in errors[0]
-    assert errors[1].startswith("leat-jax: error: t/s0.tar/zz.png: ")
+    assert rc == 1 and len(errors) == 3, err  # the unreadable shard and the corrupt member fail alone, one line each
+    assert errors[0].startswith("leat-jax: error: 2 image(s) failed")  # the summary line
+    assert errors[1].startswith("leat-jax: error: file://") and "bad.tar: not a readable tar shard" in errors[1]
+    assert errors[2].startswith("leat-jax: error: t/s0.tar/zz.png: ")
     out_tar = sources.Shard(str(tmp_path / "out" / "t" / "s0.tar"), "t/s0.tar", "tar", "")
     out_pq = sources.Shard(str(tmp_path / "out" / "s1.parquet"), "s1.parquet", "parquet", "")
     got = {k: b for s in (out_tar, out_pq) for k, b, _ in sources.members(s, sources.read_bytes(s.url))}

@@ -10,9 +10,10 @@ arrays); only the driver appends records, once the files are in place. The
 same stage functions run on the same inputs with the same batch shapes, so
 outputs are byte-identical to the in-process engine's.
 
-A cluster this module starts has node address 127.0.0.1 and no dashboard, so
-no jobs API (whoever reaches that API runs code on the cluster); Ray's token
-authentication guards its servers, which Ray binds on every interface.
+A cluster this module starts has no dashboard, so no jobs API (whoever
+reaches that API runs code on the cluster). Ray itself binds its servers on
+every interface and turns a loopback node address into the host's reachable
+one; its token authentication (on by default) is what guards them.
 """
 from __future__ import annotations
 
@@ -54,9 +55,10 @@ from leat_jax.pipeline.resume import Resume
 
 # Kinds of row between the stages: skipped (done before), records, entries to attack, entries attacked.
 SKIPPED = "skipped"
-# CPUs a read or write task asks for, and an attack actor without accelerators.
+# CPUs a read or write task asks for, and an attack actor without accelerators. They differ so that
+# Ray Data does not fuse reading into the actors (it fuses stages whose resource requests are equal).
 TASK_CPUS = 0.5
-ACTOR_CPUS = 0.5
+ACTOR_CPUS = 0.25
 
 
 def import_ray():
@@ -87,20 +89,20 @@ def pool_size(text: str | None, accelerators: int) -> tuple[int, int]:
 def connect(ray, address: str | None, num_cpus: int | None = None) -> bool:
     """Join the cluster at ``address``, or start a local one; True when this call started it.
 
-    A local cluster has node address 127.0.0.1, no dashboard and no jobs API;
+    A local cluster has no dashboard and no jobs API;
     ``num_cpus``: its CPUs (None: the machine's). A process already connected
-    (``ray.init`` done by the caller) is used as is.
+    (``ray.init`` done by the caller) is used as is, once ``address`` answers.
     """
-    if ray.is_initialized():
-        return False
     if address:
         answering(address)
+    if ray.is_initialized():
+        return False
     try:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR")
         else:
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                     log_to_driver=False, logging_level="ERROR")
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                     logging_level="ERROR")
     except Exception as e:  # ray raises several types for an address nothing answers at
         text = str(e).strip().splitlines()
         where = address or "a local cluster"
