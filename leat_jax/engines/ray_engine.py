@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import pickle
 import re
@@ -68,6 +69,9 @@ def import_ray():
         import ray.data  # noqa: F401
     except ImportError:
         raise SetupError("--engine ray needs Ray Data: pip install 'leat-jax[ray]'") from None
+    # The job's own progress line shows the global count, rate and ETA; Ray Data's would tear it.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     return ray
 
 
