@@ -149,6 +149,14 @@ def _add_immunize(sub) -> None:
     g.add_argument("--num-processes", type=_positive_int, metavar="N",
                    help="processes in the job (default $LEAT_NUM_PROCESSES)")
     g.add_argument("--process-id", type=int, metavar="N", help="this process's index (default $LEAT_PROCESS_ID)")
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", choices=("inprocess", "ray"),
+                   help="who runs the job: this process on its local devices (default), or a Ray cluster "
+                        "(pip install 'leat-jax[ray]')")
+    g.add_argument("--ray-address", metavar="HOST:PORT",
+                   help="--engine ray: the cluster to join (default: start a local one, without dashboard)")
+    g.add_argument("--ray-actors", metavar="N|MIN-MAX",
+                   help="--engine ray: attack actors, the pool scales between MIN and MAX (default: one per GPU)")
     p.set_defaults(run=_immunize)
 
 
@@ -353,8 +361,14 @@ def _immunize(args, parser) -> int:
                 coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id
             ) if args.distributed else None,
             extra_victims=extra or None, **research,
+            engine=args.engine, ray_address=args.ray_address, ray_actors=args.ray_actors,
         )
-        summary = immunize.run(cfg)
+        if cfg.engine == "ray":
+            from leat_jax.engines import ray_engine
+
+            summary = ray_engine.run(cfg)
+        else:
+            summary = immunize.run(cfg)
     except SetupError as e:
         _error(str(e))
         return EXIT_SETUP

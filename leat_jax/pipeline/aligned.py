@@ -127,8 +127,8 @@ class AlignedAttack:
             self.out_of_memory.append({"batch": old, "retried_at": self.batch})
         self.say(f"leat-jax: device out of memory at batch {old}; retrying at batch {self.batch}")
 
-    def finish(self, launched) -> list[dict]:
-        """Wait for one batch; quantise, encode, check and write each image (writer threads)."""
+    def collect(self, launched) -> list[tuple[Prepared, np.ndarray, dict]]:
+        """Wait for one batch: (input, protected image, distances) per image (an engine writes them)."""
         part, batch, result = launched
         try:
             protected = np.asarray(result.protected)
@@ -137,15 +137,16 @@ class AlignedAttack:
             if not faults.is_out_of_memory(e):
                 raise
             self.shrink(batch, e)
-            return [r for piece in self.launch(part) for r in self.finish(piece)]
+            return [r for piece in self.launch(part) for r in self.collect(piece)]
         names = self.ctx.names
         return [
-            writing.write_image(
-                self.ctx, p, protected[i],
-                {n: {"start": finite(d0[i, k]), "end": finite(d1[i, k])} for k, n in enumerate(names)},
-            )
+            (p, protected[i], {n: {"start": finite(d0[i, k]), "end": finite(d1[i, k])} for k, n in enumerate(names)})
             for i, p in enumerate(part)
         ]
+
+    def finish(self, launched) -> list[dict]:
+        """Wait for one batch; quantise, encode, check and write each image (writer threads)."""
+        return [writing.write_image(self.ctx, p, x, d) for p, x, d in self.collect(launched)]
 
     def sizes(self) -> set[tuple[int, int]]:
         """The distinct image sizes attacked so far (each one compiled program per batch)."""

@@ -40,6 +40,8 @@ DEMO_VICTIMS = (VictimSpec("diffae"), VictimSpec("simswap_G"))
 # What the inputs are: aligned face crops (each image is one face), or photos
 # in which faces are detected and each victim's official crop is placed.
 FACE_MODES = ("aligned", "detect")
+# Who runs the job's stages: this process over its local devices, or a Ray cluster (``leat_jax.engines``).
+ENGINES = ("inprocess", "ray")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +80,11 @@ class ImmunizeConfig:
         the user's cache folder, a folder, or False (off).
       verify: a rerun checks done images by hashing input and output (default:
         by size and modification time; shards with a valid done marker are skipped).
+      engine: ``inprocess`` (default: this process, every local device) or
+        ``ray`` (Ray Data over a cluster; ``leat_jax.engines.ray_engine``).
+      ray_address: the Ray cluster to join (``HOST:PORT``); None: start a local one.
+      ray_actors: attack actors, ``N`` or ``MIN-MAX`` (the pool autoscales in
+        between); None: one per GPU of the cluster, one without GPUs.
     """
 
     src: str | None
@@ -101,11 +108,16 @@ class ImmunizeConfig:
     faces: str = "aligned"
     compile_cache: bool | str = True
     verify: bool = False
+    engine: str = "inprocess"
+    ray_address: str | None = None
+    ray_actors: str | None = None
 
     def __post_init__(self):
         # Values may come from a TOML file: check types, not just ranges.
         if not isinstance(self.format, str) or self.format not in OUTPUT_FORMATS:
             raise SetupError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.format!r}")
+        if not isinstance(self.engine, str) or self.engine not in ENGINES:
+            raise SetupError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if not isinstance(self.faces, str) or self.faces not in FACE_MODES:
             raise SetupError(f"faces must be one of {', '.join(FACE_MODES)}, got {self.faces!r}")
         for name in ("batch_size", "microbatch", "devices", "max_size", "workers"):

@@ -83,6 +83,11 @@ def read(ctx: Context, item: inputs.Item) -> Prepared | Failure | Skipped:
     sha = sha256(data)
     if is_done(ctx, item, sha):
         return Skipped(item)
+    return decoded(ctx, item, data, sha)
+
+
+def decoded(ctx: Context, item: inputs.Item, data: bytes, sha: str) -> Prepared | Failure:
+    """Decode one input's bytes (``sha``: their SHA-256) for the attack, or say why not (one line)."""
     try:
         image = images.decode(data, ctx.max_size)
     except images.ImageError as e:

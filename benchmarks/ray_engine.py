@@ -1,0 +1,94 @@
+"""The Ray engine against the in-process engine on the same images, and the Ray driver's memory per record.
+
+    python -m benchmarks.ray_engine [--images 24] [--size 32] [--records 200000]
+
+1. The same folder immunized by both engines (toy victims from
+   ``LEAT_EXTRA_VICTIMS``, stand-in weights): wall seconds of each whole
+   command, images per second, the ratio, and whether the files are
+   byte-identical. Ray's figure includes starting a local cluster.
+2. The driver's peak resident memory while it lists ``--records`` inputs
+   into shards and builds the rows it hands to Ray Data (no attack), in a
+   fresh process each, so the growth per record can be read off.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+VICTIMS = ["--victims", "toy_a,toy_b", "--stand-in-weights", "--iterations", "5"]
+ENV = {"LEAT_EXTRA_VICTIMS": "tests.pipeline_toys:victims"}
+
+
+def images(folder: Path, n: int, size: int) -> None:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:05d}.png")
+
+
+def immunize(src: Path, dst: Path, *extra: str) -> float:
+    """Wall seconds of one whole ``leat-jax immunize`` command."""
+    start = time.monotonic()
+    subprocess.run([sys.executable, "-m", "leat_jax", "immunize", str(src), str(dst), *VICTIMS, "--quiet",
+                    "--no-compile-cache", *extra], check=True, env={**os.environ, **ENV})
+    return time.monotonic() - start
+
+
+def files(dst: Path) -> dict[str, bytes]:
+    return {p.relative_to(dst).as_posix(): p.read_bytes() for p in dst.rglob("*.png")
+            if ".leat-jax" not in p.parts and not p.name.startswith("leat-jax")}
+
+
+def driver_memory(records: int) -> dict:
+    """Peak RSS of a fresh process listing ``records`` inputs and building the Ray rows (no attack)."""
+    code = (
+        "import resource, sys, tempfile; from pathlib import Path\n"
+        "from leat_jax.engines import ray_engine\n"
+        "from leat_jax.pipeline import inputs, shards\nfrom leat_jax.pipeline.resume import Resume\n"
+        "n = int(sys.argv[1]); before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "with tempfile.TemporaryDirectory() as d:\n"
+        "    d = Path(d); items = (inputs.Item(f'f{i // 1000}/{i}.png', d / f'{i}.png', f'f{i // 1000}/{i}.png',"
+        " None, 1000, i) for i in range(n))\n"
+        "    found = shards.spill(items, d / 'w', 0, 1, d / 'out')\n"
+        "    resume = Resume(shards.Store(d), d / 'w', found, d / 'out', 'h')\n"
+        "    rows = [ray_engine.row(i, resume.get(i.rel)) for i in resume.items(lambda n: None)]\n"
+        "    print(len(rows), before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(records)], check=True, capture_output=True, text=True)
+    n, before, peak = map(int, out.stdout.split())
+    return {"records": n, "baseline_mib": before / 1024, "peak_mib": peak / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--records", type=int, default=200_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        images(tmp / "src", args.images, args.size)
+        one = immunize(tmp / "src", tmp / "one")
+        ray = immunize(tmp / "src", tmp / "ray", "--engine", "ray")
+        same = files(tmp / "one") == files(tmp / "ray")
+    result = {"images": args.images, "size": args.size, "cpus": os.cpu_count(),
+              "in_process": {"seconds": one, "images_per_second": args.images / one},
+              "ray": {"seconds": ray, "images_per_second": args.images / ray},
+              "ratio_ray_over_in_process": one / ray, "byte_identical": same,
+              "driver_memory": [driver_memory(n) for n in (args.records // 10, args.records)],
+              "benchmark_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

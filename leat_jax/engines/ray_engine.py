@@ -1,0 +1,392 @@
+"""The Ray engine: the immunize job's stages on Ray Data, over a cluster of accelerator hosts.
+
+The driver lists the inputs into shards, keeps the manifest and the done
+markers (``job.Recorder``) and writes the report, as the in-process engine
+does. Ray Data streams the rest: CPU tasks read and decode, an autoscaling
+pool of actors on the accelerators attacks (each loads and prepares the
+weights once, with the persistent compilation cache on), CPU tasks quantise,
+encode and write. Rows between stages are plain data (JSON text, pickled host
+arrays); only the driver appends records, once the files are in place. The
+same stage functions run on the same inputs with the same batch shapes, so
+outputs are byte-identical to the in-process engine's.
+
+A cluster this module starts has no dashboard, so no jobs API (whoever
+reaches that API runs code on the cluster). Ray itself binds its servers on
+every interface and turns a loopback node address into the host's reachable
+one; its token authentication (on by default) is what guards them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pickle
+import re
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from leat_jax import parallel, xla_cpu
+from leat_jax.engines import shard_stages
+from leat_jax.engines.shard_stages import ATTACKED, PREPARED, RECORD
+from leat_jax.errors import SetupError
+from leat_jax.pipeline import (
+    compile_cache,
+    faults,
+    immunize,
+    inputs,
+    job,
+    manifest,
+    reading,
+    report,
+    shards,
+    sinks,
+    sources,
+    victimset,
+    writing,
+)
+from leat_jax.pipeline.config import ImmunizeConfig
+from leat_jax.pipeline.lock import Lock
+from leat_jax.pipeline.progress import Progress
+from leat_jax.pipeline.resume import Resume
+
+# Kinds of row between the stages: skipped (done before), records, entries to attack, entries attacked.
+SKIPPED = "skipped"
+# CPUs a read or write task asks for, and an attack actor without accelerators. They differ so that
+# Ray Data does not fuse reading into the actors (it fuses stages whose resource requests are equal).
+TASK_CPUS = 0.5
+ACTOR_CPUS = 0.25
+
+
+def import_ray():
+    """The ``ray`` module; a one-line ``SetupError`` when the extra is not installed."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise SetupError("--engine ray needs Ray Data: pip install 'leat-jax[ray]'") from None
+    # The job's own progress line shows the global count, rate and ETA; Ray Data's would tear it.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    return ray
+
+
+def pool_size(text: str | None, accelerators: int) -> tuple[int, int]:
+    """(min, max) attack actors from ``N`` or ``MIN-MAX``; None: one per accelerator (one on CPU).
+
+    Raises:
+      SetupError: when ``text`` is neither.
+    """
+    if text is None:
+        return 1, max(1, accelerators)
+    found = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", str(text))
+    low, high = (int(found[1]), int(found[2] or found[1])) if found else (0, 0)
+    if not found or low < 1 or high < low:
+        raise SetupError(f"--ray-actors: expected N or MIN-MAX (1 <= MIN <= MAX), got {text!r}")
+    return low, high
+
+
+def connect(ray, address: str | None, num_cpus: int | None = None) -> bool:
+    """Join the cluster at ``address``, or start a local one; True when this call started it.
+
+    A local cluster has no dashboard and no jobs API;
+    ``num_cpus``: its CPUs (None: the machine's). A process already connected
+    (``ray.init`` done by the caller) is used as is, once ``address`` answers.
+    """
+    if address:
+        answering(address)
+    if ray.is_initialized():
+        return False
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        else:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                     logging_level="ERROR")
+    except Exception as e:  # ray raises several types for an address nothing answers at
+        text = str(e).strip().splitlines()
+        where = address or "a local cluster"
+        raise SetupError(f"--ray-address {where}: cannot join the Ray cluster "
+                         f"({type(e).__name__}: {text[0] if text else ''})") from None
+    return True
+
+
+def answering(address: str, timeout: float = 5.0) -> None:
+    """Raise a one-line ``SetupError`` when nothing answers at a ``[ray://]HOST:PORT`` address.
+
+    Ray itself retries an unanswered address for minutes before it gives up.
+    """
+    found = re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d+)", address.strip())
+    if found is None:
+        return  # "auto" and other forms Ray resolves itself
+    try:
+        socket.create_connection((found[1], int(found[2])), timeout=timeout).close()
+    except OSError as e:
+        raise SetupError(f"--ray-address {address}: nothing answers there ({e.strerror or e}); "
+                         "start the cluster first (ray start --head)") from None
+
+
+def item_text(item: inputs.Item) -> str:
+    return json.dumps([item.rel, str(item.path), item.output, item.problem, item.size, item.mtime_ns])
+
+
+def item_of(text: str) -> inputs.Item:
+    rel, path, output, problem, size, mtime_ns = json.loads(text)
+    return inputs.Item(rel, Path(path), output, problem, size, mtime_ns)
+
+
+def row(item: inputs.Item, previous: dict | None) -> dict:
+    """The list stage's row of one input: the item and its previous record (for the read stage)."""
+    return {"item": item_text(item), "previous": json.dumps(previous) if previous else "", "kind": "", "record": "",
+            "payload": b""}
+
+
+def read_row(r: dict, ctx: job.Context) -> dict:
+    """The read and decode stage on one row (a CPU task)."""
+    item = item_of(r["item"])
+    previous = json.loads(r["previous"]) if r["previous"] else None
+    got = reading.read(dataclasses.replace(ctx, previous={item.rel: previous} if previous else {}), item)
+    out = {**r, "previous": ""}
+    if isinstance(got, job.Skipped):
+        return {**out, "kind": SKIPPED}
+    if isinstance(got, job.Failure):
+        return {**out, "kind": RECORD, "record": json.dumps([writing.failed_record(ctx, item, got.error)])}
+    return {**out, "kind": PREPARED, "payload": pickle.dumps([got], protocol=pickle.HIGHEST_PROTOCOL)}
+
+
+def write_row(r: dict, ctx: job.Context) -> dict:
+    """The quantise, encode and write stage on one row (a CPU task); its record."""
+    if r["kind"] != ATTACKED:
+        return r
+    records = [writing.write_image(ctx, *entry) for entry in pickle.loads(r["payload"])]
+    return {**r, "kind": RECORD, "record": json.dumps(records), "payload": b""}
+
+
+class Attacker:
+    """The attack stage as a Ray actor: loads and prepares the weights once, attacks batches of rows.
+
+    Args:
+      cfg: the run's settings (victims, attack, seed, batch size, devices).
+      ctx: the job's context.
+    """
+
+    def __init__(self, cfg: ImmunizeConfig, ctx: job.Context):
+        xla_cpu.cpu_flags()  # before any computation, as the CLI does
+        compile_cache.use(compile_cache.resolve(cfg.compile_cache))
+        loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
+        self.stage = immunize.attack_stage(cfg, ctx, loaded, parallel.data_mesh(cfg.devices), None, lambda text: None)
+
+    def __call__(self, batch: dict) -> dict:
+        """Attack every ``job.Prepared`` entry of the batch's rows, grouped by image size."""
+        kinds, payload = list(batch["kind"]), list(batch["payload"])
+        entries = {i: pickle.loads(payload[i]) for i, k in enumerate(kinds) if k == PREPARED}
+        by_size: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for i, row_entries in entries.items():
+            for j, e in enumerate(row_entries):
+                if isinstance(e, job.Prepared):
+                    by_size.setdefault(e.image.size, []).append((i, j))
+        for members in by_size.values():
+            results = [r for piece in self.stage.launch([entries[i][j] for i, j in members])
+                       for r in self.stage.collect(piece)]
+            for (i, j), result in zip(members, results):
+                entries[i][j] = result  # (prepared, protected image, distances)
+        for i, row_entries in entries.items():
+            kinds[i], payload[i] = ATTACKED, pickle.dumps(row_entries, protocol=pickle.HIGHEST_PROTOCOL)
+        return {**batch, "kind": np.asarray(kinds, dtype=object), "payload": np.asarray(payload, dtype=object)}
+
+
+def dataset(ray, rows: list[dict], cfg: ImmunizeConfig, ctx: job.Context, actors: tuple[int, int], gpus: bool,
+            sharded: bool = False):
+    """The stages as one Ray Data dataset over ``rows`` (inputs, or shards); its rows come out as records or skips."""
+    batch = 1 if sharded else (cfg.batch_size or (8 if gpus else 1)) * (cfg.devices or 1)
+    read, write = (shard_stages.read_shard, shard_stages.write_shard) if sharded else (read_row, write_row)
+    ds = ray.data.from_items(rows)
+    ds = ds.map(read, fn_kwargs={"ctx": ctx}, num_cpus=TASK_CPUS)
+    ds = ds.map_batches(Attacker, fn_constructor_args=(cfg, ctx), batch_size=batch, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(min_size=actors[0], max_size=actors[1]),
+                        num_gpus=1 if gpus else 0, num_cpus=1 if gpus else ACTOR_CPUS)
+    return ds.map(write, fn_kwargs={"ctx": ctx}, num_cpus=TASK_CPUS)
+
+
+def drive(ds, recorder: job.Recorder) -> job.Counts:
+    """Stream the dataset's rows into the record stage (the driver alone writes the manifest)."""
+    try:
+        for r in streamed(ds):
+            if r["kind"] == SKIPPED:
+                recorder.skipped(item_of(r["item"]))
+            else:
+                recorder.add(json.loads(r["record"]))
+    finally:
+        recorder.close()
+    return recorder.counts
+
+
+def run(cfg: ImmunizeConfig, stream=None) -> immunize.Summary:
+    """Run the immunize job on a Ray cluster; returns its summary.
+
+    Joins ``cfg.ray_address`` (or starts a local cluster, stopped at the end).
+    Raises ``SetupError`` (one line) if it cannot start, ``faults.JobFailed``
+    (one line) if the job fails on the way.
+    """
+    stream = stream if stream is not None else sys.stderr
+    start = time.monotonic()
+    if cfg.faces != "aligned":
+        raise SetupError("--engine ray: --faces detect is not supported yet; use the in-process engine")
+    if cfg.distributed is not None:
+        raise SetupError("--engine ray and --distributed exclude each other (Ray shares the work out itself)")
+    pool_size(cfg.ray_actors, 0)  # a bad range fails before any cluster starts
+    ray = import_ray()
+    if cfg.src is not None and is_sharded(cfg.src):
+        return run_sharded(ray, cfg, stream, start)
+    src = Path(cfg.src) if cfg.src is not None else immunize.SAMPLES
+    dst = Path(cfg.dst)
+    items = immunize.list_inputs(src, dst, cfg.format)
+    tmp_dir = writing.prepare_dst(dst, 0)
+    started = connect(ray, cfg.ray_address)
+    try:
+        with Lock(manifest.state_dir(dst), 0):
+            return run_stages(ray, cfg, src, dst, items, tmp_dir, stream, start)
+    except OSError as e:  # DST became unwritable mid-run
+        raise faults.JobFailed(f"{e.filename or dst}: {e.strerror or e}; the job stopped, finished images are kept") \
+            from None
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_stages(ray, cfg, src, dst, items, tmp_dir, stream, start) -> immunize.Summary:
+    """Settings, shards and resume on the driver; the stages on the cluster; the report."""
+    say = (lambda text: None) if cfg.quiet else (lambda text: print(text, file=stream, flush=True))
+    loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
+    settings, settings_hash = job.settings(cfg, loaded)
+    warning = immunize.STAND_IN_WARNING.format(names=", ".join(loaded.stand_in)) if loaded.stand_in else None
+    for line in (warning, immunize.JPEG_WARNING if cfg.format == "jpeg" else None):
+        if line:
+            print(line, file=stream, flush=True)
+    state = manifest.state_dir(dst)
+    work = state / "work-p0"
+    base = job.Context(dst, tmp_dir, settings_hash, 0, cfg.attack.eps, cfg.format, cfg.jpeg_quality, cfg.max_size,
+                       tuple(loaded.names), {}, cfg.verify)
+    resume = Resume(shards.Store(state), work, shards.spill(items, work, 0, 1, dst), dst, settings_hash, cfg.force,
+                    cfg.verify)
+    ctx = dataclasses.replace(base, previous=resume)
+    progress = Progress(resume.total, stream=stream, quiet=cfg.quiet)
+    immunize.write_settings(ctx, settings)
+    recorder = job.Recorder(ctx, progress, resume)
+    rows = [row(item, resume.get(item.rel)) for item in resume.items(recorder.skipped_shard)]
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    actors = pool_size(cfg.ray_actors, gpus)
+    say(f"leat-jax: {resume.total} images from {src} -> {dst}; victims: {', '.join(loaded.names)}; Ray engine, "
+        f"{actors[0]}-{actors[1]} attack actor(s) on {'GPU' if gpus else 'CPU'}; eps {cfg.attack.eps}, "
+        f"{cfg.attack.iterations} iterations")
+    try:
+        counts = drive(dataset(ray, rows, cfg, base, actors, gpus > 0), recorder) if rows else recorder.counts
+    finally:
+        progress.close()
+    seconds = time.monotonic() - start
+    stats = {"process": 0, "inputs": resume.total, "protected": counts.protected, "skipped": counts.skipped,
+             "failed": counts.failed, "seconds": seconds, "no_face": counts.no_face, "devices": actors[1],
+             "platform": "gpu" if gpus else "cpu", "engine": "ray", "actors": list(actors)}
+    report_path, sheet_path = immunize.write_report(cfg, ctx, src, settings, stats, 1, warning)
+    say(immunize.closing_line(counts, seconds, report_path, sheet_path))
+    if loaded.stand_in:
+        print("leat-jax: reminder: stand-in weights; this output protects against nothing.", file=stream, flush=True)
+    return immunize.Summary(resume.total, counts.protected, counts.skipped, counts.failed, seconds, report_path,
+                            sheet_path, loaded.stand_in, counts.no_face)
+
+
+def is_sharded(src: str) -> bool:
+    """Whether SRC is a sharded dataset: a URL, a ``.tar``/``.parquet`` file, or a folder holding such files."""
+    if "://" in src or sources.kind_of(src):
+        return True
+    try:
+        return Path(src).is_dir() and any(sources.kind_of(e.name) for e in os.scandir(src) if e.is_file())
+    except OSError:
+        return False
+
+
+def run_sharded(ray, cfg: ImmunizeConfig, stream, start) -> immunize.Summary:
+    """A sharded dataset: one output shard per input shard under DST, committed whole; shards done are skipped."""
+    say = (lambda text: None) if cfg.quiet else (lambda text: print(text, file=stream, flush=True))
+    try:
+        found = sources.list_shards(cfg.src)
+    except sources.SourceError as e:
+        raise SetupError(str(e)) from None
+    if not found:
+        raise SetupError(f"{cfg.src}: no .tar or .parquet shards")
+    loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
+    settings, settings_hash = job.settings(cfg, loaded)
+    warning = immunize.STAND_IN_WARNING.format(names=", ".join(loaded.stand_in)) if loaded.stand_in else None
+    if warning:
+        print(warning, file=stream, flush=True)
+    dst = cfg.dst.rstrip("/")
+    ctx = job.Context(Path(dst), Path("."), settings_hash, 0, cfg.attack.eps, cfg.format, cfg.jpeg_quality,
+                      cfg.max_size, tuple(loaded.names), {})
+    out = {s.rel: f"{dst}/{s.rel}" for s in found}
+    counts, todo = job.Counts(), []
+    for s in found:
+        marker = None if cfg.force else sinks.committed(out[s.rel], settings_hash, s.version)
+        if marker is None:
+            todo.append(s)
+        else:
+            counts.skipped += sum(r["status"] == "done" for r in marker["records"])
+    started = connect(ray, cfg.ray_address)
+    try:
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        actors = pool_size(cfg.ray_actors, gpus)
+        say(f"leat-jax: {len(found)} shards ({len(found) - len(todo)} done before) from {cfg.src} -> {dst}; "
+            f"victims: {', '.join(loaded.names)}; Ray engine, {actors[0]}-{actors[1]} attack actor(s)")
+        unread = []  # records of shards that could not be read: no marker holds them
+        rows = [shard_stages.shard_row(s, out[s.rel]) for s in todo]
+        for r in streamed(dataset(ray, rows, cfg, ctx, actors, gpus > 0, sharded=True)) if rows else ():
+            for record in json.loads(r["record"]):
+                if record["status"] == "failed":
+                    counts.failed += 1
+                    unread += [record] if record["path"] in out else []
+                    print(f"leat-jax: error: {record['error']}", file=stream, flush=True)
+                else:
+                    counts.protected += 1
+    finally:
+        if started:
+            ray.shutdown()
+    about = (settings, settings_hash, warning, actors, gpus, unread)
+    return finish_sharded(cfg, found, out, counts, about, say, start)
+
+
+def streamed(ds):
+    """The dataset's rows; a failure of the Ray job itself as one line (``faults.JobFailed``)."""
+    try:
+        yield from ds.iter_rows()
+    except (faults.JobFailed, KeyboardInterrupt):
+        raise
+    except Exception as e:  # a task that failed past its retries, a lost cluster
+        text = [line for line in str(e).strip().splitlines() if line.strip()]
+        raise faults.JobFailed(f"the Ray job failed ({type(e).__name__}: {text[-1] if text else ''}); "
+                               "committed work is kept, run the same command again to finish") from None
+
+
+def finish_sharded(cfg, found, out, counts: job.Counts, about, say, start) -> immunize.Summary:
+    """The report, built from the committed shards' markers (so it holds after any crash); the summary."""
+    settings, settings_hash, warning, actors, gpus, unread = about
+    rows, total = [], 0
+    for s in found:
+        marker = sinks.committed(out[s.rel], settings_hash, s.version) or {"records": []}
+        records = {r["path"]: r for r in marker["records"]}
+        total += len(records)
+        rows.append(([inputs.Item(rel, Path(rel), rec.get("output") or rel) for rel, rec in records.items()], records))
+    rows.append(([inputs.Item(r["path"], Path(r["path"]), r["path"]) for r in unread], {r["path"]: r for r in unread}))
+    seconds = time.monotonic() - start
+    stats = {"process": 0, "inputs": total, "protected": counts.protected, "skipped": counts.skipped,
+             "failed": counts.failed, "seconds": seconds, "no_face": 0, "devices": actors[1],
+             "platform": "gpu" if gpus else "cpu", "engine": "ray", "actors": list(actors), "shards": len(found)}
+    data = report.build(rows, settings, [stats], cfg.src, cfg.dst, warning)
+    dst = cfg.dst.rstrip("/")
+    sinks.put(f"{dst}/{inputs.SETTINGS}", (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())
+    sinks.put(f"{dst}/{inputs.REPORT}", (json.dumps(data, indent=2) + "\n").encode())
+    say(immunize.closing_line(counts, seconds, f"{dst}/{inputs.REPORT}", None))
+    return immunize.Summary(total, counts.protected, counts.skipped, counts.failed, seconds, None, None,
+                            tuple(settings["stand_in_weights"]))

@@ -1,0 +1,82 @@
+"""The stages of a sharded job (tar or Parquet shards in, the same shape out), as plain functions on rows.
+
+A row is one input shard: ``read_shard`` reads and decodes its images (a
+CPU task), the attack actors attack them (``ray_engine.Attacker``), and
+``write_shard`` quantises, encodes and checks each image, then commits the
+output shard whole with its records in the done marker (``sinks``). A shard
+that cannot be read fails alone, with a one-line record.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+import posixpath
+from pathlib import Path
+
+from leat_jax.pipeline import images, job, reading, sinks, sources, writing
+from leat_jax.pipeline.images import OUTPUT_FORMATS
+from leat_jax.pipeline.inputs import Item
+
+# Kinds of row between the stages (shared with ``ray_engine``).
+RECORD, PREPARED, ATTACKED = "record", "prepared", "attacked"
+
+
+def shard_row(shard: sources.Shard, out_url: str) -> dict:
+    return {"item": json.dumps(dataclasses.asdict(shard)), "out": out_url, "previous": "", "kind": "", "record": "",
+            "payload": b""}
+
+
+def shard_of(text: str) -> sources.Shard:
+    return sources.Shard(**json.loads(text))
+
+
+def output_name(key: str, fmt: str) -> str:
+    return posixpath.splitext(key)[0] + OUTPUT_FORMATS[fmt]
+
+
+def read_shard(r: dict, ctx: job.Context) -> dict:
+    """Read one shard and decode its images; a row of entries (``job.Prepared`` or a failed record)."""
+    shard = shard_of(r["item"])
+    try:
+        found = sources.members(shard, sources.read_bytes(shard.url))
+    except sources.SourceError as e:
+        record = {"path": shard.rel, "status": "failed", "process": ctx.process_index, "error": str(e)}
+        return {**r, "kind": RECORD, "record": json.dumps([record])}
+    entries = []
+    for key, blob, problem in found:
+        item = Item(key, Path(shard.rel, key), output_name(key, ctx.format))
+        got = job.Failure(item, problem) if problem else reading.decoded(ctx, item, blob, job.sha256(blob))
+        entries.append(writing.failed_record(ctx, item, got.error) if isinstance(got, job.Failure) else got)
+    return {**r, "kind": PREPARED, "payload": pickle.dumps(entries, protocol=pickle.HIGHEST_PROTOCOL)}
+
+
+def encoded(ctx: job.Context, entry) -> tuple[bytes | None, dict]:
+    """(encoded image or None, record) of one entry after the attack."""
+    if isinstance(entry, dict):
+        return None, entry
+    p, protected, distances = entry
+    try:
+        data, measured = writing.encode_checked(ctx, p, protected)
+    except images.ImageError as e:
+        return None, writing.failed_record(ctx, p.item, f"{p.item.path}: {e}")
+    return data, {"path": p.item.rel, "status": "done", "process": ctx.process_index, "input_sha256": p.input_sha256,
+                  "settings": ctx.settings_hash, "output": p.item.output, "output_sha256": job.sha256(data),
+                  "distances": distances, "linf": measured, "size": [int(s) for s in p.image.size],
+                  "image": p.image.description}
+
+
+def write_shard(r: dict, ctx: job.Context) -> dict:
+    """Encode a shard's attacked images and commit the output shard with its records (marker last)."""
+    if r["kind"] != ATTACKED:
+        return r
+    shard = shard_of(r["item"])
+    files, records = [], []
+    for entry in pickle.loads(r["payload"]):
+        data, record = encoded(ctx, entry)
+        records.append(record)
+        if data is not None:  # tar members take the output's suffix; Parquet keeps the key
+            files.append((record["output"] if shard.kind == "tar" else record["path"], data))
+    marker = {"settings": ctx.settings_hash, "version": shard.version, "source": shard.url, "records": records}
+    sinks.commit(r["out"], sinks.encode_shard(shard.kind, files), marker)
+    return {**r, "kind": RECORD, "record": json.dumps(records), "payload": b""}

@@ -1,0 +1,180 @@
+"""The Ray engine (``leat_jax.engines.ray_engine``) on a real local cluster, shared by the module's tests."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+import psutil
+import pytest
+from PIL import Image
+
+from leat_jax import cli
+from leat_jax.engines import ray_engine
+from leat_jax.errors import SetupError
+from leat_jax.pipeline import inputs, shards, sinks, sources
+from tests.test_pipeline_immunize import ATTACK, immunize, noise, outputs, report, toy_victims  # noqa: F401
+from tests.test_storage import s3  # noqa: F401
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def cluster(request):
+    """One local cluster for the module, started as the engine starts one (2 CPUs), stopped afterwards.
+
+    Started after the S3 server, so its workers see the endpoint in their environment.
+    """
+    request.getfixturevalue("s3")
+    ray_engine.import_ray()  # Ray Data's log handler takes the stderr of now, not of a test's capsys (closed after it)
+    assert ray_engine.connect(ray, None, num_cpus=2)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def mixed_set(folder, n=6):
+    """``n`` images of two sizes, in two folders."""
+    for i in range(n):
+        path = folder / ("a" if i % 2 else "b") / f"img{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(noise(24, 24) if i % 3 else noise(16, 20)).save(path)
+    return folder
+
+
+def test_pool_size_is_a_range():
+    assert ray_engine.pool_size(None, 0) == (1, 1) and ray_engine.pool_size(None, 8) == (1, 8)
+    assert ray_engine.pool_size("3", 0) == (3, 3) and ray_engine.pool_size("2-6", 0) == (2, 6)
+    for bad in ("0", "5-2", "x", "1-"):
+        with pytest.raises(SetupError, match="--ray-actors"):
+            ray_engine.pool_size(bad, 0)
+
+
+def test_started_cluster_has_no_dashboard_and_so_no_jobs_api(cluster):
+    ours = {p.pid: p for p in psutil.Process().children(recursive=True)}
+    assert any("gcs_server" in p.name() for p in ours.values())  # these are the cluster's processes
+    heads = [p.cmdline() for p in ours.values() if any(a.endswith("dashboard/dashboard.py") for a in p.cmdline())]
+    # Without the dashboard Ray's head process loads the usage-stats module alone: no jobs API, no frontend.
+    assert all("--modules-to-load=UsageStatsHead" in c and "--disable-frontend" in c for c in heads), heads
+    listening = [c.laddr for c in psutil.net_connections(kind="inet") if c.status == "LISTEN" and c.pid in ours]
+    assert listening and 8265 not in [a.port for a in listening]  # nothing at the dashboard's port
+    # Ray 2.60 turns a loopback node address into the host's reachable one and binds its own servers (and
+    # each node agent's HTTP job endpoint) on it; its token authentication guards them (README).
+
+
+def test_ray_engine_writes_the_files_of_the_in_process_engine(cluster, tmp_path, capsys):
+    src = mixed_set(tmp_path / "src")
+    assert immunize(capsys, src, tmp_path / "one")[0] == 0
+    rc, err = immunize(capsys, src, tmp_path / "ray", "--engine", "ray", "--ray-actors", "2")
+    assert rc == 0, err
+    expected = outputs(tmp_path / "one")
+    assert len(expected) == 6 and outputs(tmp_path / "ray") == expected  # byte-identical
+    got = report(tmp_path / "ray")
+    assert got["totals"]["done"] == 6 and got["run"]["per_process"][0]["actors"] == [2, 2]
+    lines = [json.loads(line) for f in (tmp_path / "ray" / inputs.STATE_DIR / "shards").glob("*.jsonl")
+             for line in f.read_text().splitlines()]
+    assert sorted(r["path"] for r in lines) == sorted(expected)  # each image recorded once
+    markers = list((tmp_path / "ray" / inputs.STATE_DIR / "shards").glob("*.done"))
+    assert len(markers) == len({shards.shard_of(rel) for rel in expected})
+    # a rerun finds every shard done: nothing is read, attacked or written again
+    rc, _ = immunize(capsys, src, tmp_path / "ray", "--engine", "ray")
+    assert rc == 0 and report(tmp_path / "ray")["run"]["already_done"] == 6
+    assert outputs(tmp_path / "ray") == expected
+
+
+def test_ray_engine_bad_settings_are_one_line_errors(tmp_path, capsys):
+    src = mixed_set(tmp_path / "src", 1)
+    rc, err = immunize(capsys, src, tmp_path / "out", "--engine", "ray", "--ray-actors", "0")
+    assert rc == 2 and err.strip().splitlines() == ["leat-jax: error: --ray-actors: expected N or MIN-MAX "
+                                                   "(1 <= MIN <= MAX), got '0'"]
+    rc, err = immunize(capsys, src, tmp_path / "out", "--engine", "ray", "--faces", "detect")
+    assert rc == 2 and "--faces detect is not supported" in err and len(err.strip().splitlines()) == 1
+    with socket.socket() as s:  # a port nothing listens at
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rc, err = immunize(capsys, src, tmp_path / "out", "--engine", "ray", "--ray-address", f"127.0.0.1:{port}")
+    assert rc == 2 and err.strip().splitlines() == [
+        f"leat-jax: error: --ray-address 127.0.0.1:{port}: nothing answers there (Connection refused); "
+        "start the cluster first (ray start --head)"]
+    rc, err = immunize(capsys, f"file://{tmp_path}/nowhere", tmp_path / "out", "--engine", "ray")
+    assert rc == 2 and err.strip().splitlines() == [f"leat-jax: error: file://{tmp_path}/nowhere: no such file, "
+                                                   "folder or object prefix"]
+
+
+def test_tar_and_parquet_shards_give_the_files_of_the_in_process_engine(cluster, tmp_path, capsys):
+    src = mixed_set(tmp_path / "src", 4)
+    assert immunize(capsys, src, tmp_path / "one")[0] == 0
+    expected = outputs(tmp_path / "one")
+    files = [(p.relative_to(src).as_posix(), p.read_bytes()) for p in sorted(src.rglob("*.png"))]
+    shards_in = tmp_path / "shards"
+    (shards_in / "t").mkdir(parents=True)
+    (shards_in / "t" / "s0.tar").write_bytes(sinks.encode_shard("tar", files[:3] + [("zz.png", b"\x89PNG junk")]))
+    (shards_in / "s1.parquet").write_bytes(sinks.encode_shard("parquet", files[3:]))
+    (shards_in / "bad.tar").write_bytes(b"not a tar" * 200)
+    rc, err = immunize(capsys, shards_in, tmp_path / "out", "--engine", "ray", "--ray-actors", "2")
+    errors = sorted(line for line in err.splitlines() if "error" in line)
+    assert rc == 1 and len(errors) == 3, err  # the unreadable shard and the corrupt member fail alone, one line each
+    assert errors[0].startswith("leat-jax: error: 2 image(s) failed")  # the summary line
+    assert errors[1].startswith("leat-jax: error: file://") and "bad.tar: not a readable tar shard" in errors[1]
+    assert errors[2].startswith("leat-jax: error: t/s0.tar/zz.png: ")
+    out_tar = sources.Shard(str(tmp_path / "out" / "t" / "s0.tar"), "t/s0.tar", "tar", "")
+    out_pq = sources.Shard(str(tmp_path / "out" / "s1.parquet"), "s1.parquet", "parquet", "")
+    got = {k: b for s in (out_tar, out_pq) for k, b, _ in sources.members(s, sources.read_bytes(s.url))}
+    assert got == expected  # byte-identical, tar members and Parquet keys by the same names
+    assert report(tmp_path / "out")["totals"]["done"] == 4
+    assert sorted(f["path"] for f in report(tmp_path / "out")["failures"]) == ["bad.tar", "zz.png"]
+    # a rerun skips both committed shards; a shard without its marker (half-written) is redone
+    (tmp_path / "out" / ("s1.parquet" + sinks.MARKER)).unlink()
+    rc, err = immunize(capsys, shards_in, tmp_path / "out", "--engine", "ray")
+    assert rc == 1 and report(tmp_path / "out")["run"]["protected"] == 1  # bad.tar is tried again, and fails
+    assert report(tmp_path / "out")["run"]["already_done"] == 3 and report(tmp_path / "out")["totals"]["done"] == 4
+
+
+def test_an_attack_actor_killed_mid_job_loses_nothing(cluster, tmp_path, capsys):
+    src = mixed_set(tmp_path / "src", 12)
+    assert immunize(capsys, src, tmp_path / "one")[0] == 0
+    dst, result = tmp_path / "ray", {}
+    job = threading.Thread(target=lambda: result.update(rc=cli.main(
+        ["immunize", str(src), str(dst), *ATTACK, "--quiet", "--engine", "ray", "--ray-actors", "2"])))
+    job.start()
+    killed = None
+    while job.is_alive() and killed is None:
+        written = manifest_lines(dst)
+        alive = [a for a in ray._private.state.actors().values()
+                 if a["State"] == "ALIVE" and "MapWorker" in a["ActorClassName"]]  # the attack pool
+        if len(alive) == 2 and 0 < written < 12:
+            os.kill(alive[0]["Pid"], signal.SIGKILL)  # the actor's process dies, as on a lost node
+            killed = written
+        time.sleep(0.05)
+    job.join()
+    assert killed is not None and result["rc"] == 0  # killed mid-job, and the job completed
+    assert outputs(dst) == outputs(tmp_path / "one")
+    recorded = [json.loads(line)["path"] for f in (dst / inputs.STATE_DIR / "shards").glob("*.jsonl")
+                for line in f.read_text().splitlines()]
+    assert sorted(recorded) == sorted(outputs(dst))  # nothing recorded twice, nothing lost
+
+
+def manifest_lines(dst) -> int:
+    try:
+        return len((dst / inputs.STATE_DIR / "manifest-0.jsonl").read_text().splitlines())
+    except OSError:
+        return 0
+
+
+def test_s3_source_and_sink(cluster, tmp_path, capsys):
+    src = mixed_set(tmp_path / "src", 3)
+    assert immunize(capsys, src, tmp_path / "one")[0] == 0
+    files = [(p.relative_to(src).as_posix(), p.read_bytes()) for p in sorted(src.rglob("*.png"))]
+    sinks.put("s3://bucket/job/in/s0.tar", sinks.encode_shard("tar", files))
+    rc, err = immunize(capsys, "s3://bucket/job/in", "s3://bucket/job/out", "--engine", "ray")
+    assert rc == 0, err
+    out = sources.Shard("s3://bucket/job/out/s0.tar", "s0.tar", "tar", "")
+    got = {k: b for k, b, _ in sources.members(out, sources.read_bytes(out.url))}
+    assert got == outputs(tmp_path / "one")  # written once, no rename: byte-identical all the same
+    marker = json.loads(sources.read_bytes(out.url + sinks.MARKER))
+    assert sorted(r["path"] for r in marker["records"]) == sorted(got)
+    assert json.loads(sources.read_bytes(f"s3://bucket/job/out/{inputs.REPORT}"))["totals"]["done"] == 3

@@ -1,0 +1,93 @@
+"""The Ray engine's stages and driver with Ray Data replaced by a plain loop over the same functions.
+
+Runs without a cluster (and without Ray installed): the rows go through
+``read_row``/``read_shard``, the ``Attacker`` actor class and
+``write_row``/``write_shard`` in this process, and ``run`` drives them as it
+drives Ray Data. The cluster tests are in ``test_engine_ray.py``.
+"""
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+from leat_jax.engines import ray_engine, shard_stages
+from leat_jax.pipeline import inputs, sinks, sources
+from tests.test_engine_ray import mixed_set
+from tests.test_pipeline_immunize import immunize, outputs, report, toy_victims  # noqa: F401
+
+
+class LocalDataset:
+    """What ``ray_engine.dataset`` builds, run row by row in this process."""
+
+    def __init__(self, ray, rows, cfg, ctx, actors, gpus, sharded=False):
+        self.rows, self.cfg, self.ctx = rows, cfg, ctx
+        self.read, self.write = ((shard_stages.read_shard, shard_stages.write_shard) if sharded
+                                 else (ray_engine.read_row, ray_engine.write_row))
+
+    def iter_rows(self):
+        attacker = ray_engine.Attacker(self.cfg, self.ctx)
+        for r in self.rows:
+            r = self.read(r, self.ctx)
+            out = attacker({k: np.asarray([v], dtype=object) for k, v in r.items()})
+            yield self.write({k: v[0] for k, v in out.items()}, self.ctx)
+
+
+@pytest.fixture
+def local(monkeypatch):
+    fake = types.SimpleNamespace(is_initialized=lambda: True, cluster_resources=lambda: {"CPU": 2.0},
+                                 shutdown=lambda: None)
+    monkeypatch.setattr(ray_engine, "import_ray", lambda: fake)
+    monkeypatch.setattr(ray_engine, "dataset", LocalDataset)
+
+
+def test_folder_rows_write_the_files_of_the_in_process_engine(local, tmp_path, capsys):
+    src = mixed_set(tmp_path / "src", 6)
+    (src / "b" / "broken.png").write_bytes(b"\x89PNG nothing")
+    assert immunize(capsys, src, tmp_path / "one")[0] == 1
+    rc, err = immunize(capsys, src, tmp_path / "two", "--engine", "ray")
+    assert rc == 1 and [line for line in err.splitlines() if "error: " in line][0].startswith(
+        f"leat-jax: error: {src / 'b' / 'broken.png'}: ")
+    assert outputs(tmp_path / "two") == outputs(tmp_path / "one") and len(outputs(tmp_path / "one")) == 6
+    got = report(tmp_path / "two")
+    assert got["totals"]["done"] == 6 and got["totals"]["failed"] == 1
+    rc, _ = immunize(capsys, src, tmp_path / "two", "--engine", "ray")  # done images skipped, the broken one retried
+    assert rc == 1 and report(tmp_path / "two")["run"]["already_done"] == 6
+
+
+def test_shard_rows_write_the_files_of_the_in_process_engine(local, tmp_path, capsys):
+    src = mixed_set(tmp_path / "src", 5)
+    assert immunize(capsys, src, tmp_path / "one")[0] == 0
+    files = [(p.relative_to(src).as_posix(), p.read_bytes()) for p in sorted(src.rglob("*.png"))]
+    shards_in = tmp_path / "shards"
+    shards_in.mkdir()
+    (shards_in / "s0.tar").write_bytes(sinks.encode_shard("tar", files[:2]))
+    (shards_in / "s1.parquet").write_bytes(sinks.encode_shard("parquet", files[2:]))
+    rc, err = immunize(capsys, f"file://{shards_in}", tmp_path / "out", "--engine", "ray")
+    assert rc == 0, err
+    got = {}
+    for name, kind in (("s0.tar", "tar"), ("s1.parquet", "parquet")):
+        shard = sources.Shard(str(tmp_path / "out" / name), name, kind, "")
+        got.update({k: b for k, b, _ in sources.members(shard, sources.read_bytes(shard.url))})
+    assert got == outputs(tmp_path / "one")
+    assert report(tmp_path / "out")["totals"]["done"] == 5 and (tmp_path / "out" / inputs.SETTINGS).exists()
+    rc, _ = immunize(capsys, shards_in, tmp_path / "out", "--engine", "ray")
+    assert rc == 0 and report(tmp_path / "out")["run"]["already_done"] == 5
+    assert report(tmp_path / "out")["run"]["protected"] == 0
+
+
+def test_a_parquet_shard_without_its_key_column_fails_alone(local, tmp_path, capsys):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    src = mixed_set(tmp_path / "src", 1)
+    shards_in = tmp_path / "shards"
+    shards_in.mkdir()
+    (shards_in / "a.tar").write_bytes(sinks.encode_shard("tar", [("img0.png", (src / "b" / "img0.png").read_bytes())]))
+    pq.write_table(pa.table({"name": ["x.png"], "image": [b"x"]}), shards_in / "b.parquet")
+    rc, err = immunize(capsys, shards_in, tmp_path / "out", "--engine", "ray")
+    errors = [line for line in err.splitlines() if "error: " in line]
+    assert rc == 1 and len(errors) == 2 and errors[0].endswith("b.parquet: no 'key' column (columns: name, image)")
+    assert errors[1].startswith("leat-jax: error: 1 image(s) failed")  # the summary line
+    assert sinks.committed(str(tmp_path / "out" / "a.tar"), report(tmp_path / "out")["settings"]["settings_hash"],
+                           sources.list_shards(str(shards_in / "a.tar"))[0].version) is not None

@@ -1,0 +1,106 @@
+"""Sharded sources and sinks (``pipeline.sources``, ``pipeline.sinks``): tar and Parquet shards, local and on S3."""
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from leat_jax.pipeline import sinks, sources
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+
+def tar_bytes(files):
+    return sinks.encode_shard("tar", files)
+
+
+def parquet_bytes(table):
+    out = io.BytesIO()
+    pq.write_table(table, out)
+    return out.getvalue()
+
+
+def test_tar_and_parquet_shards_list_and_read_back(tmp_path):
+    files = [("a/x.png", b"one"), ("y.jpg", b"two")]
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "s0.tar").write_bytes(tar_bytes(files + [("notes.txt", b"skip")]))
+    (tmp_path / "s1.parquet").write_bytes(sinks.encode_shard("parquet", files))
+    (tmp_path / "other.png").write_bytes(b"x")
+    found = sources.list_shards(str(tmp_path))
+    assert [(s.rel, s.kind) for s in found] == [("d/s0.tar", "tar"), ("s1.parquet", "parquet")]
+    assert [m[:2] for m in sources.members(found[0], sources.read_bytes(found[0].url))] == files  # not notes.txt
+    assert sources.members(found[1], sources.read_bytes(found[1].url)) == [(k, b, None) for k, b in files]
+    assert sources.list_shards(found[0].url)[0].url == found[0].url  # one shard as SRC
+    assert sinks.encode_shard("tar", files) == tar_bytes(files)  # the same bytes on every run
+
+
+def test_bad_shards_are_one_line_errors(tmp_path):
+    with pytest.raises(sources.SourceError, match="no such file"):
+        sources.list_shards(str(tmp_path / "nothing"))
+    bad = sources.Shard(str(tmp_path / "b.tar"), "b.tar", "tar", "")
+    with pytest.raises(sources.SourceError, match="not a readable tar shard") as e:
+        sources.members(bad, b"\x00garbage" * 100)
+    assert "\n" not in str(e.value)
+    nokey = sources.Shard(str(tmp_path / "n.parquet"), "n.parquet", "parquet", "")
+    with pytest.raises(sources.SourceError, match="no 'key' column"):
+        sources.members(nokey, parquet_bytes(pa.table({"image": [b"x"]})))
+    with pytest.raises(sources.SourceError, match="cannot read"):
+        sources.read_bytes(str(tmp_path / "gone.tar"))
+    # a member whose data is cut off: the tar fails as a whole, not silently short
+    data = tar_bytes([("a.png", b"x" * 5000)])[:1500]
+    with pytest.raises(sources.SourceError):
+        sources.members(bad, data)
+
+
+def test_commit_writes_the_marker_last_and_only_a_whole_shard_counts(tmp_path):
+    url = str(tmp_path / "out" / "s0.tar")
+    assert sinks.committed(url, "h", "v1") is None
+    sinks.put(url, b"half")  # killed before the marker: not committed
+    assert sinks.committed(url, "h", "v1") is None
+    sinks.commit(url, b"whole", {"settings": "h", "version": "v1", "records": [{"path": "a"}]})
+    assert (tmp_path / "out" / "s0.tar").read_bytes() == b"whole"
+    assert sinks.committed(url, "h", "v1")["records"] == [{"path": "a"}]
+    assert sinks.committed(url, "other", "v1") is None and sinks.committed(url, "h", "v2") is None
+    assert not list((tmp_path / "out").glob("*.part"))
+    (tmp_path / "out" / "s0.tar").unlink()  # marker without its shard: redo
+    assert sinks.committed(url, "h", "v1") is None
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """An S3-compatible server on 127.0.0.1 (moto), with a bucket; the environment s3fs reads."""
+    moto_server = pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()
+        fs = s3fs.S3FileSystem()
+        if not fs.exists("bucket"):  # moto's servers in one process share their buckets
+            fs.mkdir("bucket")
+        yield env
+    server.stop()
+
+
+def test_s3_source_and_sink_through_the_loopback_server(s3):
+    files = [("x.png", b"one"), ("y.png", b"two")]
+    sinks.put("s3://bucket/in/p/s0.tar", tar_bytes(files))
+    found = sources.list_shards("s3://bucket/in")
+    assert [(s.rel, s.kind) for s in found] == [("p/s0.tar", "tar")] and found[0].url == "s3://bucket/in/p/s0.tar"
+    assert [m[:2] for m in sources.members(found[0], sources.read_bytes(found[0].url))] == files
+    out = "s3://bucket/out/p/s0.tar"
+    sinks.commit(out, b"data", {"settings": "h", "version": found[0].version, "records": []})
+    assert sinks.committed(out, "h", found[0].version) is not None
+    assert sources.read_bytes(out) == b"data"
+    assert json.loads(sources.read_bytes(out + sinks.MARKER))["settings"] == "h"
+    with pytest.raises(sources.SourceError, match="no such file"):
+        sources.list_shards("s3://bucket/missing")
