@@ -126,6 +126,11 @@ def test_cosine_loss_by_name_and_weights_per_victim():
     np.testing.assert_allclose(muted.protected, alone.protected, atol=1e-6)
     both = run(VICTIMS, AttackConfig(iterations=3), PARAMS, x, ids(2), 2)
     assert np.abs(np.asarray(both.protected) - np.asarray(alone.protected)).max() > 0.01
+    # A positive weight counts after the normalisation (before it, the norm would cancel it): the weak
+    # victim at weight 3 has the larger say, so its distance grows more than with equal weights.
+    heavy = run(VICTIMS, AttackConfig(iterations=3, victim_weights={"weak": 3.0}), PARAMS, x, ids(2), 2)
+    assert np.abs(np.asarray(heavy.protected) - np.asarray(both.protected)).max() > 0.01
+    assert np.all(np.asarray(heavy.dist_end[:, 0]) > np.asarray(both.dist_end[:, 0]))
 
 
 def test_zero_start_moves_with_one_victim():

@@ -14,13 +14,16 @@ import jax
 import jax.numpy as jnp
 
 
-def normalized(grads: Sequence[jax.Array], floor: float) -> jax.Array:
-    """LEAT's Normalized Gradient Ensemble: sum of g_k / (||g_k||_2 + floor).
+def normalized(grads: Sequence[jax.Array], floor: float, weights: Sequence[float] | None = None) -> jax.Array:
+    """LEAT's Normalized Gradient Ensemble: sum of w_k * g_k / (||g_k||_2 + floor).
 
     Each victim gets an equal say whatever the scale of its latent, which a
-    plain sum would hand to the network with the largest gradients.
+    plain sum would hand to the network with the largest gradients; a weight
+    scales that say after the normalisation (before it, the norm would cancel
+    it). Weights of 1 are skipped, so the default stays bit-identical.
     """
-    return sum(g / (jnp.sqrt(jnp.sum(jnp.square(g))) + floor) for g in grads)
+    units = [g / (jnp.sqrt(jnp.sum(jnp.square(g))) + floor) for g in grads]
+    return sum(weighted(units, weights) if weights is not None else units)
 
 
 def summed(grads: Sequence[jax.Array]) -> jax.Array:

@@ -133,10 +133,9 @@ def ensemble_direction(victims: Sequence[Victim], config: AttackConfig, params: 
         values, grads = _shared_view_gradients(config, x, eta, key, view_loss, len(victims))
     else:
         values, grads = zip(*(jax.value_and_grad(functools.partial(loss, k))(eta) for k in range(len(victims))))
-    grads = ensembles.weighted(grads, weights)
     if config.ensemble == "normalized":
-        return ensembles.normalized(grads, config.norm_floor), jnp.stack(values)
-    return ensembles.summed(grads), jnp.stack(values)
+        return ensembles.normalized(grads, config.norm_floor, weights), jnp.stack(values)
+    return ensembles.summed(ensembles.weighted(grads, weights)), jnp.stack(values)
 
 
 def _shared_view_gradients(config: AttackConfig, x, eta, key, view_loss, n_victims: int):

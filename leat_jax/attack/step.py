@@ -15,7 +15,7 @@ from leat_jax.attack.config import AttackConfig
 from leat_jax.models.base import cast_floating
 
 # A zero start is this fraction of eps of keyed noise: at exactly zero every latent residual, so every
-# gradient, is zero; this small a start moves nothing visible (eps/100 is 0.03/255 at the default eps).
+# gradient, is zero; this small a start moves nothing visible (eps/100 is about 0.06/255 at the default eps).
 ZERO_START_SCALE = 1e-2
 
 
