@@ -101,6 +101,21 @@ def _icface(sd: dict, extra: dict) -> tuple[torch.nn.Module, Callable]:
     return net.eval(), lambda x: net(x, attr)
 
 
+def pil_bicubic_input(size) -> Callable[[torch.Tensor], torch.Tensor]:
+    """[-1, 1] NCHW -> ``size`` as ``leat_jax.victims.icface.preprocess`` (ICface's official PIL bicubic):
+    one axis, then the other, each pass's overshoot clamped to the pixel range."""
+    def resize(x):
+        h, w = x.shape[-2:]
+        oh, ow = size
+        if (h, w) == tuple(size):
+            return x
+        first = (oh, w) if h / oh > max(1.0, w / ow) else (h, ow)
+        one = F.interpolate(x, size=first, mode="bicubic", antialias=True, align_corners=False).clamp(-1, 1)
+        return F.interpolate(one, size=tuple(size), mode="bicubic", antialias=True, align_corners=False).clamp(-1, 1)
+
+    return resize
+
+
 def resize_only(size) -> Callable[[torch.Tensor], torch.Tensor]:
     """[-1, 1] NCHW -> the official input of a victim that takes [-1, 1] at ``size``."""
     return lambda x: _resize(x, size)
@@ -137,7 +152,7 @@ REFERENCES: dict[str, Reference] = {
     "diffae": Reference(_diffae, resize_only),
     "simswap_id": Reference(_simswap_id, imagenet_input),
     "simswap_G": Reference(_simswap_g, unit_input),
-    "icface": Reference(_icface, resize_only),
+    "icface": Reference(_icface, pil_bicubic_input),
 }
 
 
