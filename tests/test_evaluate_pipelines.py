@@ -136,7 +136,7 @@ def test_diffae_evaluate_with_baseline(tmp_path, capsys, monkeypatch):
     clean, prot = _pairs(tmp_path, 16)
     out = tmp_path / "out"
     cfg = tmp_path / "eval.toml"
-    cfg.write_text('threshold = 0.0\n[attack]\niterations = 2\n'
+    cfg.write_text('threshold = 0.0\nseed = 0\n[attack]\niterations = 2\n'
                    '[diffae_small]\nknown = ["Smiling:0.5"]\nunknown = ["Young:-0.5", "Eyeglasses:0.5"]\n'
                    'inversion_steps = 2\nrender_steps = 2\n')
     err = _evaluate(capsys, clean, prot, out, "--pipelines", "diffae_small", "--stand-in-weights", "--baseline",
