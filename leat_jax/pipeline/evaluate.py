@@ -49,7 +49,7 @@ from leat_jax.attack.image_space import make_sharded_image_attack
 from leat_jax.errors import SetupError
 from leat_jax.parallel.mesh import data_mesh, replicate
 from leat_jax.pipeline import attributes as attrs_mod
-from leat_jax.pipeline import countermeasures, images, inputs, metrics
+from leat_jax.pipeline import countermeasures, identity, images, inputs, metrics
 from leat_jax.pipeline.config import load_toml
 from leat_jax.pipeline.immunize import SAMPLES
 from leat_jax.victims.base import resize
@@ -86,6 +86,10 @@ class EvaluateConfig:
       seed: the baseline's random starts (with each image's relative path), the
         stand-in weights and sampled attributes; None: the immunize report's seed, else 0.
       threshold: the disruption threshold on MSE (0.05).
+      identity_threshold: a pair is identity-disrupted when the ArcFace cosine of its outputs is below it
+        (``identity.IDENTITY_THRESHOLD``, 0.3: why there).
+      arcface: ArcFace weights of the identity check when no SimSwap pipeline has a folder: a converted
+        ``simswap_id`` folder, or ``"stand-in"`` (needs ``stand_in_weights``); None: no identity check.
       figure_rows: images shown in the figure (0: no figure).
       max_size: largest accepted image side.
       devices: the baseline runs on the first N local devices (None: all).
@@ -105,6 +109,8 @@ class EvaluateConfig:
     attack: AttackConfig | None = None
     seed: int | None = None
     threshold: float = metrics.THRESHOLD
+    identity_threshold: float = identity.IDENTITY_THRESHOLD
+    arcface: str | None = None
     figure_rows: int = 4
     max_size: int = 2048
     devices: int | None = None
@@ -119,6 +125,11 @@ class EvaluateConfig:
             raise SetupError(f"figure_rows must be a non-negative integer, got {self.figure_rows!r}")
         if not isinstance(self.threshold, (int, float)) or not self.threshold >= 0:
             raise SetupError(f"threshold must be a non-negative number, got {self.threshold!r}")
+        t = self.identity_threshold
+        if type(t) not in (int, float) or not -1 <= t <= 1:
+            raise SetupError(f"identity_threshold must be a cosine in [-1, 1], got {t!r}")
+        if self.arcface is not None and not isinstance(self.arcface, str):
+            raise SetupError(f'arcface must be a folder or "stand-in", got {self.arcface!r}')
         if self.seed is not None and (type(self.seed) is not int or not 0 <= self.seed < 2**32):
             raise SetupError(f"seed must be an integer in 0..2**32-1, got {self.seed!r}")
         if self.devices is not None and (type(self.devices) is not int or self.devices < 1):
@@ -142,13 +153,16 @@ def parse_pipelines(text: str) -> tuple[PipelineSpec, ...]:
     return tuple(out)
 
 
-_TOP = {"baseline", "seed", "threshold", "figure_rows", "max_size", "stand_in_weights", "devices", "countermeasure"}
+_TOP = {"baseline", "seed", "threshold", "figure_rows", "max_size", "stand_in_weights", "devices", "countermeasure",
+        "identity_threshold", "arcface"}
 
 
 def read_toml(path) -> dict[str, Any]:
     """The ``--config`` file -> settings for ``build``::
 
         threshold = 0.05
+        identity_threshold = 0.3
+        arcface = "weights/simswap_id"   # relative to the file, or "stand-in"
         [attack]            # the baseline's AttackConfig fields
         iterations = 50
         [pipelines]         # name = folder (relative to the file) or "stand-in"
@@ -173,6 +187,8 @@ def read_toml(path) -> dict[str, Any]:
                 PipelineSpec(n, None if d == "stand-in" else str(path.parent / d)) for n, d in value.items())
         elif isinstance(value, dict):
             out["sections"][key] = dict(value)
+        elif key == "arcface" and isinstance(value, str) and value != identity.STAND_IN:
+            out[key] = str(path.parent / value)
         elif key in _TOP:
             out[key] = value
         else:
@@ -412,8 +428,8 @@ def _load(cfg, plan: _Plan, clean_inputs: list[np.ndarray], seed: int) -> _Loade
     return _Loaded(spec.name, pipe, params, list(known), list(unknown), apply, over, spec.folder)
 
 
-def _stand_in_warning(loaded: list[_Loaded]) -> str | None:
-    stand_in = [p.name for p in loaded if p.stand_in]
+def _stand_in_warning(loaded: list[_Loaded], arcface: bool = False) -> str | None:
+    stand_in = [p.name for p in loaded if p.stand_in] + (["ArcFace of the identity check"] if arcface else [])
     return STAND_IN_WARNING.format(names=", ".join(stand_in)) if stand_in else None
 
 
@@ -497,9 +513,11 @@ def _baseline_timing(times: list[tuple[float, int]], count: int, mesh) -> dict:
 # ---------------------------------------------------------------- measuring
 
 
-def _output_tables(cfg, attack: str, p: _Loaded, pairs, adv_inputs, clean_cache: dict, keep: Mapping | None):
-    """(images, attributes) MSE and masked MSE of one pipeline, and the seconds its passes took."""
-    d_rows, m_rows, seconds = [], [], 0.0
+def _output_tables(cfg, attack: str, p: _Loaded, pairs, adv_inputs, clean_cache: dict, keep: Mapping | None,
+                   checks: identity.OutputChecks):
+    """(images, attributes) MSE, masked MSE, identity cosine and face outcome of one pipeline, and the seconds
+    its passes took."""
+    d_rows, m_rows, c_rows, o_rows, seconds = [], [], [], [], 0.0
     for i, (rel, clean, _) in enumerate(pairs):
         t0 = time.perf_counter()
         key = (p.name, rel)
@@ -513,10 +531,13 @@ def _output_tables(cfg, attack: str, p: _Loaded, pairs, adv_inputs, clean_cache:
         _say(cfg, f"{attack} on {p.name} {i + 1}/{len(pairs)}: {rel} ({time.perf_counter() - t0:.1f}s)")
         d_rows.append(metrics.mse(y_adv, y_clean))
         m_rows.append(metrics.masked_mse(y_adv, y_clean, metrics.cmua_mask(y_clean, x_out)))
-    return np.stack(d_rows), np.stack(m_rows), seconds
+        cos, outcomes = checks.measure(key, y_clean, y_adv)
+        c_rows.append(cos)
+        o_rows.append(outcomes)
+    return np.stack(d_rows), np.stack(m_rows), (np.stack(c_rows), np.array(o_rows, object)), seconds
 
 
-def _summaries(loaded: list[_Loaded], tables: Mapping, threshold: float) -> dict:
+def _summaries(loaded: list[_Loaded], tables: Mapping, threshold: float, ids: Mapping, id_threshold: float) -> dict:
     """Per pipeline and split its summary; per split the aggregate over pipelines."""
     result: dict[str, Any] = {"pipelines": {}, "overall": {}}
     for split in ("known", "unknown", "all"):
@@ -527,37 +548,41 @@ def _summaries(loaded: list[_Loaded], tables: Mapping, threshold: float) -> dict
             d, m = tables[p.name]
             if d[:, cols].size:
                 per[p.name] = (d[:, cols], m[:, cols])
-                result["pipelines"].setdefault(p.name, {})[split] = metrics.summarize(d[:, cols], m[:, cols],
-                                                                                      threshold)
+                result["pipelines"].setdefault(p.name, {})[split] = {
+                    **metrics.summarize(d[:, cols], m[:, cols], threshold),
+                    **identity.summarize(ids[p.name][0][:, cols], ids[p.name][1][:, cols], id_threshold)}
         result["overall"][split] = metrics.aggregate(per, threshold) if per else None
     return result
 
 
 def _evaluate_attack(cfg, attack: str, loaded: list[_Loaded], pairs, adv_inputs: Mapping[str, np.ndarray],
-                     clean_cache: dict, keep: Mapping | None = None):
+                     clean_cache: dict, keep: Mapping | None, checks: identity.OutputChecks):
     """Per pipeline: (images, attributes) MSE and masked MSE tables; the summary by split.
 
     ``clean_cache``: (pipeline, rel) -> clean outputs, filled once for all attacks;
     ``keep``: (pipeline, rel) -> None, filled with the first attribute's output (the figure's).
     """
-    tables, seconds = {}, 0.0
+    tables, ids, seconds = {}, {}, 0.0
     for p in loaded:
-        d, m, t = _output_tables(cfg, attack, p, pairs, adv_inputs, clean_cache, keep)
+        d, m, ids[p.name], t = _output_tables(cfg, attack, p, pairs, adv_inputs, clean_cache, keep, checks)
         tables[p.name], seconds = (d, m), seconds + t
-    result = _summaries(loaded, tables, cfg.threshold)
+    result = _summaries(loaded, tables, cfg.threshold, ids, cfg.identity_threshold)
     adv = [adv_inputs[rel] for rel, _, _ in pairs]
     result["imperceptibility"] = metrics.imperceptibility(adv, [c.model_input() for _, c, _ in pairs])
     result["evaluation_seconds_per_image"] = seconds / len(pairs)
     result["per_image"] = {
         rel: {p.name: {"mse": [float(v) for v in tables[p.name][0][i]],
-                       "masked_mse": [None if np.isnan(v) else float(v) for v in tables[p.name][1][i]]}
+                       "masked_mse": [None if np.isnan(v) else float(v) for v in tables[p.name][1][i]],
+                       "identity_cosine": [float(v) for v in ids[p.name][0][i]],
+                       "face": [str(v) for v in ids[p.name][1][i]]}
               for p in loaded}
         for i, (rel, _, _) in enumerate(pairs)
     }
     return result
 
 
-def _attacks(cfg, leat: _Leat, loaded: list[_Loaded], pairs, out: Path, mesh, shown: dict):
+def _attacks(cfg, leat: _Leat, loaded: list[_Loaded], pairs, out: Path, mesh, shown: dict,
+             checks: identity.OutputChecks):
     """LEAT's protected images, and with ``baseline`` the image-space attack's, measured on every pipeline.
 
     Returns:
@@ -565,12 +590,12 @@ def _attacks(cfg, leat: _Leat, loaded: list[_Loaded], pairs, out: Path, mesh, sh
     """
     cache: dict = {}
     protected = {rel: b.model_input() for rel, _, b in pairs}
-    attacks = {"leat": _evaluate_attack(cfg, "leat", loaded, pairs, protected, cache, shown)}
+    attacks = {"leat": _evaluate_attack(cfg, "leat", loaded, pairs, protected, cache, shown, checks)}
     attacks["leat"]["attack_seconds_per_image"] = leat.seconds_per_image
     if not cfg.baseline:
         return attacks, cache, None
     advs, timing, used = _baseline(cfg, leat.attack, leat.seed, loaded, pairs, out, mesh)
-    attacks["image_space"] = _evaluate_attack(cfg, "image_space", loaded, pairs, advs, cache)
+    attacks["image_space"] = _evaluate_attack(cfg, "image_space", loaded, pairs, advs, cache, None, checks)
     attacks["image_space"]["attack_seconds_per_image"] = timing["seconds_per_image"]
     attacks["image_space"]["timing"] = timing
     return attacks, cache, used
@@ -621,6 +646,25 @@ def _overall_table(data: dict) -> list[str]:
     return lines
 
 
+def _identity_table(data: dict) -> list[str]:
+    lines = ["| attack | pipeline | attributes | pairs | DSR (pixels) | mean identity cosine | identity DSR | "
+             "clean outputs with a face | no face | other face | face DSR |", "|---" * 11 + "|"]
+    for attack, res in data["attacks"].items():
+        for name, splits in res["pipelines"].items():
+            for split in ("known", "unknown"):
+                s = splits.get(split)
+                if s:
+                    lines.append(f"| {attack} | {name} | {split} | {s['pairs']} | {_fmt(s['dsr'], True)} | "
+                                 f"{_fmt(s['mean_identity_cosine'])} | {_fmt(s['identity_dsr'], True)} | "
+                                 f"{s['clean_faces']} | {_fmt(s['no_face_rate'], True)} | "
+                                 f"{_fmt(s['other_face_rate'], True)} | {_fmt(s['face_dsr'], True)} |")
+    weights = data.get("identity_weights")
+    return lines + ["", f"Identity: SimSwap ArcFace ({weights or 'not run: no weights'}); identity-disrupted when "
+                    f"the cosine of the outputs' embeddings < {data['identity_threshold']}. Face: MTCNN, largest "
+                    f"box; other face when IoU < {identity.IOU_THRESHOLD}; rates over the pairs whose clean output "
+                    "shows a face."]
+
+
 def _cost_table(data: dict) -> list[str]:
     lines = ["| attack | PSNR (dB) | SSIM | max L-inf | attack, seconds per image | "
              "this evaluation, seconds per image |", "|---|---|---|---|---|---|"]
@@ -640,7 +684,8 @@ def markdown(data: dict) -> str:
         lines += [f"**{data['warning']}**", ""]
     lines += [f"{data['images']} image pairs; disrupted when the output MSE (in [-1, 1]) > {data['threshold']}. "
               "Definitions: see `definitions` in the JSON report.", ""]
-    lines += [*_pipeline_table(data), "", *_overall_table(data), "", *_cost_table(data), "", "Attributes:", ""]
+    lines += [*_pipeline_table(data), "", *_overall_table(data), "", *_identity_table(data), "",
+              *_cost_table(data), "", "Attributes:", ""]
     for name, a in data["attributes"].items():
         lines.append(f"- {name}: known {', '.join(a['known']) or '-'}; unknown {', '.join(a['unknown']) or '-'}")
     return "\n".join(lines) + "\n"
@@ -663,6 +708,7 @@ DEFINITIONS = {
                                 "protected), null without one",
     "evaluation_seconds_per_image": "this evaluation's cost for the attack: wall time of every pipeline's passes "
                                     "divided by the images; the clean outputs are computed once, on the first attack",
+    **identity.DEFINITIONS,
 }
 
 
@@ -677,6 +723,7 @@ def _report(cfg, leat: _Leat, loaded: list[_Loaded], pairs, skipped, attacks, ba
         "images": len(pairs),
         "skipped": [{"path": r, "reason": why} for r, why in skipped],
         "threshold": cfg.threshold,
+        "identity_threshold": cfg.identity_threshold,
         "seed": leat.seed,
         "pipelines": {p.name: {"folder": p.folder, "stand_in": p.stand_in, "attribute": p.pipeline.deepfake.attribute}
                       for p in loaded},
@@ -783,16 +830,19 @@ def run(cfg: EvaluateConfig) -> dict:
     pairs, skipped = _pairs(cfg)
     leat = _leat_settings(cfg)
     plans = _checked_pipelines(cfg, [rel for rel, _, _ in pairs])
+    arcface = identity.arcface_source([(p.name, p.folder) for p in cfg.pipelines], cfg.arcface, cfg.stand_in_weights)
     mesh = _baseline_mesh(cfg)
     out = _output_folder(cfg)
     loaded = [_load(cfg, plan, [c.model_input() for _, c, _ in pairs], leat.seed) for plan in plans]
-    warning = _stand_in_warning(loaded)
+    warning = _stand_in_warning(loaded, arcface == identity.STAND_IN)
     if warning:
         print(warning, file=sys.stderr, flush=True)
     _say(cfg, f"evaluating {len(pairs)} image pair(s) on {', '.join(p.name for p in loaded)}")
     shown = {(p.name, rel): None for rel, _, _ in pairs[:cfg.figure_rows] for p in loaded}
-    attacks, cache, baseline_used = _attacks(cfg, leat, loaded, pairs, out, mesh, shown)
+    checks = identity.OutputChecks(identity.load_arcface(arcface, leat.seed) if arcface else None)
+    attacks, cache, baseline_used = _attacks(cfg, leat, loaded, pairs, out, mesh, shown, checks)
     data = _report(cfg, leat, loaded, pairs, skipped, attacks, baseline_used, warning)
+    data["identity_weights"] = arcface
     _write(cfg, out, data, _figure_content(loaded, pairs, cache, shown) if cfg.figure_rows else None)
     if warning:
         print(warning, file=sys.stderr, flush=True)
