@@ -142,3 +142,12 @@ def test_bad_identity_settings_are_one_line_errors(folders, tmp_path, capsys, se
                    "--stand-in-weights", "--config", str(cfg), "--quiet"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_non_finite_outputs_count_as_not_disrupted_and_show_no_face(checks):
+    assert identity.best_box(checks.detector, np.full((64, 64, 3), np.nan, np.float32)) is None
+    s = identity.summarize(np.array([[0.1, np.nan]]), np.array([["same", "no clean face"]], object), 0.3)
+    assert s["identity_dsr"] == 0.5 and s["mean_identity_cosine"] == pytest.approx(0.1)
+    assert s["clean_faces"] == 1 and s["face_dsr"] == 0.0
+    none = identity.summarize(np.full((1, 2), np.nan), np.array([["none", "other"]], object))
+    assert none["identity_dsr"] is None and none["face_dsr"] == 1.0  # no ArcFace: no identity numbers

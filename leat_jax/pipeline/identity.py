@@ -69,7 +69,12 @@ def iou(a, b) -> float:
 
 
 def best_box(detector, output) -> np.ndarray | None:
-    """The largest face box MTCNN finds in an (h, w, 3) output in [-1, 1] (as saved: 8-bit), or None."""
+    """The largest face box MTCNN finds in an (h, w, 3) output in [-1, 1] (as saved: 8-bit), or None.
+
+    An output with non-finite values (a pipeline gone numerically wrong) shows no face.
+    """
+    if not np.isfinite(output).all():
+        return None
     levels = np.clip(np.rint((np.asarray(output, np.float64) + 1.0) * 127.5), 0, 255).astype(np.uint8)
     faces = detector.detect(levels)
     return np.asarray(faces.boxes[0], np.float64) if len(faces.boxes) else None
@@ -150,18 +155,19 @@ def summarize(cosines, outcomes, threshold: float = IDENTITY_THRESHOLD) -> dict:
     """One (pipeline, split) table of cosines and face outcomes (images, attributes) -> its numbers.
 
     Returns:
-      ``mean_identity_cosine`` and ``identity_dsr`` (fraction of pairs with cosine < threshold; None without
+      ``mean_identity_cosine`` (over finite cosines) and ``identity_dsr`` (fraction of pairs with cosine <
+      threshold; NaN, from a non-finite output, counts as not disrupted, as a NaN MSE does; None without
       ArcFace), ``clean_faces`` (pairs whose clean output shows a face), ``no_face_rate`` /
       ``other_face_rate`` / ``face_dsr`` (their sum) over those pairs (None when there are none).
     """
     c = np.asarray(cosines, np.float64).ravel()
     o = np.asarray(outcomes, object).ravel()
-    has_cos = c.size and np.isfinite(c).all()
+    finite = c[np.isfinite(c)]
     faces = int((o != "no clean face").sum())
     rate = (lambda what: float((o == what).sum() / faces)) if faces else (lambda what: None)
     return {
-        "mean_identity_cosine": float(c.mean()) if has_cos else None,
-        "identity_dsr": float((c < threshold).mean()) if has_cos else None,
+        "mean_identity_cosine": float(finite.mean()) if finite.size else None,
+        "identity_dsr": float((np.nan_to_num(c, nan=np.inf) < threshold).mean()) if finite.size else None,
         "clean_faces": faces,
         "no_face_rate": rate("none"),
         "other_face_rate": rate("other"),
