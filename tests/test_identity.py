@@ -151,3 +151,12 @@ def test_non_finite_outputs_count_as_not_disrupted_and_show_no_face(checks):
     assert s["clean_faces"] == 1 and s["face_dsr"] == 0.0
     none = identity.summarize(np.full((1, 2), np.nan), np.array([["none", "other"]], object))
     assert none["identity_dsr"] is None and none["face_dsr"] == 1.0  # no ArcFace: no identity numbers
+
+
+def test_toml_arcface_folder_is_relative_to_the_file(tmp_path):
+    cfg = tmp_path / "eval.toml"
+    cfg.write_text('arcface = "weights/simswap_id"\nidentity_threshold = 0.4\n')
+    assert evaluate.read_toml(cfg)["arcface"] == str(tmp_path / "weights" / "simswap_id")
+    cfg.write_text('arcface = "stand-in"\n')
+    built = evaluate.build("c", "p", "o", evaluate.read_toml(cfg))
+    assert built.arcface == identity.STAND_IN and built.identity_threshold == identity.IDENTITY_THRESHOLD

@@ -7,7 +7,8 @@ runs every pipeline on both for every attribute (``pipeline.attributes``:
 known and unknown), and writes into OUT_DIR:
 
 * ``leat-jax-evaluation.json``: settings, definitions, per (attack,
-  pipeline, split) MSE / DSR / masked DSR, Avg-DSR and E-DSR per split,
+  pipeline, split) MSE / DSR / masked DSR, the identity and face-detection
+  checks (``pipeline.identity``), Avg-DSR and E-DSR per split,
   PSNR / SSIM of the protection, per-image distances, timings;
 * ``leat-jax-evaluation.md``: the same as tables;
 * ``leat-jax-evaluation.png``: per image, clean input, protected input, and
