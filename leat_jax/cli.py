@@ -220,6 +220,10 @@ def _add_evaluate(sub) -> None:
                    "(default: all)")
     p.add_argument("--countermeasure", metavar="NAME", help="apply this countermeasure (e.g. jpeg75, half+jpeg75; "
                    "see `leat-jax robustness -h`) to the protected images first: the DSR after an upload")
+    p.add_argument("--identity-threshold", type=float, metavar="X", help="a pair is identity-disrupted when the "
+                   "ArcFace cosine of its clean and protected outputs is below X (default 0.3)")
+    p.add_argument("--arcface", metavar="DIR", help="converted simswap_id weights for the identity check when no "
+                   "SimSwap pipeline folder has them, or 'stand-in' (with --stand-in-weights)")
     p.add_argument("--quiet", action="store_true", default=None, help="no progress lines")
     p.set_defaults(run=_evaluate)
 
@@ -241,6 +245,7 @@ def _evaluate(args, parser) -> int:
             stand_in_weights=args.stand_in_weights, baseline=args.baseline, seed=args.seed,
             threshold=args.threshold, figure_rows=args.figure_rows, quiet=args.quiet, devices=args.devices,
             countermeasure=args.countermeasure, extra_pipelines=extra or None,
+            identity_threshold=args.identity_threshold, arcface=args.arcface,
         )
         if args.samples:
             cfg = evaluate.build_samples(*args.paths, toml=toml, **flags)

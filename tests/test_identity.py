@@ -160,3 +160,17 @@ def test_toml_arcface_folder_is_relative_to_the_file(tmp_path):
     cfg.write_text('arcface = "stand-in"\n')
     built = evaluate.build("c", "p", "o", evaluate.read_toml(cfg))
     assert built.arcface == identity.STAND_IN and built.identity_threshold == identity.IDENTITY_THRESHOLD
+
+
+def test_identity_flags_override_the_toml_and_bad_ones_are_one_line(folders, tmp_path, capsys):
+    clean, prot = folders
+    cfg = tmp_path / "eval.toml"
+    cfg.write_text('identity_threshold = 0.5\n')
+    base = ["evaluate", str(clean), str(prot), str(tmp_path / "out"), "--pipelines", "toy_pipe", "--stand-in-weights",
+            "--config", str(cfg), "--quiet"]
+    rc = cli.main([*base, "--identity-threshold", "1.5"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "identity_threshold must be a cosine in [-1, 1], got 1.5" in err and len(err.splitlines()) == 1
+    rc = cli.main([*base, "--arcface", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "not a folder" in err and len(err.splitlines()) == 1
