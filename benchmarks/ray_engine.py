@@ -7,7 +7,9 @@
    command, images per second, the ratio, and whether the files are
    byte-identical. Ray's figure includes starting a local cluster.
 2. The driver's peak resident memory while it lists ``--records`` inputs
-   into shards and builds the rows it hands to Ray Data (no attack), in a
+   into shards and drives them (no attack, no cluster): building every row
+   up front (the former driver) against handing Ray Data shard numbers and
+   settling each shard's records as they come back (the driver now), in a
    fresh process each, so the growth per record can be read off.
 """
 from __future__ import annotations
@@ -49,8 +51,22 @@ def files(dst: Path) -> dict[str, bytes]:
             if ".leat-jax" not in p.parts and not p.name.startswith("leat-jax")}
 
 
-def driver_memory(records: int) -> dict:
-    """Peak RSS of a fresh process listing ``records`` inputs and building the Ray rows (no attack)."""
+DRIVER = {
+    # the former driver: every to-do row built before Ray Data starts
+    "rows": "    rows = [ray_engine.row(i, resume.get(i.rel)) for i in resume.items(lambda n: None)]\n"
+            "    print(len(rows), before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n",
+    # the driver now: shard numbers to Ray Data; each shard opened as its records come back, closed when done
+    "shards": "    todo = ray_engine.todo_shards(resume, lambda n: None); n = 0\n"
+              "    for s in todo:\n"
+              "        ray_engine.open_shard(resume, s); recs = [{'path': i.rel, 'status': 'done'}"
+              " for i in resume.open[s]['items']]\n"
+              "        resume.settle(recs); n += len(recs)\n"
+              "    print(n, before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n",
+}
+
+
+def driver_memory(records: int, mode: str) -> dict:
+    """Peak RSS of a fresh process listing ``records`` inputs and driving them as ``DRIVER[mode]`` (no attack)."""
     code = (
         "import resource, sys, tempfile; from pathlib import Path\n"
         "from leat_jax.engines import ray_engine\n"
@@ -61,12 +77,11 @@ def driver_memory(records: int) -> dict:
         " None, 1000, i) for i in range(n))\n"
         "    found = shards.spill(items, d / 'w', 0, 1, d / 'out')\n"
         "    resume = Resume(shards.Store(d), d / 'w', found, d / 'out', 'h')\n"
-        "    rows = [ray_engine.row(i, resume.get(i.rel)) for i in resume.items(lambda n: None)]\n"
-        "    print(len(rows), before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        + DRIVER[mode]
     )
     out = subprocess.run([sys.executable, "-c", code, str(records)], check=True, capture_output=True, text=True)
     n, before, peak = map(int, out.stdout.split())
-    return {"records": n, "baseline_mib": before / 1024, "peak_mib": peak / 1024}
+    return {"mode": mode, "records": n, "baseline_mib": before / 1024, "peak_mib": peak / 1024}
 
 
 def main() -> None:
@@ -85,7 +100,7 @@ def main() -> None:
               "in_process": {"seconds": one, "images_per_second": args.images / one},
               "ray": {"seconds": ray, "images_per_second": args.images / ray},
               "ratio_ray_over_in_process": one / ray, "byte_identical": same,
-              "driver_memory": [driver_memory(n) for n in (args.records // 10, args.records)],
+              "driver_memory": [driver_memory(n, mode) for mode in DRIVER for n in (args.records // 10, args.records)],
               "benchmark_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     print(json.dumps(result, indent=2))
 

@@ -5,8 +5,11 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -144,8 +147,7 @@ def test_an_attack_actor_killed_mid_job_loses_nothing(cluster, tmp_path, capsys)
     killed = None
     while job.is_alive() and killed is None:
         written = manifest_lines(dst)
-        alive = [a for a in ray._private.state.actors().values()
-                 if a["State"] == "ALIVE" and "MapWorker" in a["ActorClassName"]]  # the attack pool
+        alive = attack_actors()
         if len(alive) == 2 and 0 < written < 12:
             os.kill(alive[0]["Pid"], signal.SIGKILL)  # the actor's process dies, as on a lost node
             killed = written
@@ -156,6 +158,51 @@ def test_an_attack_actor_killed_mid_job_loses_nothing(cluster, tmp_path, capsys)
     recorded = [json.loads(line)["path"] for f in (dst / inputs.STATE_DIR / "shards").glob("*.jsonl")
                 for line in f.read_text().splitlines()]
     assert sorted(recorded) == sorted(outputs(dst))  # nothing recorded twice, nothing lost
+
+
+def test_a_driver_killed_mid_job_and_rerun_loses_nothing(cluster, tmp_path, capsys):
+    """A driver process joins the module's cluster, is SIGKILLed once outputs exist, and the same command is rerun."""
+    n = 16
+    src = mixed_set(tmp_path / "src", n)
+    assert immunize(capsys, src, tmp_path / "one")[0] == 0
+    dst, root = tmp_path / "ray", Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "leat_jax", "immunize", str(src), str(dst), *ATTACK, "--quiet", "--engine",
+               "ray", "--ray-address", ray.get_runtime_context().gcs_address]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    driver = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        while driver.poll() is None and not 0 < manifest_lines(dst) < n:
+            time.sleep(0.02)
+        driver.send_signal(signal.SIGKILL)
+        assert driver.wait() == -signal.SIGKILL  # killed mid-job, not finished
+    finally:
+        driver.kill()
+        driver.wait()
+    deadline = time.monotonic() + 30
+    while attack_actors() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not attack_actors()  # the dead driver's attack pool does not linger on the cluster
+    before = committed(dst)
+    assert 0 < len(before) < n and all(outputs(dst)[rel] == outputs(tmp_path / "one")[rel] for rel in before)
+    rerun = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert outputs(dst) == outputs(tmp_path / "one")  # byte-identical to the uninterrupted run
+    recorded = [json.loads(line)["path"] for f in (dst / inputs.STATE_DIR / "shards").glob("*.jsonl")
+                for line in f.read_text().splitlines()]
+    assert sorted(recorded) == sorted(outputs(dst))  # nothing recorded twice, nothing committed lost
+    assert report(dst)["totals"]["done"] == n and report(dst)["run"]["already_done"] == len(before)
+
+
+def attack_actors() -> list[dict]:
+    """The cluster's live attack actors (the tests run one job at a time)."""
+    return [a for a in ray._private.state.actors().values() if a["State"] == "ALIVE" and "MapWorker" in
+            a["ActorClassName"]]
+
+
+def committed(dst) -> set[str]:
+    """The paths the shards' manifests hold as done."""
+    return {rec["path"] for f in (dst / inputs.STATE_DIR / "shards").glob("*.jsonl")
+            for rec in map(json.loads, f.read_text().splitlines()) if rec["status"] == "done"}
 
 
 def manifest_lines(dst) -> int:

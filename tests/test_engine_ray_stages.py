@@ -1,7 +1,7 @@
 """The Ray engine's stages and driver with Ray Data replaced by a plain loop over the same functions.
 
 Runs without a cluster (and without Ray installed): the rows go through
-``read_row``/``read_shard``, the ``Attacker`` actor class and
+``list_shard`` (folder jobs), ``read_row``/``read_shard``, the ``Attacker`` actor class and
 ``write_row``/``write_shard`` in this process, and ``run`` drives them as it
 drives Ray Data. The cluster tests are in ``test_engine_ray.py``.
 """
@@ -21,8 +21,10 @@ from tests.test_pipeline_immunize import immunize, outputs, report, toy_victims 
 class LocalDataset:
     """What ``ray_engine.dataset`` builds, run row by row in this process."""
 
-    def __init__(self, ray, rows, cfg, ctx, actors, gpus, sharded=False):
-        self.rows, self.cfg, self.ctx = rows, cfg, ctx
+    def __init__(self, ray, rows, cfg, ctx, actors, gpus, sharded=False, listing=None):
+        self.cfg, self.ctx = cfg, ctx
+        # a folder job's rows are shard numbers, expanded by the list stage
+        self.rows = rows if listing is None else [r for s in rows for r in ray_engine.list_shard(s, **listing)]
         self.read, self.write = ((shard_stages.read_shard, shard_stages.write_shard) if sharded
                                  else (ray_engine.read_row, ray_engine.write_row))
 

@@ -139,10 +139,47 @@ def item_of(text: str) -> inputs.Item:
     return inputs.Item(rel, Path(path), output, problem, size, mtime_ns)
 
 
-def row(item: inputs.Item, previous: dict | None) -> dict:
-    """The list stage's row of one input: the item and its previous record (for the read stage)."""
+def row(item: inputs.Item, previous: dict | None, shard: int = 0) -> dict:
+    """The list stage's row of one input: the item, its previous record (for the read stage), its shard."""
     return {"item": item_text(item), "previous": json.dumps(previous) if previous else "", "kind": "", "record": "",
-            "payload": b""}
+            "payload": b"", "shard": shard}
+
+
+def todo_shards(resume: Resume, skip_shard) -> list[int]:
+    """The shards still to do, their done markers cleared; ``skip_shard(n)`` for each shard done before.
+
+    Only shard numbers go to Ray Data, so the driver's memory does not grow
+    with the dataset; the listing stage expands them on the cluster.
+    """
+    todo = []
+    for s in sorted(resume.counts):
+        if not (resume.redo or resume.verify) and resume.store.is_done(s, resume.settings_hash,
+                                                                        resume.spilled.digest(s)):
+            skip_shard(resume.counts[s])
+            continue
+        resume.store.clear_done(s)
+        todo.append(s)
+    return todo
+
+
+def list_shard(r: dict, work: str, state: str, redo: bool) -> list[dict]:
+    """The list stage on one shard number (a CPU task): a row per input, from the spilled listing.
+
+    Reads the listing and the previous records where the driver spilled them
+    (under DST, which every worker of a folder job shares).
+    """
+    s = int(r["shard"])
+    previous = {} if redo else shards.Store(Path(state)).records(s)
+    return [row(item, previous.get(item.rel), s) for item in shards.listing(Path(work), s)]
+
+
+def open_shard(resume: Resume, s: int) -> None:
+    """Hold shard ``s``'s listing on the driver while its records come back (as ``Resume.items`` does)."""
+    if s in resume.open:
+        return
+    items = shards.listing(resume.work, s)
+    resume.open[s] = {"items": items, "previous": {}, "pending": len(items), "done": 0}
+    resume.shard_of_path.update((item.rel, s) for item in items)
 
 
 def read_row(r: dict, ctx: job.Context) -> dict:
@@ -200,11 +237,16 @@ class Attacker:
 
 
 def dataset(ray, rows: list[dict], cfg: ImmunizeConfig, ctx: job.Context, actors: tuple[int, int], gpus: bool,
-            sharded: bool = False):
-    """The stages as one Ray Data dataset over ``rows`` (inputs, or shards); its rows come out as records or skips."""
+            sharded: bool = False, listing: dict | None = None):
+    """The stages as one Ray Data dataset over ``rows`` (inputs, or shards); its rows come out as records or skips.
+
+    ``listing``: keyword arguments of ``list_shard``, when ``rows`` are shard numbers of a folder job.
+    """
     batch = 1 if sharded else (cfg.batch_size or (8 if gpus else 1)) * (cfg.devices or 1)
     read, write = (shard_stages.read_shard, shard_stages.write_shard) if sharded else (read_row, write_row)
     ds = ray.data.from_items(rows)
+    if listing is not None:
+        ds = ds.flat_map(list_shard, fn_kwargs=listing, num_cpus=TASK_CPUS)
     ds = ds.map(read, fn_kwargs={"ctx": ctx}, num_cpus=TASK_CPUS)
     ds = ds.map_batches(Attacker, fn_constructor_args=(cfg, ctx), batch_size=batch, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(min_size=actors[0], max_size=actors[1]),
@@ -216,6 +258,7 @@ def drive(ds, recorder: job.Recorder) -> job.Counts:
     """Stream the dataset's rows into the record stage (the driver alone writes the manifest)."""
     try:
         for r in streamed(ds):
+            open_shard(recorder.resume, int(r["shard"]))
             if r["kind"] == SKIPPED:
                 recorder.skipped(item_of(r["item"]))
             else:
@@ -277,14 +320,16 @@ def run_stages(ray, cfg, src, dst, items, tmp_dir, stream, start) -> immunize.Su
     progress = Progress(resume.total, stream=stream, quiet=cfg.quiet)
     immunize.write_settings(ctx, settings)
     recorder = job.Recorder(ctx, progress, resume)
-    rows = [row(item, resume.get(item.rel)) for item in resume.items(recorder.skipped_shard)]
+    todo = [{"shard": s} for s in todo_shards(resume, recorder.skipped_shard)]
+    listing = {"work": str(work), "state": str(state), "redo": cfg.force}
     gpus = int(ray.cluster_resources().get("GPU", 0))
     actors = pool_size(cfg.ray_actors, gpus)
     say(f"leat-jax: {resume.total} images from {src} -> {dst}; victims: {', '.join(loaded.names)}; Ray engine, "
         f"{actors[0]}-{actors[1]} attack actor(s) on {'GPU' if gpus else 'CPU'}; eps {cfg.attack.eps}, "
         f"{cfg.attack.iterations} iterations")
     try:
-        counts = drive(dataset(ray, rows, cfg, base, actors, gpus > 0), recorder) if rows else recorder.counts
+        counts = drive(dataset(ray, todo, cfg, base, actors, gpus > 0, listing=listing), recorder) if todo \
+            else recorder.counts
     finally:
         progress.close()
     seconds = time.monotonic() - start
