@@ -183,17 +183,23 @@ def _stream_folder(folder: str, prefix: str, skip: Path, fmt: str):
         yield from _stream_folder(sub, sub_prefix, skip, fmt)
 
 
+def _checked(src, dst) -> tuple[Path, Path]:
+    """(SRC, DST) as paths; ``InputError`` when SRC is missing or is DST itself."""
+    src, dst = Path(src), Path(dst)
+    if not src.exists():
+        raise InputError(f"{src}: no such file or folder")
+    if src.is_dir() and src.resolve() == dst.resolve():
+        raise InputError(f"{src}: SRC and DST are the same folder; the inputs would be overwritten")
+    return src, dst
+
+
 def stream(src, dst, fmt: str = "png"):
     """Every input under ``src``, streamed: a folder one directory at a time, sorted within it.
 
     Raises ``InputError`` (before yielding anything) when SRC cannot be used.
     """
-    src, dst = Path(src), Path(dst)
-    if not src.exists():
-        raise InputError(f"{src}: no such file or folder")
+    src, dst = _checked(src, dst)
     if src.is_dir():
-        if src.resolve() == dst.resolve():
-            raise InputError(f"{src}: SRC and DST are the same folder; the inputs would be overwritten")
         return _stream_folder(str(src), "", dst.resolve(), fmt)
     return (dataclasses.replace(i, size=st[0], mtime_ns=st[1]) for i in discover(src, dst, fmt)
             for st in [_path_stat(i.path)])
@@ -209,12 +215,8 @@ def _path_stat(path: Path) -> tuple[int | None, int | None]:
 
 def discover(src, dst, fmt: str = "png") -> list[Item]:
     """Every input under ``src`` (folder, image or list), sorted by relative path."""
-    src, dst = Path(src), Path(dst)
-    if not src.exists():
-        raise InputError(f"{src}: no such file or folder")
+    src, dst = _checked(src, dst)
     if src.is_dir():
-        if src.resolve() == dst.resolve():
-            raise InputError(f"{src}: SRC and DST are the same folder; the inputs would be overwritten")
         return sorted(_stream_folder(str(src), "", dst.resolve(), fmt), key=lambda i: i.rel)
     elif is_image_name(src.name):
         found = [(src.name, src, None)]
