@@ -622,17 +622,22 @@ def _fmt(v, pct=False):
     return f"{100 * v:.1f}%" if pct else f"{v:.4g}"
 
 
-def _pipeline_table(data: dict) -> list[str]:
-    lines = ["| attack | pipeline | attributes | pairs | mean MSE | DSR | image DSR (all attributes) | "
-             "masked MSE | masked DSR |", "|---|---|---|---|---|---|---|---|---|"]
+def _pipeline_splits(data: dict):
+    """(attack, pipeline, split, summary) for every non-empty known / unknown summary, in report order."""
     for attack, res in data["attacks"].items():
         for name, splits in res["pipelines"].items():
             for split in ("known", "unknown"):
-                s = splits.get(split)
-                if s:
-                    lines.append(f"| {attack} | {name} | {split} | {s['pairs']} | {_fmt(s['mean_mse'])} | "
-                                 f"{_fmt(s['dsr'], True)} | {_fmt(s['image_dsr'], True)} | "
-                                 f"{_fmt(s['mean_masked_mse'])} | {_fmt(s['masked_dsr'], True)} |")
+                if splits.get(split):
+                    yield attack, name, split, splits[split]
+
+
+def _pipeline_table(data: dict) -> list[str]:
+    lines = ["| attack | pipeline | attributes | pairs | mean MSE | DSR | image DSR (all attributes) | "
+             "masked MSE | masked DSR |", "|---|---|---|---|---|---|---|---|---|"]
+    for attack, name, split, s in _pipeline_splits(data):
+        lines.append(f"| {attack} | {name} | {split} | {s['pairs']} | {_fmt(s['mean_mse'])} | "
+                     f"{_fmt(s['dsr'], True)} | {_fmt(s['image_dsr'], True)} | "
+                     f"{_fmt(s['mean_masked_mse'])} | {_fmt(s['masked_dsr'], True)} |")
     return lines
 
 
@@ -650,15 +655,11 @@ def _overall_table(data: dict) -> list[str]:
 def _identity_table(data: dict) -> list[str]:
     lines = ["| attack | pipeline | attributes | pairs | DSR (pixels) | mean identity cosine | identity DSR | "
              "clean outputs with a face | no face | other face | face DSR |", "|---" * 11 + "|"]
-    for attack, res in data["attacks"].items():
-        for name, splits in res["pipelines"].items():
-            for split in ("known", "unknown"):
-                s = splits.get(split)
-                if s:
-                    lines.append(f"| {attack} | {name} | {split} | {s['pairs']} | {_fmt(s['dsr'], True)} | "
-                                 f"{_fmt(s['mean_identity_cosine'])} | {_fmt(s['identity_dsr'], True)} | "
-                                 f"{s['clean_faces']} | {_fmt(s['no_face_rate'], True)} | "
-                                 f"{_fmt(s['other_face_rate'], True)} | {_fmt(s['face_dsr'], True)} |")
+    for attack, name, split, s in _pipeline_splits(data):
+        lines.append(f"| {attack} | {name} | {split} | {s['pairs']} | {_fmt(s['dsr'], True)} | "
+                     f"{_fmt(s['mean_identity_cosine'])} | {_fmt(s['identity_dsr'], True)} | "
+                     f"{s['clean_faces']} | {_fmt(s['no_face_rate'], True)} | "
+                     f"{_fmt(s['other_face_rate'], True)} | {_fmt(s['face_dsr'], True)} |")
     weights = data.get("identity_weights")
     return lines + ["", f"Identity: SimSwap ArcFace ({weights or 'not run: no weights'}); identity-disrupted when "
                     f"the cosine of the outputs' embeddings < {data['identity_threshold']}. Face: MTCNN, largest "
