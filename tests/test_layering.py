@@ -11,14 +11,23 @@ from tests.golden_harness import REPO
 PKG = REPO / "leat_jax"
 
 # room -> rooms it must never import
+ABOVE_MODELS = {"attack", "parallel", "pipeline", "victims", "deepfakes", "engines", "cli"}
+EVERY_ROOM = ABOVE_MODELS | {"models", "faces", "transforms", "checkpoints", "errors", "xla_cpu"}
 FORBIDDEN = {
-    "models": {"attack", "parallel", "pipeline", "victims", "deepfakes", "faces", "cli"},
-    "faces": {"attack", "parallel", "pipeline", "victims", "deepfakes", "cli"},
-    "victims": {"attack", "parallel", "pipeline", "deepfakes", "cli"},
-    "deepfakes": {"attack", "parallel", "pipeline", "cli"},
-    "attack": {"pipeline", "parallel", "deepfakes", "cli"},
-    "parallel": {"pipeline", "deepfakes", "cli"},
-    "pipeline": {"cli"},
+    "errors": EVERY_ROOM - {"errors"},  # SetupError sits below every room
+    "xla_cpu": EVERY_ROOM - {"xla_cpu"},
+    "checkpoints": ABOVE_MODELS | {"models", "faces", "transforms"},
+    "models": ABOVE_MODELS | {"faces", "transforms"},
+    # Image transforms sit beside the victims, below the attack, and know no network.
+    "transforms": ABOVE_MODELS | {"models", "faces"},
+    "faces": ABOVE_MODELS,
+    "victims": {"attack", "parallel", "pipeline", "deepfakes", "engines", "cli"},
+    "deepfakes": {"attack", "parallel", "pipeline", "engines", "cli"},
+    "attack": {"pipeline", "parallel", "deepfakes", "engines", "cli"},
+    "parallel": {"pipeline", "deepfakes", "engines", "cli"},
+    # The engines run the pipeline's stages; only the CLI picks an engine.
+    "pipeline": {"engines", "cli"},
+    "engines": {"cli"},
 }
 
 

@@ -181,8 +181,11 @@ class AttackConfig:
             d.pop("eot_samples")
         if not (self.transforms and self.eot_untransformed):
             d.pop("eot_untransformed")  # hashes of runs made before the field existed stay valid
+        # A victim given its default loss or weight 1 attacks exactly as one not named: same hash.
+        d["losses"] = [[n, v] for n, v in d["losses"] if v != "mse"]
+        d["victim_weights"] = [[n, w] for n, w in d["victim_weights"] if w != 1.0]
         for name in _LATER_FIELDS:
-            if getattr(self, name) == _DEFAULTS[name]:
+            if d[name] in (_DEFAULTS[name], [], ()):
                 d.pop(name)
         # Arms whose results changed meaning (issue 19): their old manifests must not match.
         if self.ensemble == "mean_loss":
