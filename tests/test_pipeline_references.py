@@ -21,13 +21,20 @@ from benchmarks.reference import diffae as diffae_ref  # noqa: E402
 from benchmarks.reference import icface as icface_ref  # noqa: E402
 from benchmarks.reference import pipelines  # noqa: E402
 from benchmarks.reference import simswap as simswap_ref  # noqa: E402
+from benchmarks.reference import stylegan2 as stylegan2_ref  # noqa: E402
+from benchmarks.reference.e4e import build as build_e4e  # noqa: E402
 from converters import diffae as diffae_conv  # noqa: E402
+from converters import e4e as e4e_conv  # noqa: E402
 from converters import icface as icface_conv  # noqa: E402
 from converters import simswap as simswap_conv  # noqa: E402
+from converters import stylegan2 as stylegan2_conv  # noqa: E402
 from converters.keymap import convert_state_dict  # noqa: E402
-from leat_jax.deepfakes import diffae, icface, simswap  # noqa: E402
+from leat_jax.deepfakes import diffae, icface, simswap, styleclip  # noqa: E402
 from leat_jax.models import diffae as diffae_model  # noqa: E402
 from tests.golden_cases import diffae_cls as cls_case  # noqa: E402
+from tests.golden_cases import e4e as e4e_case  # noqa: E402
+from tests.golden_cases import styleclip_mapper as mapper_case  # noqa: E402
+from tests.golden_cases import stylegan2 as stylegan2_case  # noqa: E402
 from tests.golden_harness import GOLDEN_DIR, recipe  # noqa: E402
 
 
@@ -109,6 +116,36 @@ def test_icface_matches_the_official_wiring():
     assert_close(port[:, 0], np.concatenate(ref), "icface, neutralise then reenact")
 
 
+def golden_layout(name: str) -> dict:
+    return json.loads((GOLDEN_DIR / name / "layout.json").read_text())
+
+
+def test_styleclip_matches_the_official_wiring():
+    """Real sizes (e4e and StyleGAN2 1024 have no smaller configuration in the pipeline), one face, one mapper.
+
+    ``e4e_ffhq_encode.pt`` as released (encoder, decoder, latent_avg) feeds both the e4e victim and the
+    generator, as the pipeline's ``PARTS`` do; the mapper is a released mapper file (all three groups)."""
+    ckpt = e4e_case.official_checkpoint(golden_layout("e4e"), 0)
+    ckpt["state_dict"].update(stylegan2_case.standin_state_dict(golden_layout("stylegan2"), 0, "decoder."))
+    mapper_sd = mapper_case.standin_mapper_state_dict(golden_layout("styleclip_mapper"), 0)
+    params = {"e4e": e4e_conv.to_params(ckpt, "e4e_ffhq_encode.pt"),
+              "generator": stylegan2_conv.generator_to_params(ckpt, "e4e_ffhq_encode.pt")}
+    mapper = stylegan2_conv.mapper_to_params(mapper_case.mapper_file_object(mapper_sd, {}), "mapper.pt")
+    x = nhwc(torch.from_numpy(recipe().make_input((1, 3, 256, 256), 23)))
+    port = np.asarray(styleclip.DEEPFAKE.apply(params, jnp.asarray(x), mapper))
+    del params
+    sd = ckpt["state_dict"]
+    e4e = build_e4e({k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}, ckpt["latent_avg"])
+    g = stylegan2_ref.load(stylegan2_ref.Generator(), {k[len("decoder."):]: v for k, v in sd.items()
+                                                       if k.startswith("decoder.")})
+    m = stylegan2_ref.load(stylegan2_ref.LevelsMapper(), mapper_sd)
+    with torch.no_grad():
+        ref = nhwc(pipelines.styleclip_edit(e4e, m, g, nchw(x)))
+    assert port.shape == ref.shape == (1, 256, 256, 3)
+    assert_close(port, ref, "styleclip, e4e -> mapper edit -> StyleGAN2 (stored noise) -> 256 pool")
+    assert ref.std() > 0.1  # an image, not a constant
+
+
 # DiffAE at 16x16, two levels, one ResBlock per level (as tests/test_deepfakes_diffae.py), T = 2 both ways;
 # z_sem keeps the official width 512, so the golden classifier stand-in and the notebook's sqrt(512) apply.
 DIFFAE_ENC = dict(image_size=16, model_channels=32, out_channels=512, channel_mult=(1, 2), num_res_blocks=1,
@@ -134,8 +171,8 @@ def test_diffae_t2_matches_the_official_wiring():
     enc = diffae_ref.SemanticEncoder(diffae_ref.EncoderConfig(**DIFFAE_ENC))
     unet = diffae_ref.ConditionalUNet(diffae_ref.UNetConfig(**DIFFAE_UNET))
     sd_e, sd_u = recipe_weights(enc, 20), recipe_weights(unet, 21)
-    cls_layout = json.loads((GOLDEN_DIR / "diffae_cls" / "layout.json").read_text())
-    sd_c = cls_case.official_state_dict(cls_layout, 0, dict(np.load(GOLDEN_DIR / "diffae_cls" / "case_0.npz")))
+    cls_case_0 = dict(np.load(GOLDEN_DIR / "diffae_cls" / "case_0.npz"))  # conds_mean / conds_std live there
+    sd_c = cls_case.official_state_dict(golden_layout("diffae_cls"), 0, cls_case_0)
     params = {
         "encoder": convert_state_dict(sd_e, diffae.encoder_functional(DIFFAE_T2.encoder).template,
                                       rules=diffae_conv.RULES),
@@ -145,8 +182,8 @@ def test_diffae_t2_matches_the_official_wiring():
     }
     x = nhwc(torch.from_numpy(recipe().make_input((2, 3, 16, 16), 22)))
     section = {"known": ["Wavy_Hair:0.3"], "unknown": ["Beard:0.5"]}  # Beard: No_Beard at -0.5, as predict.py
-    known, unknown = diffae.DEEPFAKE.attributes(section, None, None, [], 0)
     deepfake = diffae.at_config(DIFFAE_T2)
+    known, unknown = deepfake.attributes(section, None, None, [], 0)
     strengths = jnp.stack([known[0].value, unknown[0].value])
     port = np.asarray(deepfake.over_attributes(params, jnp.asarray(x), strengths))
     cls = {k: torch.from_numpy(np.asarray(sd_c[k], np.float64))
