@@ -141,12 +141,12 @@ def make_learning_step(victims: Sequence[Victim], config: AttackConfig, learn: L
     """
     victims = tuple(victims)
     config.check_victims([v.name for v in victims])
-    sums = functools.partial(minibatch_sums, victims, config)
+    sums = plain = functools.partial(minibatch_sums, victims, config)
     if mesh is not None:
         batch = P(mesh.axis_names[0])
 
         def local(params, u, images, image_ids, weights, seed, step):
-            return jax.lax.psum(sums(params, u, images, image_ids, weights, seed, step), mesh.axis_names[0])
+            return jax.lax.psum(plain(params, u, images, image_ids, weights, seed, step), mesh.axis_names[0])
 
         sums = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), batch, batch, batch, P(), P()),
                              out_specs=(P(), P(), P()))
