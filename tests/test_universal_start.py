@@ -171,9 +171,16 @@ def test_learn_start_and_immunize_start_on_the_command_line(tmp_path, capsys, to
     common = ["immunize", src, *TOYS, "--iterations", "1"]
     assert command(capsys, *common[:2], tmp_path / "cold", *common[2:])[0] == 0
     assert command(capsys, *common[:2], tmp_path / "warm", *common[2:], "--start", tmp_path / "u")[0] == 0
-    settings = {d: json.loads((tmp_path / d / inputs.REPORT).read_text())["settings"] for d in ("cold", "warm")}
+    toml = tmp_path / "run.toml"  # the TOML file's start is relative to it
+    toml.write_text('[attack]\nstart = "u"\niterations = 1\n')
+    assert command(capsys, "immunize", src, tmp_path / "toml", *TOYS, "--config", toml)[0] == 0
+    assert command(capsys, *common[:2], tmp_path / "zero", *common[2:], "--start", "zero")[0] == 0
+    settings = {d: json.loads((tmp_path / d / inputs.REPORT).read_text())["settings"]
+                for d in ("cold", "warm", "toml", "zero")}
     assert settings["warm"]["attack"]["start"] == f"learned:{start.digest}"
-    assert settings["warm"]["settings_hash"] != settings["cold"]["settings_hash"]
+    assert settings["toml"]["settings_hash"] == settings["warm"]["settings_hash"]
+    assert len({s["settings_hash"] for s in settings.values()}) == 3
+    assert settings["zero"]["attack"]["random_start"] is False and settings["cold"]["attack"]["start"] is None
 
 
 def test_bad_inputs_are_one_line_errors_with_exit_2(tmp_path, capsys, toys):
