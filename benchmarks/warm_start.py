@@ -1,7 +1,8 @@
 """A learned universal start against the random start: distortion per victim after T iterations, on held-out images.
 
     python -m benchmarks.warm_start [--victims simswap_id,simswap_G] [--steps 150] [--batch 4]
-                                    [--learn 12] [--out out/warm_start] [--json PATH]
+                                    [--learn 12] [--rule sign|adam] [--rate X] [--out out/warm_start]
+                                    [--json PATH]
 
 Stand-in weights (``--stand-in-weights``: random networks of the real
 architectures). Faces: there is one bundled portrait, so the learning set is
@@ -66,7 +67,7 @@ def held_out(learn: int) -> dict[str, np.ndarray]:
             for k, v in ims.items()}
 
 
-def learn(names, out: Path, n: int, steps: int, batch: int) -> LearnedStart:
+def learn(names, out: Path, n: int, learn_config: LearnConfig) -> LearnedStart:
     """The start learned on ``n`` augmentations (written to ``out/faces``), by the learn-start pipeline."""
     faces = out / "faces"
     faces.mkdir(parents=True, exist_ok=True)
@@ -75,7 +76,7 @@ def learn(names, out: Path, n: int, steps: int, batch: int) -> LearnedStart:
             augmented(s).save(faces / f"aug{s}.png")
     cfg = learn_start.LearnStartConfig(src=str(faces), out=str(out / "u"),
                                        victims=tuple(victimset.VictimSpec(v) for v in names), stand_in_weights=True,
-                                       learn=LearnConfig(steps=steps, batch=batch), checkpoint_every=10)
+                                       learn=learn_config, checkpoint_every=10)
     learn_start.run(cfg)
     return start_file.load_start(out / "u")
 
@@ -134,19 +135,22 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--learn", type=int, default=12)
+    ap.add_argument("--rule", choices=("sign", "adam"), default="sign")
+    ap.add_argument("--rate", type=float, default=LearnConfig.rate)
     ap.add_argument("--out", default="out/warm_start")
     ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args(argv)
     names = tuple(n for n in args.victims.split(",") if n)
     out = Path(args.out)
     t0 = time.perf_counter()
-    start = learn(names, out, args.learn, args.steps, args.batch)
+    learn_config = LearnConfig(steps=args.steps, batch=args.batch, rule=args.rule, rate=args.rate)
+    start = learn(names, out, args.learn, learn_config)
     learn_s = time.perf_counter() - t0
     loaded = victimset.load(tuple(victimset.VictimSpec(v) for v in names), True)
     params = prepared(loaded.victims, AttackConfig(), loaded.params)
     x = held_out(args.learn)
     h = histories(loaded.victims, params, start, x)
-    res = {"victims": list(names), "learn_images": args.learn, "steps": args.steps, "batch": args.batch,
+    res = {"victims": list(names), "learn_images": args.learn, "learn": dataclasses.asdict(learn_config),
            "held_out": list(x), "learn_seconds": learn_s, "start_digest": start.digest, **summary(h, names),
            "images_per_second": images_per_second(loaded.victims, params, start, x),
            "per_image_history": {s: a.tolist() for s, a in h.items()}}
