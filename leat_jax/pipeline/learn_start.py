@@ -75,8 +75,9 @@ class LearnStartConfig:
 
 
 def load_images(src, size: int, max_size: int) -> tuple[list[str], np.ndarray]:
-    """(relative paths, (N, size, size, 3) float32 in [-1, 1]) of every image under ``src``, each resized
-    (Lanczos) to the reference size. ``SetupError`` when SRC is missing, or holds no readable image.
+    """(relative paths, (N, size, size, 3) uint8) of every image under ``src``, each resized (Lanczos) to the
+    reference size and held in memory as 8 bits (192 KiB at 256 px). ``SetupError`` when SRC is missing, or
+    holds no readable image.
     """
     try:
         items = [i for i in inputs.discover(src, os.devnull) if i.problem is None]
@@ -89,9 +90,8 @@ def load_images(src, size: int, max_size: int) -> tuple[list[str], np.ndarray]:
         except (OSError, images.ImageError) as e:
             print(f"leat-jax: learn-start: skipping {item.rel}: {str(e).splitlines()[0]}", file=sys.stderr)
             continue
-        small = np.asarray(Image.fromarray(rgb).resize((size, size), Image.LANCZOS), np.float32)
         rels.append(item.rel)
-        arrays.append(small * np.float32(2 / 255) - np.float32(1))
+        arrays.append(np.asarray(Image.fromarray(rgb).resize((size, size), Image.LANCZOS), np.uint8))
     if not arrays:
         raise SetupError(f"{src}: no image to learn from")
     return rels, np.stack(arrays)
@@ -196,8 +196,8 @@ def learn(cfg: LearnStartConfig, loaded, rels, data, manager, on_step=None) -> n
     started, last = time.monotonic(), 0.0
     for i in range(done, learn_cfg.steps):
         idx, weights = minibatch(len(rels), learn_cfg.batch, learn_cfg.seed, i, mesh.devices.size)
-        state, losses = step_fn(params, state, jnp.asarray(data[idx]), jnp.asarray(ids[idx]),
-                                jnp.asarray(weights), i)
+        x = data[idx].astype(np.float32) * np.float32(2 / 255) - np.float32(1)
+        state, losses = step_fn(params, state, jnp.asarray(x), jnp.asarray(ids[idx]), jnp.asarray(weights), i)
         history[i] = np.asarray(losses)
         if (i + 1) % cfg.checkpoint_every == 0 or i + 1 == learn_cfg.steps:
             manager.save(i + 1, args=ocp.args.StandardSave({"u": state.u, "opt_state": state.opt_state,
@@ -211,6 +211,17 @@ def learn(cfg: LearnStartConfig, loaded, rels, data, manager, on_step=None) -> n
     np.save(Path(cfg.out) / f".{START}.{os.getpid()}.npy", np.asarray(state.u))
     os.replace(Path(cfg.out) / f".{START}.{os.getpid()}.npy", Path(cfg.out) / START)
     return history
+
+
+def write_outputs(out: Path, report: dict, history: np.ndarray, names, quiet: bool) -> None:
+    """``report.json`` and ``curve.png`` into ``out``, each whole or not at all."""
+    _write(out / REPORT, (json.dumps(report, indent=2) + "\n").encode())
+    buf = out / f".{CURVE}.{os.getpid()}.part"
+    plot(history, names, report["warning"]).save(buf, "PNG")
+    os.replace(buf, out / CURVE)
+    if not quiet:
+        print(f"leat-jax: wrote {out / START} (digest {report['start_digest']}), {out / REPORT}, {out / CURVE}",
+              file=sys.stderr)
 
 
 def run(cfg: LearnStartConfig, on_step=None) -> dict:
@@ -242,13 +253,7 @@ def run(cfg: LearnStartConfig, on_step=None) -> dict:
         "victims": [{"name": n, "weights": i} for n, i in zip(loaded.names, loaded.identities)],
         "history": {n: history[:, k].tolist() for k, n in enumerate(loaded.names)},
     }
-    _write(out / REPORT, (json.dumps(report, indent=2) + "\n").encode())
-    buf = out / f".{CURVE}.{os.getpid()}.part"
-    plot(history, loaded.names, warning).save(buf, "PNG")
-    os.replace(buf, out / CURVE)
-    if not cfg.quiet:
-        print(f"leat-jax: wrote {out / START} (digest {report['start_digest']}), {out / REPORT}, {out / CURVE}",
-              file=sys.stderr)
+    write_outputs(out, report, history, loaded.names, cfg.quiet)
     return report
 
 
