@@ -3,6 +3,9 @@ warm-started from it (``AttackConfig.start``, ``immunize --start``). Toy victims
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -143,6 +146,28 @@ def test_a_killed_learning_run_resumed_ends_as_an_uninterrupted_one(tmp_path):
     assert (tmp_path / "whole" / learn_start.CURVE).stat().st_size > 0
     with pytest.raises(SetupError, match="other settings"):
         learn_start.run(cfg(tmp_path / "part", rate=0.001))
+
+
+SHARDED = """
+import sys, chex
+chex.set_n_cpu_devices(2)
+from leat_jax.pipeline import learn_start
+from leat_jax.pipeline.victimset import VictimSpec
+for n in (1, 2):
+    learn_start.run(learn_start.build(sys.argv[1], f"{sys.argv[2]}/d{n}", {}, dict(steps=3, batch=3, size=16,
+                    rule="adam", rate=0.003), victims=(VictimSpec("toy_a"), VictimSpec("toy_b")),
+                    stand_in_weights=True, extra_victims=("tests.pipeline_toys:victims",), devices=n, quiet=True))
+"""
+
+
+def test_learning_split_over_two_devices_learns_what_one_device_learns(tmp_path):
+    src = write_faces(tmp_path / "src", 4)  # 3 images a step: one device gets a weight-0 pad
+    proc = subprocess.run([sys.executable, "-c", SHARDED, str(src), str(tmp_path)], cwd=Path(__file__).parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    one, two = (np.load(tmp_path / d / start_file.START) for d in ("d1", "d2"))
+    assert np.abs(one).max() > 1e-3  # it moved
+    np.testing.assert_allclose(two, one, atol=1e-5)
 
 
 @pytest.fixture

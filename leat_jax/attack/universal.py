@@ -146,6 +146,9 @@ def make_learning_step(victims: Sequence[Victim], config: AttackConfig, learn: L
         batch = P(mesh.axis_names[0])
 
         def local(params, u, images, image_ids, weights, seed, step):
+            # u varies over devices from here on: else its cotangent would be summed over the devices
+            # inside each image's pullback (the transpose of the implicit cast), before the sum below.
+            u = jax.lax.pcast(u, mesh.axis_names[0], to="varying")
             return jax.lax.psum(plain(params, u, images, image_ids, weights, seed, step), mesh.axis_names[0])
 
         sums = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), batch, batch, batch, P(), P()),
