@@ -2,7 +2,7 @@
 
     python -m benchmarks.warm_start [--victims simswap_id,simswap_G] [--steps 150] [--batch 4]
                                     [--learn 12] [--rule sign|adam] [--rate X] [--out out/warm_start]
-                                    [--json PATH]
+                                    [--held 4] [--jitters 0.25,0,1] [--no-timing] [--json PATH]
 
 Stand-in weights (``--stand-in-weights``: random networks of the real
 architectures). Faces: there is one bundled portrait, so the learning set is
@@ -59,12 +59,12 @@ def augmented(seed: int, size: int = 256) -> Image.Image:
     return im
 
 
-def held_out(learn: int) -> dict[str, np.ndarray]:
-    """Held-out faces as (256, 256, 3) float32 in [-1, 1], by name."""
+def held_out(learn: int, n: int = 4) -> dict[str, np.ndarray]:
+    """The first ``n`` held-out faces as (256, 256, 3) float32 in [-1, 1], by name."""
     ims = {"tight": Image.open(SAMPLES / "astronaut_tight.jpg"), "grey": Image.open(SAMPLES / "astronaut_grey.png")}
     ims.update({f"aug{s}": augmented(s) for s in (1000 + learn, 1001 + learn)})
     return {k: np.asarray(v.convert("RGB").resize((256, 256), Image.LANCZOS), np.float32) / 127.5 - 1
-            for k, v in ims.items()}
+            for k, v in list(ims.items())[:n]}
 
 
 def learn(names, out: Path, n: int, learn_config: LearnConfig) -> LearnedStart:
@@ -87,12 +87,12 @@ def compiled(victims, config, params, x):
     return fn.lower(params, x[None], ids, 0).compile()
 
 
-def histories(victims, params, start: LearnedStart, x: dict) -> dict:
+def histories(victims, params, start: LearnedStart, x: dict, jitters=JITTERS) -> dict:
     """Per start, (images, T + 1, K) distance before each step and after the last (T = 50)."""
     out = {}
     configs = {"random": AttackConfig(record_history=True)}
     configs.update({f"learned@{j:g}": AttackConfig(record_history=True, start=dataclasses.replace(start, jitter=j))
-                    for j in JITTERS})
+                    for j in jitters})
     for name, cfg in configs.items():
         fn, rows = compiled(victims, cfg, params, jnp.asarray(next(iter(x.values())))), []
         for rel, a in x.items():
@@ -117,12 +117,12 @@ def images_per_second(victims, params, start: LearnedStart, x: dict) -> dict:
 
 def summary(h: dict, names) -> dict:
     """Per start, per T in ``CHECKPOINTS_T``, per victim: mean distance over images; and per victim the smallest
-    T at which the default learned start reaches the random start's T = 50 mean."""
+    T at which the first learned start (the default jitter) reaches the random start's T = 50 mean."""
     table = {s: {t: dict(zip(names, a[:, t].mean(0).tolist())) for t in CHECKPOINTS_T} for s, a in h.items()}
     target = h["random"][:, -1].mean(0)
     reach = {}
     for k, v in enumerate(names):
-        curve = h["learned@0.25"][:, :, k].mean(0)
+        curve = h[next(s for s in h if s != "random")][:, :, k].mean(0)
         hit = np.nonzero(curve >= target[k])[0]
         reach[v] = int(hit[0]) if hit.size else None
     return {"mean_distance": table, "smallest_T_reaching_random_T50": reach}
@@ -138,6 +138,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rule", choices=("sign", "adam"), default="sign")
     ap.add_argument("--rate", type=float, default=LearnConfig.rate)
     ap.add_argument("--out", default="out/warm_start")
+    ap.add_argument("--held", type=int, default=4, help="held-out faces (of 4)")
+    ap.add_argument("--jitters", default=",".join(f"{j:g}" for j in JITTERS), help="the first is the default's")
+    ap.add_argument("--no-timing", action="store_true", help="skip the images-per-second runs")
     ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args(argv)
     names = tuple(n for n in args.victims.split(",") if n)
@@ -148,11 +151,13 @@ def main(argv=None) -> int:
     learn_s = time.perf_counter() - t0
     loaded = victimset.load(tuple(victimset.VictimSpec(v) for v in names), True)
     params = prepared(loaded.victims, AttackConfig(), loaded.params)
-    x = held_out(args.learn)
-    h = histories(loaded.victims, params, start, x)
+    x = held_out(args.learn, args.held)
+    jitters = tuple(float(j) for j in args.jitters.split(","))
+    start = dataclasses.replace(start, jitter=jitters[0])
+    h = histories(loaded.victims, params, start, x, jitters)
     res = {"victims": list(names), "learn_images": args.learn, "learn": dataclasses.asdict(learn_config),
            "held_out": list(x), "learn_seconds": learn_s, "start_digest": start.digest, **summary(h, names),
-           "images_per_second": images_per_second(loaded.victims, params, start, x),
+           "images_per_second": None if args.no_timing else images_per_second(loaded.victims, params, start, x),
            "per_image_history": {s: a.tolist() for s, a in h.items()}}
     text = json.dumps({k: v for k, v in res.items() if k != "per_image_history"}, indent=2)
     print(text)
