@@ -1,6 +1,7 @@
 """The ``leat-jax`` command: argument parsing only; the work is in ``leat_jax.pipeline``.
 
-Subcommands: ``immunize`` (protect a folder of face images), ``evaluate``
+Subcommands: ``immunize`` (protect a folder of face images), ``learn-start``
+(learn a universal start for immunize's ``--start``), ``evaluate``
 (measure the disruption of deepfake pipelines), ``robustness`` (how much
 protection survives JPEG, resizing, blur) and ``convert`` (official
 PyTorch checkpoint -> converted Flax weights). Expected failures
@@ -109,6 +110,10 @@ def _add_immunize(sub) -> None:
     g.add_argument("--compute-dtype", choices=dtypes, help=f"weights and activations (default {d.compute_dtype})")
     _add_research(g, d)
     g.add_argument("--seed", type=int, metavar="N", help="seed of the random starts (default 0)")
+    g.add_argument("--start", metavar="random|zero|PATH",
+                   help="where each image's attack starts: uniform noise (random, default), practically zero, or "
+                        "a universal start from `leat-jax learn-start` (its OUT folder or start.npy), resized to "
+                        "the image, with a little keyed noise; fewer --iterations reach the same distortion")
     m = g.add_mutually_exclusive_group()
     m.add_argument("--robust", action="store_const", const="robust", dest="transforms",
                    help="protection that survives uploads: every step attacks a random JPEG re-encoding, resize, "
@@ -306,6 +311,66 @@ def _robustness(args, parser) -> int:
     return 0
 
 
+def _add_learn_start(sub) -> None:
+    d, ensembles, dtypes = _attack_defaults()
+    victim_names, _ = _names()
+    p = sub.add_parser(
+        "learn-start",
+        help="learn one universal perturbation from the images under SRC, a start for immunize --start",
+        description=(
+            "Learn a universal perturbation u (|u|_inf <= eps, at a reference size, resized to each image) that "
+            "maximises the victims' normalised-ensemble latent distortion over the images under SRC, with optax "
+            "sign steps or Adam on minibatches split over the local devices. Writes OUT/start.npy (give OUT to "
+            "immunize --start), OUT/report.json and OUT/curve.png; checkpoints in OUT/checkpoints, so the same "
+            "command, rerun after an interruption, resumes and ends as an uninterrupted run. Exit code 0: done; "
+            "2: could not start."
+        ),
+    )
+    p.add_argument("src", metavar="SRC", help="the images to learn from (folder, image or list of paths)")
+    p.add_argument("out", metavar="OUT", help="the output folder")
+    p.add_argument("--victims", metavar="NAME=DIR,...", help=f"victims, as for immunize (NAME: {victim_names})")
+    p.add_argument("--stand-in-weights", action="store_true", help="allow bare victim names: random weights")
+    p.add_argument("--eps", type=float, metavar="X", help=f"L-inf bound (default {d.eps})")
+    p.add_argument("--ensemble", choices=ensembles, help=f"gradient ensemble (default {d.ensemble})")
+    p.add_argument("--compute-dtype", choices=dtypes, help=f"weights and activations (default {d.compute_dtype})")
+    p.add_argument("--transforms", metavar="SPEC", help="EOT transforms as for immunize ('robust', a spec, 'none')")
+    p.add_argument("--eot-samples", type=_positive_int, metavar="N", help="transform draws per step (default 1)")
+    p.add_argument("--steps", type=_positive_int, metavar="N", help="optimiser steps (default 300)")
+    p.add_argument("--batch", type=_positive_int, metavar="N", help="images per step (default 8)")
+    p.add_argument("--rate", type=float, metavar="X", help="sign step size or Adam's rate (default 0.004)")
+    p.add_argument("--rule", choices=("sign", "adam"), help="optax rule (default sign)")
+    p.add_argument("--schedule", choices=("constant", "cosine", "linear"), help="rate over the steps (default cosine)")
+    p.add_argument("--size", type=_positive_int, metavar="N", help="side of u; images are resized to it (default 256)")
+    p.add_argument("--seed", type=int, metavar="N", help="minibatches, EOT draws, first u (default 0)")
+    p.add_argument("--checkpoint-every", type=_positive_int, metavar="N", help="steps between checkpoints (default 25)")
+    p.add_argument("--devices", type=_positive_int, metavar="N", help="use the first N local devices (default all)")
+    p.add_argument("--max-size", type=_positive_int, metavar="N", help="refuse longer image sides (default 2048)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(run=_learn_start)
+
+
+def _learn_start(args, parser) -> int:
+    from leat_jax.errors import SetupError
+    from leat_jax.pipeline import learn_start
+    from leat_jax.pipeline.victimset import EXTRA_VICTIMS_ENV, parse
+
+    extra = tuple(e for e in os.environ.get(EXTRA_VICTIMS_ENV, "").split(",") if e.strip())
+    attack = {k: v for k, v in dict(eps=args.eps, ensemble=args.ensemble, compute_dtype=args.compute_dtype,
+                                    transforms=args.transforms, eot_samples=args.eot_samples).items() if v is not None}
+    learn = {k: v for k, v in dict(steps=args.steps, batch=args.batch, rate=args.rate, rule=args.rule,
+                                   schedule=args.schedule, size=args.size, seed=args.seed).items() if v is not None}
+    try:
+        cfg = learn_start.build(args.src, args.out, attack, learn, victims=parse(args.victims) if args.victims else (),
+                                stand_in_weights=args.stand_in_weights, extra_victims=extra, devices=args.devices,
+                                checkpoint_every=args.checkpoint_every or 25, max_size=args.max_size or 2048,
+                                quiet=args.quiet)
+        learn_start.run(cfg)
+    except SetupError as e:
+        _error(str(e))
+        return EXIT_SETUP
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="leat-jax",
@@ -314,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"leat-jax {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_immunize(sub)
+    _add_learn_start(sub)
     _add_evaluate(sub)
     _add_robustness(sub)
     _add_convert(sub)
@@ -356,6 +422,7 @@ def _immunize(args, parser) -> int:
             victims=parse(args.victims) if args.victims else None,
             eps=args.eps, step=args.step, iterations=args.iterations, ensemble=args.ensemble,
             compute_dtype=args.compute_dtype, seed=args.seed, stand_in_weights=args.stand_in_weights,
+            start=args.start,
             transforms=args.transforms, eot_samples=args.eot_samples, eot_untransformed=args.eot_untransformed,
             batch_size=args.batch_size, microbatch=args.microbatch, devices=args.devices, workers=args.workers,
             format=args.format,

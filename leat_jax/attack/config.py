@@ -9,6 +9,7 @@ from typing import Any
 
 from leat_jax import transforms as transforms_mod
 from leat_jax.attack.losses import LOSSES
+from leat_jax.attack.start import LearnedStart
 
 ENSEMBLES = ("normalized", "sum", "mean_loss")
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -16,7 +17,9 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 UPDATES = ("sign", "mifgsm", "adam")
 SCHEDULES = ("constant", "cosine", "linear")
 # Fields added after manifests existed: left out of the digest at their defaults, so old digests stay valid.
-_LATER_FIELDS = ("update", "momentum", "step_schedule", "losses", "victim_weights")
+_LATER_FIELDS = ("update", "momentum", "step_schedule", "losses", "victim_weights", "start")
+# Named starts ``AttackConfig.start`` takes besides a ``LearnedStart``: they set ``random_start``.
+STARTS = ("random", "zero")
 
 
 # Words a transform spec may be instead of a chain.
@@ -90,6 +93,12 @@ class AttackConfig:
         ``(latent, clean) -> scalar``. A dict or pairs; kept as sorted pairs.
       victim_weights: per victim name, its weight in the ensemble (default 1).
         A dict or pairs; kept as sorted pairs.
+      start: None (as ``random_start`` says), ``random`` or ``zero`` (set
+        ``random_start`` and leave this None), or a ``start.LearnedStart``: a
+        universal perturbation resized to each image plus keyed uniform noise
+        of ``jitter * eps`` (``step.initial_perturbation``); it overrides
+        ``random_start``, may not exceed ``eps``, and counts in the digest by
+        the digest of its array.
     """
 
     eps: float = 0.05
@@ -108,6 +117,7 @@ class AttackConfig:
     step_schedule: str = "constant"
     losses: Any = ()
     victim_weights: Any = ()
+    start: Any = None
 
     def __post_init__(self):
         if isinstance(self.transforms, str):
@@ -140,6 +150,18 @@ class AttackConfig:
             raise ValueError(f"step_schedule must be one of {', '.join(SCHEDULES)}, got {self.step_schedule!r}")
         object.__setattr__(self, "losses", _pairs("losses", self.losses, _check_loss))
         object.__setattr__(self, "victim_weights", _pairs("victim_weights", self.victim_weights, _check_weight))
+        self._check_start()
+
+    def _check_start(self) -> None:
+        if isinstance(self.start, str) and self.start in STARTS:
+            object.__setattr__(self, "random_start", self.start == "random")
+            object.__setattr__(self, "start", None)
+        elif isinstance(self.start, LearnedStart):
+            if self.start.bound > self.eps * (1 + 1e-6):
+                raise ValueError(f"start: the learned start reaches {self.start.bound:.6g}, beyond eps = {self.eps:g}")
+        elif self.start is not None:
+            raise ValueError(f"start must be random, zero or a LearnedStart (load a file with the pipeline), "
+                             f"got {self.start!r}")
 
     def loss_of(self, victim: str):
         """The loss function of the victim named ``victim`` (``(latent, clean) -> scalar``)."""
@@ -165,6 +187,7 @@ class AttackConfig:
         d["update"] = _label(self.update)
         d["losses"] = [[n, _label(v)] for n, v in self.losses]
         d["victim_weights"] = [[n, w] for n, w in self.victim_weights]
+        d["start"] = self.start.label() if self.start is not None else None
         return d
 
     def digest(self) -> str:
@@ -190,8 +213,10 @@ class AttackConfig:
         # Arms whose results changed meaning (issue 19): their old manifests must not match.
         if self.ensemble == "mean_loss":
             d["mean_loss"] = "scaled"
-        if not self.random_start:
+        if not self.random_start and self.start is None:
             d["zero_start"] = "keyed"
+        if self.start is not None:
+            d.pop("random_start")  # a learned start overrides it
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -21,13 +21,31 @@ ZERO_START_SCALE = 1e-2
 
 def initial_perturbation(config: AttackConfig, key: jax.Array, x: jax.Array) -> jax.Array:
     """The start of one image: uniform noise in [-eps, eps] keyed by ``key``, or ``ZERO_START_SCALE`` of it
-    without ``random_start``; projected.
+    without ``random_start``; with a learned ``config.start``, its perturbation resized to ``x`` plus keyed
+    noise of ``start.jitter * eps``; projected.
 
     Returns:
         The starting perturbation (same shape as ``x``).
     """
+    if config.start is not None:
+        radius = config.eps * config.start.jitter
+        base = resized(jnp.asarray(config.start.perturbation), x.shape)
+        noise = jax.random.uniform(key, x.shape, jnp.float32, -radius, radius) if radius else 0.0
+        return project(x, base + noise, config.eps)
     radius = config.eps if config.random_start else config.eps * ZERO_START_SCALE
     return project(x, jax.random.uniform(key, x.shape, jnp.float32, -radius, radius), config.eps)
+
+
+def resized(u: jax.Array, shape) -> jax.Array:
+    """A universal perturbation ``u`` (h, w, 3) at the image shape ``shape`` (H, W, 3): bilinear, antialiased
+    when shrinking; its weights are non-negative and sum to one, so ``|u|_inf`` does not grow.
+
+    Returns:
+        ``u`` itself when the shapes agree, else the resized array.
+    """
+    if tuple(u.shape) == tuple(shape):
+        return u
+    return jax.image.resize(u, tuple(shape), "linear")
 
 
 def project(x: jax.Array, eta: jax.Array, eps: float) -> jax.Array:

@@ -16,6 +16,7 @@ Precedence: the defaults here (the attack's from ``AttackConfig``), then
     update = "sign"           # or "mifgsm", "adam"
     losses = { simswap_id = "cosine" }     # per victim: mse (default), cosine, l1
     victim_weights = { e4e = 2.0 }         # per victim (default 1)
+    start = "starts/u"        # random (default), zero, or a learned start (learn-start's OUT or its .npy)
 
     [victims]                 # name = converted checkpoint folder, or "stand-in"
     e4e = "ckpt/e4e"          # relative to the TOML file's folder
@@ -29,9 +30,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from leat_jax.attack import AttackConfig
+from leat_jax.attack.config import STARTS
 from leat_jax.errors import SetupError
 from leat_jax.parallel import DistributedConfig
 from leat_jax.pipeline.images import OUTPUT_FORMATS
+from leat_jax.pipeline.start_file import load_start
 from leat_jax.pipeline.victimset import VictimSpec
 
 # Victims of the demo on stand-in weights when none are named: the issue's
@@ -169,6 +172,8 @@ def read_toml(path) -> dict[str, Any]:
                 bad = sorted(set(value) - _ATTACK_KEYS) if isinstance(value, dict) else value
                 raise SetupError(f"{path}: unknown [attack] settings {bad}; known: {', '.join(sorted(_ATTACK_KEYS))}")
             out["attack"] = dict(value)
+            if isinstance(value.get("start"), str) and value["start"] not in STARTS:
+                out["attack"]["start"] = str(path.parent / value["start"])  # relative to the TOML file
         elif key == "victims":
             if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
                 raise SetupError(f'{path}: [victims] must map names to checkpoint folders or "stand-in"')
@@ -190,6 +195,8 @@ def build(src, dst, toml: Mapping[str, Any] | None = None, **flags) -> ImmunizeC
     toml = dict(toml or {})
     flags = {k: v for k, v in flags.items() if v is not None}
     attack = {**toml.pop("attack", {}), **{k: flags.pop(k) for k in list(flags) if k in _ATTACK_KEYS}}
+    if isinstance(attack.get("start"), str) and attack["start"] not in STARTS:
+        attack["start"] = load_start(attack["start"], attack.get("eps", AttackConfig.eps))
     try:
         attack_config = AttackConfig(**attack)
     except (TypeError, ValueError) as e:

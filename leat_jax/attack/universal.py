@@ -1,0 +1,162 @@
+"""A universal start: one perturbation ``u`` for a whole distribution of images, learned by ascent.
+
+``u`` (h, w, 3) is resized to each image and projected (``step.resized``,
+``step.project``); each image contributes the attack's own ascent direction
+there (``pgd.ensemble_direction``: the same victims, losses, ensemble and EOT
+draws, keyed by ``pgd.image_key(seed, image id)`` and the step), carried back
+to ``u`` through the resize. The minibatch's mean direction feeds an optax
+rule (sign steps or Adam, ``updates``), then ``u`` goes back onto the eps
+ball. ``learning_step`` is pure; ``make_learning_step`` jits it, optionally
+with the minibatch split over a 1-D device mesh (``jax.shard_map``). Loading
+images, minibatches, checkpoints and plots are the pipeline's
+(``pipeline.learn_start``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from leat_jax.attack import updates
+from leat_jax.attack.config import SCHEDULES, AttackConfig
+from leat_jax.attack.pgd import clean_latents, ensemble_direction, eot_key, image_key
+from leat_jax.attack.step import ZERO_START_SCALE, project, resized
+from leat_jax.victims import Victim
+
+RULES = ("sign", "adam")
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnConfig:
+    """How ``u`` is learned (the attack's settings come from an ``AttackConfig``).
+
+    Attributes:
+      steps: optimiser steps.
+      batch: images per step (a minibatch drawn by (seed, step) alone).
+      rate: step size: of each sign step, or Adam's learning rate.
+      rule: ``sign`` (signed mean direction) or ``adam``.
+      schedule: ``rate`` over the steps: ``cosine`` (default; fine steps at the end) ``linear`` or ``constant``.
+      size: side of ``u`` (square, the reference size; images are resized to it for learning).
+      seed: minibatches, EOT draws and the image keys.
+    """
+
+    steps: int = 300
+    batch: int = 8
+    rate: float = 0.004
+    rule: str = "sign"
+    schedule: str = "cosine"
+    size: int = 256
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch", "size"):
+            if type(getattr(self, name)) is not int or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if isinstance(self.rate, bool) or not isinstance(self.rate, (int, float)) or not self.rate > 0:
+            raise ValueError(f"rate must be a positive number, got {self.rate!r}")
+        if self.rule not in RULES:
+            raise ValueError(f"rule must be one of {', '.join(RULES)}, got {self.rule!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if type(self.seed) is not int or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be an integer in 0..2**32-1, got {self.seed!r}")
+
+
+class LearnState(NamedTuple):
+    """What a learning run carries from step to step (and checkpoints): ``u`` and the rule's state."""
+
+    u: jax.Array
+    opt_state: optax.OptState
+
+
+def rule_of(learn: LearnConfig) -> optax.GradientTransformation:
+    """The ascent rule of ``learn`` (``updates``: its rate scheduled over ``learn.steps``)."""
+    as_attack = AttackConfig(step=float(learn.rate), iterations=learn.steps, step_schedule=learn.schedule)
+    rate = updates.step_size(as_attack)
+    return updates.adam(rate) if learn.rule == "adam" else updates.sign(rate)
+
+
+def init_state(config: AttackConfig, learn: LearnConfig) -> LearnState:
+    """``u`` at the attack's zero start: keyed noise of ``step.ZERO_START_SCALE * eps`` (at exactly zero every
+    latent residual, so every direction, is zero), and the rule's fresh state.
+    """
+    radius = config.eps * ZERO_START_SCALE
+    u = jax.random.uniform(jax.random.key(learn.seed), (learn.size, learn.size, 3), jnp.float32, -radius, radius)
+    return LearnState(u, rule_of(learn).init(u))
+
+
+def image_direction(victims: Sequence[Victim], config: AttackConfig, params, u, x, image_id, seed, step):
+    """One image's ascent direction carried back to ``u``, and its (K,) latent losses at ``x + resize(u)``.
+
+    Returns:
+        ``(direction shaped like u, losses (K,))``.
+    """
+    key = image_key(seed, image_id)
+    clean = clean_latents(victims, config, params, x)
+    eta, pull = jax.vjp(lambda v: project(x, resized(v, x.shape), config.eps), u)
+    g, losses = ensemble_direction(victims, config, params, x, eta, clean,
+                                   eot_key(key, step) if config.transforms else None)
+    return pull(g)[0], losses
+
+
+def minibatch_sums(victims, config: AttackConfig, params, u, images, image_ids, weights, seed, step):
+    """Weighted sums over a minibatch: of the directions, of the (K,) losses, and of the weights.
+
+    ``weights`` (B,) are 1 for images and 0 for padding; sums (not means) so
+    that shards add up (``jax.lax.psum``) before the division.
+    """
+    one = functools.partial(image_direction, victims, config, params, u)
+    dirs, losses = jax.vmap(one, in_axes=(0, 0, None, None))(images, image_ids, seed, step)
+    return jnp.tensordot(weights, dirs, axes=1), weights @ losses, jnp.sum(weights)
+
+
+def learning_step(victims, config: AttackConfig, rule, params, state: LearnState, images, image_ids, weights, seed,
+                  step, sums=None):
+    """One step: the minibatch's mean direction through ``rule``, then ``u`` back onto the eps ball.
+
+    Args:
+      sums: ``minibatch_sums`` or a function of the same arguments (e.g. sharded); None: ``minibatch_sums``.
+    Returns:
+      ``(next LearnState, (K,) mean latent losses of the minibatch at the current u)``.
+    """
+    sums = sums or functools.partial(minibatch_sums, victims, config)
+    g, loss, n = sums(params, state.u, images, image_ids, weights, seed, step)
+    increment, opt_state = rule.update(g / n, state.opt_state, state.u)
+    u = optax.projections.projection_linf_ball(state.u + increment, config.eps)
+    return LearnState(u, opt_state), loss / n
+
+
+def make_learning_step(victims: Sequence[Victim], config: AttackConfig, learn: LearnConfig, mesh: Mesh | None = None):
+    """``step(params, state, images, image_ids, weights, step) -> (state, losses)``, jitted.
+
+    With a 1-D ``mesh`` the minibatch (its size a multiple of the device
+    count) is split over the devices and the sums added up there; ``params``
+    and ``u`` are replicated.
+    """
+    victims = tuple(victims)
+    config.check_victims([v.name for v in victims])
+    sums = plain = functools.partial(minibatch_sums, victims, config)
+    if mesh is not None:
+        batch = P(mesh.axis_names[0])
+
+        def local(params, u, images, image_ids, weights, seed, step):
+            # u varies over devices from here on: else its cotangent would be summed over the devices
+            # inside each image's pullback (the transpose of the implicit cast), before the sum below.
+            u = jax.lax.pcast(u, mesh.axis_names[0], to="varying")
+            return jax.lax.psum(plain(params, u, images, image_ids, weights, seed, step), mesh.axis_names[0])
+
+        sums = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), batch, batch, batch, P(), P()),
+                             out_specs=(P(), P(), P()))
+    rule = rule_of(learn)
+
+    def step(params, state, images, image_ids, weights, i):
+        return learning_step(victims, config, rule, params, state, images, image_ids, weights,
+                             jnp.uint32(learn.seed), i, sums)
+
+    return jax.jit(step)
