@@ -57,16 +57,43 @@ def test_pool_size_is_a_range():
             ray_engine.pool_size(bad, 0)
 
 
-def test_started_cluster_has_no_dashboard_and_so_no_jobs_api(cluster):
-    ours = {p.pid: p for p in psutil.Process().children(recursive=True)}
-    assert any("gcs_server" in p.name() for p in ours.values())  # these are the cluster's processes
+def listening(pids) -> list:
+    """(pid, address) of every TCP socket a process of ``pids`` listens at."""
+    return [(c.pid, c.laddr) for c in psutil.net_connections(kind="inet") if c.status == "LISTEN" and c.pid in pids]
+
+
+def serves_jobs_api(port: int) -> bool:
+    """Whether an HTTP server at 127.0.0.1:``port`` answers Ray's jobs API route with JSON."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"GET /api/jobs/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            head = s.recv(4096)
+    except OSError:
+        return False
+    return head.startswith(b"HTTP/") and b" 200 " in head.split(b"\r\n")[0] and b"json" in head.lower()
+
+
+def test_started_cluster_listens_on_loopback_only_and_has_no_jobs_api(cluster):
+    actor = cluster.remote(num_cpus=0)(type("Probe", (), {"pid": lambda self: os.getpid()})).remote()
+    assert cluster.get(actor.pid.remote()) > 0  # a worker process beside the prestarted ones
+    ours = {p.pid: p for p in psutil.Process().children(recursive=True)} | {os.getpid(): psutil.Process()}
+    names = {p.name() for p in ours.values()}
+    assert {"gcs_server", "raylet"} <= names, names  # these are the cluster's processes
     heads = [p.cmdline() for p in ours.values() if any(a.endswith("dashboard/dashboard.py") for a in p.cmdline())]
     # Without the dashboard Ray's head process loads the usage-stats module alone: no jobs API, no frontend.
     assert all("--modules-to-load=UsageStatsHead" in c and "--disable-frontend" in c for c in heads), heads
-    listening = [c.laddr for c in psutil.net_connections(kind="inet") if c.status == "LISTEN" and c.pid in ours]
-    assert listening and 8265 not in [a.port for a in listening]  # nothing at the dashboard's port
-    # Ray 2.60 turns a loopback node address into the host's reachable one and binds its own servers (and
-    # each node agent's HTTP job endpoint) on it; its token authentication guards them (README).
+    found = listening(ours)
+    assert {"gcs_server", "raylet"} <= {ours[pid].name() for pid, _ in found} and len(found) >= 5, found
+    assert [a for _, a in found if not ray_engine.is_loopback(a.ip)] == []  # none on 0.0.0.0, [::] or a host address
+    assert not [a.port for _, a in found if serves_jobs_api(a.port)]
+    cluster.kill(actor)
+
+
+def test_loopback_addresses():
+    assert all(map(ray_engine.is_loopback, ["127.0.0.1", "127.0.1.1", "::1", "::ffff:127.0.0.1", "localhost"]))
+    assert not any(map(ray_engine.is_loopback, ["0.0.0.0", "::", "192.0.2.2", "::ffff:10.0.0.1", "", None, "host"]))
+    assert ray_engine.address_host("ray://[::1]:10001") == "::1" and ray_engine.address_host("auto") is None
+    assert ray_engine.address_host("127.0.0.1:6379") == "127.0.0.1"
 
 
 def test_ray_engine_writes_the_files_of_the_in_process_engine(cluster, tmp_path, capsys):
@@ -173,8 +200,10 @@ def test_a_driver_killed_mid_job_and_rerun_loses_nothing(cluster, tmp_path, caps
     try:
         while driver.poll() is None and not 0 < manifest_lines(dst) < n:
             time.sleep(0.02)
+        joined = listening({driver.pid})  # a driver joining at a loopback address listens there too
         driver.send_signal(signal.SIGKILL)
         assert driver.wait() == -signal.SIGKILL  # killed mid-job, not finished
+        assert joined and all(ray_engine.is_loopback(a.ip) for _, a in joined), joined
     finally:
         driver.kill()
         driver.wait()

@@ -10,14 +10,16 @@ arrays); only the driver appends records, once the files are in place. The
 same stage functions run on the same inputs with the same batch shapes, so
 outputs are byte-identical to the in-process engine's.
 
-A cluster this module starts has no dashboard, so no jobs API (whoever
-reaches that API runs code on the cluster). Ray itself binds its servers on
-every interface and turns a loopback node address into the host's reachable
-one; its token authentication (on by default) is what guards them.
+A cluster this module starts listens on 127.0.0.1 only and has no
+dashboard, so no jobs API (whoever reaches that API runs code on the
+cluster); see ``single_machine``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib
+import ipaddress
 import json
 import logging
 import os
@@ -60,6 +62,7 @@ SKIPPED = "skipped"
 # Ray Data does not fuse reading into the actors (it fuses stages whose resource requests are equal).
 TASK_CPUS = 0.5
 ACTOR_CPUS = 0.25
+LOOPBACK = "127.0.0.1"
 
 
 def import_ray():
@@ -93,20 +96,23 @@ def pool_size(text: str | None, accelerators: int) -> tuple[int, int]:
 def connect(ray, address: str | None, num_cpus: int | None = None) -> bool:
     """Join the cluster at ``address``, or start a local one; True when this call started it.
 
-    A local cluster has no dashboard and no jobs API;
-    ``num_cpus``: its CPUs (None: the machine's). A process already connected
-    (``ray.init`` done by the caller) is used as is, once ``address`` answers.
+    A local cluster listens on 127.0.0.1 only and has no dashboard, so no
+    jobs API; a driver joining at a loopback address listens there too.
+    ``num_cpus``: the local cluster's CPUs (None: the machine's). A process
+    already connected (``ray.init`` done by the caller) is used as is, once
+    ``address`` answers.
     """
     if address:
         answering(address)
     if ray.is_initialized():
         return False
     try:
-        if address:
-            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-        else:
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                     logging_level="ERROR")
+        with single_machine(ray, address is None or is_loopback(address_host(address))):
+            if address:
+                ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+            else:
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                         logging_level="ERROR", _node_ip_address=LOOPBACK)
     except Exception as e:  # ray raises several types for an address nothing answers at
         text = str(e).strip().splitlines()
         where = address or "a local cluster"
@@ -115,16 +121,55 @@ def connect(ray, address: str | None, num_cpus: int | None = None) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def single_machine(ray, on: bool = True):
+    """While it is open (and ``on``), ``ray.init`` keeps a loopback node address, so every server binds there.
+
+    Ray binds each node's servers (GCS, raylet, object manager, workers,
+    agents, metrics) to the node's address, or to every interface when that
+    address is not loopback; and in cluster mode it turns a loopback address
+    into the host's reachable one (``services.resolve_ip_for_localhost``),
+    for a new node and for an address joined alike. Its single-machine mode
+    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read once at import) keeps
+    loopback; it is switched on around this call only, as the variable
+    would switch it for the whole process.
+    """
+    constants = importlib.import_module("ray._private.ray_constants")
+    before = constants.ENABLE_RAY_CLUSTER
+    constants.ENABLE_RAY_CLUSTER = before and not on
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = before
+
+
+def address_host(address: str) -> str | None:
+    """HOST of a ``[ray://]HOST:PORT`` address; None for ``auto`` and other forms Ray resolves itself."""
+    found = re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d+)", address.strip())
+    return found[1] if found else None
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` is a loopback address (``localhost``, 127.0.0.0/8, ``::1``, IPv4-mapped loopback)."""
+    if host == "localhost":
+        return True
+    try:
+        found = ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    return (getattr(found, "ipv4_mapped", None) or found).is_loopback
+
+
 def answering(address: str, timeout: float = 5.0) -> None:
     """Raise a one-line ``SetupError`` when nothing answers at a ``[ray://]HOST:PORT`` address.
 
     Ray itself retries an unanswered address for minutes before it gives up.
     """
-    found = re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d+)", address.strip())
-    if found is None:
+    host = address_host(address)
+    if host is None:
         return  # "auto" and other forms Ray resolves itself
     try:
-        socket.create_connection((found[1], int(found[2])), timeout=timeout).close()
+        socket.create_connection((host, int(address.strip().rsplit(":", 1)[1])), timeout=timeout).close()
     except OSError as e:
         raise SetupError(f"--ray-address {address}: nothing answers there ({e.strerror or e}); "
                          "start the cluster first (ray start --head)") from None
