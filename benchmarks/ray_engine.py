@@ -56,10 +56,9 @@ DRIVER = {
     "rows": "    rows = [ray_engine.row(i, resume.get(i.rel)) for i in resume.items(lambda n: None)]\n"
             "    print(len(rows), before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n",
     # the driver now: shard numbers to Ray Data; each shard opened as its records come back, closed when done
-    "shards": "    todo = ray_engine.todo_shards(resume, lambda n: None); n = 0\n"
+    "shards": "    todo = list(resume.to_do(lambda n: None)); n = 0\n"
               "    for s in todo:\n"
-              "        ray_engine.open_shard(resume, s); recs = [{'path': i.rel, 'status': 'done'}"
-              " for i in resume.open[s]['items']]\n"
+              "        recs = [{'path': i.rel, 'status': 'done'} for i in resume.open_shard(s, previous=False)]\n"
               "        resume.settle(recs); n += len(recs)\n"
               "    print(n, before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n",
 }

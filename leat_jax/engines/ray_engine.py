@@ -190,23 +190,6 @@ def row(item: inputs.Item, previous: dict | None, shard: int = 0) -> dict:
             "payload": b"", "shard": shard}
 
 
-def todo_shards(resume: Resume, skip_shard) -> list[int]:
-    """The shards still to do, their done markers cleared; ``skip_shard(n)`` for each shard done before.
-
-    Only shard numbers go to Ray Data, so the driver's memory does not grow
-    with the dataset; the listing stage expands them on the cluster.
-    """
-    todo = []
-    for s in sorted(resume.counts):
-        if not (resume.redo or resume.verify) and resume.store.is_done(s, resume.settings_hash,
-                                                                        resume.spilled.digest(s)):
-            skip_shard(resume.counts[s])
-            continue
-        resume.store.clear_done(s)
-        todo.append(s)
-    return todo
-
-
 def list_shard(r: dict, work: str, state: str, redo: bool) -> list[dict]:
     """The list stage on one shard number (a CPU task): a row per input, from the spilled listing.
 
@@ -216,15 +199,6 @@ def list_shard(r: dict, work: str, state: str, redo: bool) -> list[dict]:
     s = int(r["shard"])
     previous = {} if redo else shards.Store(Path(state)).records(s)
     return [row(item, previous.get(item.rel), s) for item in shards.listing(Path(work), s)]
-
-
-def open_shard(resume: Resume, s: int) -> None:
-    """Hold shard ``s``'s listing on the driver while its records come back (as ``Resume.items`` does)."""
-    if s in resume.open:
-        return
-    items = shards.listing(resume.work, s)
-    resume.open[s] = {"items": items, "previous": {}, "pending": len(items), "done": 0}
-    resume.shard_of_path.update((item.rel, s) for item in items)
 
 
 def read_row(r: dict, ctx: job.Context) -> dict:
@@ -303,7 +277,7 @@ def drive(ds, recorder: job.Recorder) -> job.Counts:
     """Stream the dataset's rows into the record stage (the driver alone writes the manifest)."""
     try:
         for r in streamed(ds):
-            open_shard(recorder.resume, int(r["shard"]))
+            recorder.resume.open_shard(int(r["shard"]), previous=False)
             if r["kind"] == SKIPPED:
                 recorder.skipped(item_of(r["item"]))
             else:
@@ -365,7 +339,8 @@ def run_stages(ray, cfg, src, dst, items, tmp_dir, stream, start) -> immunize.Su
     progress = Progress(resume.total, stream=stream, quiet=cfg.quiet)
     immunize.write_settings(ctx, settings)
     recorder = job.Recorder(ctx, progress, resume)
-    todo = [{"shard": s} for s in todo_shards(resume, recorder.skipped_shard)]
+    # Only shard numbers go to Ray Data, so the driver's memory does not grow with the dataset.
+    todo = [{"shard": s} for s in resume.to_do(recorder.skipped_shard)]
     listing = {"work": str(work), "state": str(state), "redo": cfg.force}
     gpus = int(ray.cluster_resources().get("GPU", 0))
     actors = pool_size(cfg.ray_actors, gpus)
