@@ -376,13 +376,26 @@ def is_sharded(src: str) -> bool:
 
 def run_sharded(ray, cfg: ImmunizeConfig, stream, start) -> immunize.Summary:
     """A sharded dataset: one output shard per input shard under DST, committed whole; shards done are skipped."""
-    say = (lambda text: None) if cfg.quiet else (lambda text: print(text, file=stream, flush=True))
     try:
         found = sources.list_shards(cfg.src)
     except sources.SourceError as e:
         raise SetupError(str(e)) from None
     if not found:
         raise SetupError(f"{cfg.src}: no .tar or .parquet shards")
+    lock = sinks.output_lock(cfg.dst)  # no second run writes these shards at the same time
+    try:
+        lock.acquire()
+    except OSError as e:
+        raise SetupError(f"{cfg.dst}: cannot write there ({e.strerror or e})") from None
+    try:
+        return sharded_stages(ray, cfg, found, stream, start)
+    finally:
+        lock.release()
+
+
+def sharded_stages(ray, cfg: ImmunizeConfig, found: list, stream, start) -> immunize.Summary:
+    """A sharded job's settings, the shards still to do, the stages on the cluster, the report."""
+    say = (lambda text: None) if cfg.quiet else (lambda text: print(text, file=stream, flush=True))
     loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
     settings, settings_hash = job.settings(cfg, loaded)
     warning = immunize.STAND_IN_WARNING.format(names=", ".join(loaded.stand_in)) if loaded.stand_in else None
