@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from leat_jax.engines import ray_engine
 from leat_jax.errors import SetupError
 from leat_jax.pipeline import inputs, shards, sinks, sources
 from tests.test_pipeline_immunize import ATTACK, immunize, noise, outputs, report, toy_victims  # noqa: F401
+from tests.test_pipeline_photos import SAMPLES
 from tests.test_storage import s3  # noqa: F401
 
 ray = pytest.importorskip("ray")
@@ -121,8 +123,6 @@ def test_ray_engine_bad_settings_are_one_line_errors(tmp_path, capsys):
     rc, err = immunize(capsys, src, tmp_path / "out", "--engine", "ray", "--ray-actors", "0")
     assert rc == 2 and err.strip().splitlines() == ["leat-jax: error: --ray-actors: expected N or MIN-MAX "
                                                    "(1 <= MIN <= MAX), got '0'"]
-    rc, err = immunize(capsys, src, tmp_path / "out", "--engine", "ray", "--faces", "detect")
-    assert rc == 2 and "--faces detect is not supported" in err and len(err.strip().splitlines()) == 1
     with socket.socket() as s:  # a port nothing listens at
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -254,3 +254,20 @@ def test_s3_source_and_sink(cluster, tmp_path, capsys):
     marker = json.loads(sources.read_bytes(out.url + sinks.MARKER))
     assert sorted(r["path"] for r in marker["records"]) == sorted(got)
     assert json.loads(sources.read_bytes(f"s3://bucket/job/out/{inputs.REPORT}"))["totals"]["done"] == 3
+
+
+def test_faces_detected_on_the_cluster_give_the_file_of_the_in_process_engine(cluster, tmp_path, capsys):
+    """The shipped detector, loaded in the attack actor as the command loads it, on the sample photo."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(SAMPLES / "astronaut.png", src / "astronaut.png")
+    attack = ["--victims", "toy_a", "--stand-in-weights", "--iterations", "2", "--eps", "0.051", "--step", "0.02",
+              "--faces", "detect"]
+    assert immunize(capsys, src, tmp_path / "one", attack=attack)[0] == 0
+    rc, err = immunize(capsys, src, tmp_path / "ray", "--engine", "ray", attack=attack)
+    assert rc == 0, err
+    assert outputs(tmp_path / "ray") == outputs(tmp_path / "one") and len(outputs(tmp_path / "one")) == 1
+    assert outputs(tmp_path / "ray")["astronaut.png"] != (src / "astronaut.png").read_bytes()
+    faces = [report(d)["settings"]["faces"]["detector"] for d in (tmp_path / "one", tmp_path / "ray")]
+    assert faces[0] == faces[1] and faces[0].startswith("leat_jax.faces.detect.Detector:params-")
+    assert report(tmp_path / "ray")["totals"]["done"] == 1 and report(tmp_path / "ray")["totals"]["no_face"] == 0

@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 
 from leat_jax.engines import ray_engine, shard_stages
-from leat_jax.pipeline import inputs, sinks, sources
+from leat_jax.pipeline import inputs, manifest, photos, sinks, sources
 from tests.test_engine_ray import mixed_set
 from tests.test_pipeline_immunize import immunize, outputs, report, toy_victims  # noqa: F401
+from tests.test_pipeline_photos import ATTACK as PHOTO_ATTACK
+from tests.test_pipeline_photos import FakeDetector, make_photos
 from tests.test_storage import dead_pid, s3  # noqa: F401
 
 
@@ -119,3 +121,24 @@ def test_a_sharded_job_into_a_dst_another_run_writes_is_refused(local, tmp_path,
         assert rc == 0 and json.loads(sources.read_bytes(f"{dst}/{inputs.REPORT}"))["totals"]["done"] == 2, err
         with pytest.raises(sources.SourceError):
             sources.read_bytes(lock)  # released at the end
+
+
+def test_photos_with_faces_detected_give_the_files_of_the_in_process_engine(local, monkeypatch, tmp_path, capsys):
+    detector = FakeDetector()
+    monkeypatch.setattr(photos, "default_detector", lambda: detector)
+    src = make_photos(tmp_path / "src")  # two faces apart, two faces overlapping, no face
+    assert immunize(capsys, src, tmp_path / "one", "--faces", "detect", attack=PHOTO_ATTACK)[0] == 0
+    rc, err = immunize(capsys, src, tmp_path / "two", "--faces", "detect", "--engine", "ray", attack=PHOTO_ATTACK)
+    assert rc == 0, err
+    assert outputs(tmp_path / "two") == outputs(tmp_path / "one") and len(outputs(tmp_path / "one")) == 3
+    one, two = manifest.read(tmp_path / "one"), manifest.read(tmp_path / "two")
+    assert {p: [f["box"] for f in r["faces"]] for p, r in two.items()} == {p: [f["box"] for f in r["faces"]]
+                                                                           for p, r in one.items()}
+    assert report(tmp_path / "two")["totals"]["no_face"] == 1 and report(tmp_path / "two")["totals"]["done"] == 3
+    assert report(tmp_path / "two")["settings"]["faces"]["detector"] == FakeDetector.identity
+    rc, _ = immunize(capsys, src, tmp_path / "two", "--faces", "detect", "--engine", "ray", attack=PHOTO_ATTACK)
+    assert rc == 0 and report(tmp_path / "two")["run"]["already_done"] == 3  # same settings hash: all skipped
+    sinks.put(f"{tmp_path}/shards/s0.tar", sinks.encode_shard("tar", [("two.png", (src / "two.png").read_bytes())]))
+    rc, err = immunize(capsys, f"{tmp_path}/shards", tmp_path / "out", "--faces", "detect", "--engine", "ray")
+    assert rc == 2 and err.strip().splitlines() == ["leat-jax: error: --engine ray: --faces detect works on folders "
+                                                   "and list files, not on tar or Parquet shards; use --faces aligned"]

@@ -234,12 +234,32 @@ class Attacker:
         xla_cpu.cpu_flags()  # before any computation, as the CLI does
         compile_cache.use(compile_cache.resolve(cfg.compile_cache))
         loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
-        self.stage = immunize.attack_stage(cfg, ctx, loaded, parallel.data_mesh(cfg.devices), None, lambda text: None)
+        self.detector = immunize.face_detector(cfg, None)[0]
+        self.stage = immunize.attack_stage(cfg, ctx, loaded, parallel.data_mesh(cfg.devices), self.detector,
+                                           lambda text: None)
+        self.ctx = ctx
 
     def __call__(self, batch: dict) -> dict:
-        """Attack every ``job.Prepared`` entry of the batch's rows, grouped by image size."""
-        kinds, payload = list(batch["kind"]), list(batch["payload"])
+        """Attack every ``job.Prepared`` entry of the batch's rows, grouped by image size.
+
+        Photos (``--faces detect``) are attacked one by one and written here,
+        as ``PhotoAttack`` writes them in-process; their rows leave as records.
+        """
+        kinds, payload, record = list(batch["kind"]), list(batch["payload"]), list(batch["record"])
         entries = {i: pickle.loads(payload[i]) for i, k in enumerate(kinds) if k == PREPARED}
+        if self.detector is not None:
+            for i, row_entries in entries.items():
+                records = [r for e in row_entries for r in (self.photo(e) if isinstance(e, job.Prepared) else [e])]
+                kinds[i], payload[i], record[i] = RECORD, b"", json.dumps(records)
+        else:
+            self.attack(entries)
+            for i, row_entries in entries.items():
+                kinds[i], payload[i] = ATTACKED, pickle.dumps(row_entries, protocol=pickle.HIGHEST_PROTOCOL)
+        return {**batch, "kind": np.asarray(kinds, dtype=object), "payload": np.asarray(payload, dtype=object),
+                "record": np.asarray(record, dtype=object)}
+
+    def attack(self, entries: dict[int, list]) -> None:
+        """Replace each ``job.Prepared`` of ``entries`` by (prepared, protected image, distances), by image size."""
         by_size: dict[tuple[int, int], list[tuple[int, int]]] = {}
         for i, row_entries in entries.items():
             for j, e in enumerate(row_entries):
@@ -249,10 +269,14 @@ class Attacker:
             results = [r for piece in self.stage.launch([entries[i][j] for i, j in members])
                        for r in self.stage.collect(piece)]
             for (i, j), result in zip(members, results):
-                entries[i][j] = result  # (prepared, protected image, distances)
-        for i, row_entries in entries.items():
-            kinds[i], payload[i] = ATTACKED, pickle.dumps(row_entries, protocol=pickle.HIGHEST_PROTOCOL)
-        return {**batch, "kind": np.asarray(kinds, dtype=object), "payload": np.asarray(payload, dtype=object)}
+                entries[i][j] = result
+
+    def photo(self, got: job.Prepared) -> list[dict]:
+        """``--faces detect``: detect, attack and write one photo here (``PhotoAttack`` writes); its records."""
+        got = self.stage.inspect(got)
+        if isinstance(got, job.Failure):
+            return [writing.failed_record(self.ctx, got.item, got.error)]
+        return [r for launched in self.stage.submit(got) for r in self.stage.finish(launched)]
 
 
 def dataset(ray, rows: list[dict], cfg: ImmunizeConfig, ctx: job.Context, actors: tuple[int, int], gpus: bool,
@@ -296,13 +320,14 @@ def run(cfg: ImmunizeConfig, stream=None) -> immunize.Summary:
     """
     stream = stream if stream is not None else sys.stderr
     start = time.monotonic()
-    if cfg.faces != "aligned":
-        raise SetupError("--engine ray: --faces detect is not supported yet; use the in-process engine")
     if cfg.distributed is not None:
         raise SetupError("--engine ray and --distributed exclude each other (Ray shares the work out itself)")
     pool_size(cfg.ray_actors, 0)  # a bad range fails before any cluster starts
     ray = import_ray()
     if cfg.src is not None and is_sharded(cfg.src):
+        if cfg.faces != "aligned":
+            raise SetupError("--engine ray: --faces detect works on folders and list files, not on tar or Parquet "
+                             "shards; use --faces aligned")
         return run_sharded(ray, cfg, stream, start)
     src = Path(cfg.src) if cfg.src is not None else immunize.SAMPLES
     dst = Path(cfg.dst)
@@ -324,7 +349,7 @@ def run_stages(ray, cfg, src, dst, items, tmp_dir, stream, start) -> immunize.Su
     """Settings, shards and resume on the driver; the stages on the cluster; the report."""
     say = (lambda text: None) if cfg.quiet else (lambda text: print(text, file=stream, flush=True))
     loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
-    settings, settings_hash = job.settings(cfg, loaded)
+    settings, settings_hash = job.settings(cfg, loaded, immunize.face_detector(cfg, None)[1])
     warning = immunize.STAND_IN_WARNING.format(names=", ".join(loaded.stand_in)) if loaded.stand_in else None
     for line in (warning, immunize.JPEG_WARNING if cfg.format == "jpeg" else None):
         if line:
