@@ -131,9 +131,9 @@ class Lock:
 class ObjectLock:
     """The lock of an output on an object store (fsspec): one object, created only where it is absent.
 
-    On S3 (s3fs) the create is a conditional put (``If-None-Match: *``, which
-    S3-compatible servers such as moto and MinIO honour too), so of two runs
-    starting at once exactly one takes it; on other fsspec filesystems it is
+    On S3 (s3fs) the create is a conditional put (``If-None-Match: *``; an
+    S3-compatible server must honour it), so of two runs starting at once
+    exactly one takes it; on other fsspec filesystems it is
     fsspec's check-then-write, which narrows the window without closing it.
     A lock whose holder is gone (this host, pid not running) is removed and
     taken over; one from another host cannot be checked and is refused. A
