@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from leat_jax.engines import ray_engine, shard_stages
-from leat_jax.pipeline import inputs, manifest, photos, sinks, sources
+from leat_jax.pipeline import inputs, manifest, photos, sinks, sources, victimset
+from tests.pipeline_toys import ENV
 from tests.test_engine_ray import mixed_set
 from tests.test_pipeline_immunize import immunize, outputs, report, toy_victims  # noqa: F401
 from tests.test_pipeline_photos import ATTACK as PHOTO_ATTACK
@@ -142,3 +143,12 @@ def test_photos_with_faces_detected_give_the_files_of_the_in_process_engine(loca
     rc, err = immunize(capsys, f"{tmp_path}/shards", tmp_path / "out", "--faces", "detect", "--engine", "ray")
     assert rc == 2 and err.strip().splitlines() == ["leat-jax: error: --engine ray: --faces detect works on folders "
                                                    "and list files, not on tar or Parquet shards; use --faces aligned"]
+
+
+def test_the_driver_reads_the_victims_identities_not_their_weights():
+    specs = [victimset.VictimSpec("toy_a"), victimset.VictimSpec("toy_b")]
+    loaded = victimset.load(specs, True, [ENV["LEAT_EXTRA_VICTIMS"]])
+    identities = victimset.load(specs, True, [ENV["LEAT_EXTRA_VICTIMS"]], weights=False)
+    assert identities.params == (None, None) and all(p is not None for p in loaded.params)
+    assert (identities.identities, identities.stand_in, identities.names) == (loaded.identities, loaded.stand_in,
+                                                                              loaded.names)

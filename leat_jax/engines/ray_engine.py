@@ -348,7 +348,8 @@ def run(cfg: ImmunizeConfig, stream=None) -> immunize.Summary:
 def run_stages(ray, cfg, src, dst, items, tmp_dir, stream, start) -> immunize.Summary:
     """Settings, shards and resume on the driver; the stages on the cluster; the report."""
     say = (lambda text: None) if cfg.quiet else (lambda text: print(text, file=stream, flush=True))
-    loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
+    # the identities only: the actors load the weights (the driver would only hold them, after a wait)
+    loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims, weights=False)
     settings, settings_hash = job.settings(cfg, loaded, immunize.face_detector(cfg, None)[1])
     warning = immunize.STAND_IN_WARNING.format(names=", ".join(loaded.stand_in)) if loaded.stand_in else None
     for line in (warning, immunize.JPEG_WARNING if cfg.format == "jpeg" else None):
@@ -421,7 +422,8 @@ def run_sharded(ray, cfg: ImmunizeConfig, stream, start) -> immunize.Summary:
 def sharded_stages(ray, cfg: ImmunizeConfig, found: list, stream, start) -> immunize.Summary:
     """A sharded job's settings, the shards still to do, the stages on the cluster, the report."""
     say = (lambda text: None) if cfg.quiet else (lambda text: print(text, file=stream, flush=True))
-    loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
+    # the identities only: the actors load the weights (the driver would only hold them, after a wait)
+    loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims, weights=False)
     settings, settings_hash = job.settings(cfg, loaded)
     warning = immunize.STAND_IN_WARNING.format(names=", ".join(loaded.stand_in)) if loaded.stand_in else None
     if warning:
