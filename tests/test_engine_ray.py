@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -64,15 +65,23 @@ def listening(pids) -> list:
     return [(c.pid, c.laddr) for c in psutil.net_connections(kind="inet") if c.status == "LISTEN" and c.pid in pids]
 
 
-def serves_jobs_api(port: int) -> bool:
-    """Whether an HTTP server at 127.0.0.1:``port`` answers Ray's jobs API route with JSON."""
+def http_status(port: int, path: str) -> tuple[int, bytes]:
+    """(status, head) of ``GET path`` at 127.0.0.1:``port``; (0, b"") where no HTTP server answers."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"GET /api/jobs/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            s.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
             head = s.recv(4096)
     except OSError:
-        return False
-    return head.startswith(b"HTTP/") and b" 200 " in head.split(b"\r\n")[0] and b"json" in head.lower()
+        return 0, b""
+    found = re.match(rb"HTTP/1\.[01] (\d{3}) ", head)
+    return (int(found[1]), head) if found else (0, b"")
+
+
+def serves_jobs_api(port: int) -> bool:
+    """Whether 127.0.0.1:``port`` serves a Ray jobs API: the dashboard's (``/api/jobs/``, JSON) or a node
+    agent's (``/api/job_agent/jobs/``, POST only: a GET is refused as the wrong method)."""
+    status, head = http_status(port, "/api/jobs/")
+    return (status == 200 and b"json" in head.lower()) or http_status(port, "/api/job_agent/jobs/")[0] == 405
 
 
 def test_started_cluster_listens_on_loopback_only_and_has_no_jobs_api(cluster):
