@@ -184,7 +184,7 @@ def test_an_attack_actor_killed_mid_job_loses_nothing(cluster, tmp_path, capsys)
     while job.is_alive() and killed is None:
         written = manifest_lines(dst)
         alive = attack_actors()
-        if len(alive) == 2 and 0 < written < 12:
+        if alive and 0 < written < 12:  # the second actor may not be up yet: the pool hands work to the first
             os.kill(alive[0]["Pid"], signal.SIGKILL)  # the actor's process dies, as on a lost node
             killed = written
         time.sleep(0.05)

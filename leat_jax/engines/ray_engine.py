@@ -16,6 +16,7 @@ cluster); see ``single_machine``.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import importlib
@@ -259,15 +260,25 @@ class Attacker:
                 "record": np.asarray(record, dtype=object)}
 
     def attack(self, entries: dict[int, list]) -> None:
-        """Replace each ``job.Prepared`` of ``entries`` by (prepared, protected image, distances), by image size."""
+        """Replace each ``job.Prepared`` of ``entries`` by (prepared, protected image, distances), by image size.
+
+        As in the in-process engine, ``job.IN_FLIGHT`` batches are dispatched
+        before the oldest is collected: the devices (on CPU, the cores) never
+        wait for the host, and a whole shard is never on them at once.
+        """
         by_size: dict[tuple[int, int], list[tuple[int, int]]] = {}
         for i, row_entries in entries.items():
             for j, e in enumerate(row_entries):
                 if isinstance(e, job.Prepared):
                     by_size.setdefault(e.image.size, []).append((i, j))
         for members in by_size.values():
-            results = [r for piece in self.stage.launch([entries[i][j] for i, j in members])
-                       for r in self.stage.collect(piece)]
+            chunk, pending, results = [entries[i][j] for i, j in members], collections.deque(), []
+            for start in range(0, len(chunk), self.stage.batch):
+                pending.extend(self.stage.launch(chunk[start:start + self.stage.batch]))
+                while len(pending) > job.IN_FLIGHT:
+                    results += self.stage.collect(pending.popleft())
+            while pending:
+                results += self.stage.collect(pending.popleft())
             for (i, j), result in zip(members, results):
                 entries[i][j] = result
 
@@ -285,7 +296,8 @@ def dataset(ray, rows: list[dict], cfg: ImmunizeConfig, ctx: job.Context, actors
 
     ``listing``: keyword arguments of ``list_shard``, when ``rows`` are shard numbers of a folder job.
     """
-    batch = 1 if sharded else (cfg.batch_size or (8 if gpus else 1)) * (cfg.devices or 1)
+    # A folder job hands each actor call job.IN_FLIGHT device batches, so one is computed while another waits.
+    batch = 1 if sharded else (cfg.batch_size or (8 if gpus else 1)) * (cfg.devices or 1) * job.IN_FLIGHT
     read, write = (shard_stages.read_shard, shard_stages.write_shard) if sharded else (read_row, write_row)
     ds = ray.data.from_items(rows)
     if listing is not None:
