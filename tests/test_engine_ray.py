@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +22,7 @@ from leat_jax.engines import ray_engine
 from leat_jax.errors import SetupError
 from leat_jax.pipeline import inputs, shards, sinks, sources
 from tests.test_pipeline_immunize import ATTACK, immunize, noise, outputs, report, toy_victims  # noqa: F401
+from tests.test_pipeline_photos import SAMPLES
 from tests.test_storage import s3  # noqa: F401
 
 ray = pytest.importorskip("ray")
@@ -57,16 +60,51 @@ def test_pool_size_is_a_range():
             ray_engine.pool_size(bad, 0)
 
 
-def test_started_cluster_has_no_dashboard_and_so_no_jobs_api(cluster):
-    ours = {p.pid: p for p in psutil.Process().children(recursive=True)}
-    assert any("gcs_server" in p.name() for p in ours.values())  # these are the cluster's processes
+def listening(pids) -> list:
+    """(pid, address) of every TCP socket a process of ``pids`` listens at."""
+    return [(c.pid, c.laddr) for c in psutil.net_connections(kind="inet") if c.status == "LISTEN" and c.pid in pids]
+
+
+def http_status(port: int, path: str) -> tuple[int, bytes]:
+    """(status, head) of ``GET path`` at 127.0.0.1:``port``; (0, b"") where no HTTP server answers."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            head = s.recv(4096)
+    except OSError:
+        return 0, b""
+    found = re.match(rb"HTTP/1\.[01] (\d{3}) ", head)
+    return (int(found[1]), head) if found else (0, b"")
+
+
+def serves_jobs_api(port: int) -> bool:
+    """Whether 127.0.0.1:``port`` serves a Ray jobs API: the dashboard's (``/api/jobs/``, JSON) or a node
+    agent's (``/api/job_agent/jobs/``, POST only: a GET is refused as the wrong method)."""
+    status, head = http_status(port, "/api/jobs/")
+    return (status == 200 and b"json" in head.lower()) or http_status(port, "/api/job_agent/jobs/")[0] == 405
+
+
+def test_started_cluster_listens_on_loopback_only_and_has_no_jobs_api(cluster):
+    actor = cluster.remote(num_cpus=0)(type("Probe", (), {"pid": lambda self: os.getpid()})).remote()
+    assert cluster.get(actor.pid.remote()) > 0  # a worker process beside the prestarted ones
+    ours = {p.pid: p for p in psutil.Process().children(recursive=True)} | {os.getpid(): psutil.Process()}
+    names = {p.name() for p in ours.values()}
+    assert {"gcs_server", "raylet"} <= names, names  # these are the cluster's processes
     heads = [p.cmdline() for p in ours.values() if any(a.endswith("dashboard/dashboard.py") for a in p.cmdline())]
     # Without the dashboard Ray's head process loads the usage-stats module alone: no jobs API, no frontend.
     assert all("--modules-to-load=UsageStatsHead" in c and "--disable-frontend" in c for c in heads), heads
-    listening = [c.laddr for c in psutil.net_connections(kind="inet") if c.status == "LISTEN" and c.pid in ours]
-    assert listening and 8265 not in [a.port for a in listening]  # nothing at the dashboard's port
-    # Ray 2.60 turns a loopback node address into the host's reachable one and binds its own servers (and
-    # each node agent's HTTP job endpoint) on it; its token authentication guards them (README).
+    found = listening(ours)
+    assert {"gcs_server", "raylet"} <= {ours[pid].name() for pid, _ in found} and len(found) >= 5, found
+    assert [a for _, a in found if not ray_engine.is_loopback(a.ip)] == []  # none on 0.0.0.0, [::] or a host address
+    assert not [a.port for _, a in found if serves_jobs_api(a.port)]
+    cluster.kill(actor)
+
+
+def test_loopback_addresses():
+    assert all(map(ray_engine.is_loopback, ["127.0.0.1", "127.0.1.1", "::1", "::ffff:127.0.0.1", "localhost"]))
+    assert not any(map(ray_engine.is_loopback, ["0.0.0.0", "::", "192.0.2.2", "::ffff:10.0.0.1", "", None, "host"]))
+    assert ray_engine.address_host("ray://[::1]:10001") == "::1" and ray_engine.address_host("auto") is None
+    assert ray_engine.address_host("127.0.0.1:6379") == "127.0.0.1"
 
 
 def test_ray_engine_writes_the_files_of_the_in_process_engine(cluster, tmp_path, capsys):
@@ -94,8 +132,6 @@ def test_ray_engine_bad_settings_are_one_line_errors(tmp_path, capsys):
     rc, err = immunize(capsys, src, tmp_path / "out", "--engine", "ray", "--ray-actors", "0")
     assert rc == 2 and err.strip().splitlines() == ["leat-jax: error: --ray-actors: expected N or MIN-MAX "
                                                    "(1 <= MIN <= MAX), got '0'"]
-    rc, err = immunize(capsys, src, tmp_path / "out", "--engine", "ray", "--faces", "detect")
-    assert rc == 2 and "--faces detect is not supported" in err and len(err.strip().splitlines()) == 1
     with socket.socket() as s:  # a port nothing listens at
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -148,7 +184,7 @@ def test_an_attack_actor_killed_mid_job_loses_nothing(cluster, tmp_path, capsys)
     while job.is_alive() and killed is None:
         written = manifest_lines(dst)
         alive = attack_actors()
-        if len(alive) == 2 and 0 < written < 12:
+        if alive and 0 < written < 12:  # the second actor may not be up yet: the pool hands work to the first
             os.kill(alive[0]["Pid"], signal.SIGKILL)  # the actor's process dies, as on a lost node
             killed = written
         time.sleep(0.05)
@@ -173,8 +209,10 @@ def test_a_driver_killed_mid_job_and_rerun_loses_nothing(cluster, tmp_path, caps
     try:
         while driver.poll() is None and not 0 < manifest_lines(dst) < n:
             time.sleep(0.02)
+        joined = listening({driver.pid})  # a driver joining at a loopback address listens there too
         driver.send_signal(signal.SIGKILL)
         assert driver.wait() == -signal.SIGKILL  # killed mid-job, not finished
+        assert joined and all(ray_engine.is_loopback(a.ip) for _, a in joined), joined
     finally:
         driver.kill()
         driver.wait()
@@ -225,3 +263,20 @@ def test_s3_source_and_sink(cluster, tmp_path, capsys):
     marker = json.loads(sources.read_bytes(out.url + sinks.MARKER))
     assert sorted(r["path"] for r in marker["records"]) == sorted(got)
     assert json.loads(sources.read_bytes(f"s3://bucket/job/out/{inputs.REPORT}"))["totals"]["done"] == 3
+
+
+def test_faces_detected_on_the_cluster_give_the_file_of_the_in_process_engine(cluster, tmp_path, capsys):
+    """The shipped detector, loaded in the attack actor as the command loads it, on the sample photo."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(SAMPLES / "astronaut.png", src / "astronaut.png")
+    attack = ["--victims", "toy_a", "--stand-in-weights", "--iterations", "2", "--eps", "0.051", "--step", "0.02",
+              "--faces", "detect"]
+    assert immunize(capsys, src, tmp_path / "one", attack=attack)[0] == 0
+    rc, err = immunize(capsys, src, tmp_path / "ray", "--engine", "ray", attack=attack)
+    assert rc == 0, err
+    assert outputs(tmp_path / "ray") == outputs(tmp_path / "one") and len(outputs(tmp_path / "one")) == 1
+    assert outputs(tmp_path / "ray")["astronaut.png"] != (src / "astronaut.png").read_bytes()
+    faces = [report(d)["settings"]["faces"]["detector"] for d in (tmp_path / "one", tmp_path / "ray")]
+    assert faces[0] == faces[1] and faces[0].startswith("leat_jax.faces.detect.Detector:params-")
+    assert report(tmp_path / "ray")["totals"]["done"] == 1 and report(tmp_path / "ray")["totals"]["no_face"] == 0

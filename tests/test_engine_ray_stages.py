@@ -7,15 +7,22 @@ drives Ray Data. The cluster tests are in ``test_engine_ray.py``.
 """
 from __future__ import annotations
 
+import json
+import os
+import socket
 import types
 
 import numpy as np
 import pytest
 
 from leat_jax.engines import ray_engine, shard_stages
-from leat_jax.pipeline import inputs, sinks, sources
+from leat_jax.pipeline import inputs, manifest, photos, sinks, sources, victimset
+from tests.pipeline_toys import ENV
 from tests.test_engine_ray import mixed_set
 from tests.test_pipeline_immunize import immunize, outputs, report, toy_victims  # noqa: F401
+from tests.test_pipeline_photos import ATTACK as PHOTO_ATTACK
+from tests.test_pipeline_photos import FakeDetector, make_photos
+from tests.test_storage import dead_pid, s3  # noqa: F401
 
 
 class LocalDataset:
@@ -93,3 +100,55 @@ def test_a_parquet_shard_without_its_key_column_fails_alone(local, tmp_path, cap
     assert errors[1].startswith("leat-jax: error: 1 image(s) failed")  # the summary line
     assert sinks.committed(str(tmp_path / "out" / "a.tar"), report(tmp_path / "out")["settings"]["settings_hash"],
                            sources.list_shards(str(shards_in / "a.tar"))[0].version) is not None
+
+
+@pytest.mark.usefixtures("s3")
+def test_a_sharded_job_into_a_dst_another_run_writes_is_refused(local, tmp_path, capsys):
+    src = mixed_set(tmp_path / "src", 2)
+    files = [(p.relative_to(src).as_posix(), p.read_bytes()) for p in sorted(src.rglob("*.png"))]
+    sinks.put(f"{tmp_path}/shards/s0.tar", sinks.encode_shard("tar", files))
+    sinks.put("s3://bucket/held/in/s0.tar", sinks.encode_shard("tar", files))
+    other = {"host": socket.gethostname(), "pid": os.getppid(), "run": "another", "token": "another"}
+    for src_url, dst in ((f"{tmp_path}/shards", str(tmp_path / "out")), ("s3://bucket/held/in", "s3://bucket/held/out")):
+        lock = f"{dst}/{inputs.STATE_DIR}/lock-p0"
+        sinks.put(lock, json.dumps(other).encode())  # a live process of this host holds DST
+        rc, err = immunize(capsys, src_url, dst, "--engine", "ray")
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and f"pid {os.getppid()}" in err, err
+        fs, path = sources.filesystem(f"{dst}/s0.tar")
+        assert not fs.exists(path) and not fs.exists(path + sinks.MARKER)  # nothing written
+        assert json.loads(sources.read_bytes(lock)) == other  # its lock is left alone
+        sinks.put(lock, json.dumps({**other, "pid": dead_pid()}).encode())  # its holder died: the job runs
+        rc, err = immunize(capsys, src_url, dst, "--engine", "ray")
+        assert rc == 0 and json.loads(sources.read_bytes(f"{dst}/{inputs.REPORT}"))["totals"]["done"] == 2, err
+        with pytest.raises(sources.SourceError):
+            sources.read_bytes(lock)  # released at the end
+
+
+def test_photos_with_faces_detected_give_the_files_of_the_in_process_engine(local, monkeypatch, tmp_path, capsys):
+    detector = FakeDetector()
+    monkeypatch.setattr(photos, "default_detector", lambda: detector)
+    src = make_photos(tmp_path / "src")  # two faces apart, two faces overlapping, no face
+    assert immunize(capsys, src, tmp_path / "one", "--faces", "detect", attack=PHOTO_ATTACK)[0] == 0
+    rc, err = immunize(capsys, src, tmp_path / "two", "--faces", "detect", "--engine", "ray", attack=PHOTO_ATTACK)
+    assert rc == 0, err
+    assert outputs(tmp_path / "two") == outputs(tmp_path / "one") and len(outputs(tmp_path / "one")) == 3
+    one, two = manifest.read(tmp_path / "one"), manifest.read(tmp_path / "two")
+    assert {p: [f["box"] for f in r["faces"]] for p, r in two.items()} == {p: [f["box"] for f in r["faces"]]
+                                                                           for p, r in one.items()}
+    assert report(tmp_path / "two")["totals"]["no_face"] == 1 and report(tmp_path / "two")["totals"]["done"] == 3
+    assert report(tmp_path / "two")["settings"]["faces"]["detector"] == FakeDetector.identity
+    rc, _ = immunize(capsys, src, tmp_path / "two", "--faces", "detect", "--engine", "ray", attack=PHOTO_ATTACK)
+    assert rc == 0 and report(tmp_path / "two")["run"]["already_done"] == 3  # same settings hash: all skipped
+    sinks.put(f"{tmp_path}/shards/s0.tar", sinks.encode_shard("tar", [("two.png", (src / "two.png").read_bytes())]))
+    rc, err = immunize(capsys, f"{tmp_path}/shards", tmp_path / "out", "--faces", "detect", "--engine", "ray")
+    assert rc == 2 and err.strip().splitlines() == ["leat-jax: error: --engine ray: --faces detect works on folders "
+                                                   "and list files, not on tar or Parquet shards; use --faces aligned"]
+
+
+def test_the_driver_reads_the_victims_identities_not_their_weights():
+    specs = [victimset.VictimSpec("toy_a"), victimset.VictimSpec("toy_b")]
+    loaded = victimset.load(specs, True, [ENV["LEAT_EXTRA_VICTIMS"]])
+    identities = victimset.load(specs, True, [ENV["LEAT_EXTRA_VICTIMS"]], weights=False)
+    assert identities.params == (None, None) and all(p is not None for p in loaded.params)
+    assert (identities.identities, identities.stand_in, identities.names) == (loaded.identities, loaded.stand_in,
+                                                                              loaded.names)

@@ -3,10 +3,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 
-from leat_jax.pipeline import sinks, sources
+from leat_jax.errors import SetupError
+from leat_jax.pipeline import inputs, sinks, sources
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -104,3 +109,43 @@ def test_s3_source_and_sink_through_the_loopback_server(s3):
     assert json.loads(sources.read_bytes(out + sinks.MARKER))["settings"] == "h"
     with pytest.raises(sources.SourceError, match="no such file"):
         sources.list_shards("s3://bucket/missing")
+
+
+def dead_pid() -> int:
+    """The pid of a process of this host that has exited."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_output_lock_on_s3_is_a_conditional_put_one_run_at_a_time(s3):
+    first, second = sinks.output_lock("s3://bucket/locked/out/"), sinks.output_lock("s3://bucket/locked/out")
+    url = "s3://bucket/locked/out/.leat-jax/lock-p0"
+    assert first.url == second.url == url
+    with first:
+        holder = json.loads(sources.read_bytes(url))
+        assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+        with pytest.raises(SetupError) as e:  # a plain put would have replaced the holder: If-None-Match refused it
+            second.acquire()
+        assert str(e.value) == f"{url}: another leat-jax run (pid {os.getpid()}) is writing into this output"
+        assert json.loads(sources.read_bytes(url)) == holder and not second.held
+    with pytest.raises(sources.SourceError):
+        sources.read_bytes(url)  # released: the object is gone
+    sinks.put(url, json.dumps({"host": socket.gethostname(), "pid": dead_pid(), "token": "x"}).encode())
+    with second:  # its holder is gone: taken over
+        assert json.loads(sources.read_bytes(url))["token"] == second.me["token"]
+    sinks.put(url, json.dumps({"host": "elsewhere", "pid": 7, "token": "x"}).encode())
+    with pytest.raises(SetupError, match=r"^s3://\S+/lock-p0: another leat-jax run \(pid 7 on elsewhere\) .* object$"):
+        first.acquire()
+
+
+def test_output_lock_on_a_local_disk_is_the_folder_jobs_lock(tmp_path):
+    lock = sinks.output_lock(f"file://{tmp_path}/out")
+    assert lock.path == tmp_path / "out" / inputs.STATE_DIR / "lock-p0"
+    lock.path.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "run": "another"}))
+    with pytest.raises(SetupError, match="another leat-jax .* is writing into this output folder"):
+        lock.acquire()
+    lock.path.write_text(json.dumps({"host": socket.gethostname(), "pid": dead_pid(), "run": "another"}))
+    with lock:
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    assert not lock.path.exists()

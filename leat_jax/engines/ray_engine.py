@@ -10,14 +10,17 @@ arrays); only the driver appends records, once the files are in place. The
 same stage functions run on the same inputs with the same batch shapes, so
 outputs are byte-identical to the in-process engine's.
 
-A cluster this module starts has no dashboard, so no jobs API (whoever
-reaches that API runs code on the cluster). Ray itself binds its servers on
-every interface and turns a loopback node address into the host's reachable
-one; its token authentication (on by default) is what guards them.
+A cluster this module starts listens on 127.0.0.1 only and has no
+dashboard, so no jobs API (whoever reaches that API runs code on the
+cluster); see ``single_machine``.
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
+import importlib
+import ipaddress
 import json
 import logging
 import os
@@ -60,6 +63,7 @@ SKIPPED = "skipped"
 # Ray Data does not fuse reading into the actors (it fuses stages whose resource requests are equal).
 TASK_CPUS = 0.5
 ACTOR_CPUS = 0.25
+LOOPBACK = "127.0.0.1"
 
 
 def import_ray():
@@ -93,20 +97,23 @@ def pool_size(text: str | None, accelerators: int) -> tuple[int, int]:
 def connect(ray, address: str | None, num_cpus: int | None = None) -> bool:
     """Join the cluster at ``address``, or start a local one; True when this call started it.
 
-    A local cluster has no dashboard and no jobs API;
-    ``num_cpus``: its CPUs (None: the machine's). A process already connected
-    (``ray.init`` done by the caller) is used as is, once ``address`` answers.
+    A local cluster listens on 127.0.0.1 only and has no dashboard, so no
+    jobs API; a driver joining at a loopback address listens there too.
+    ``num_cpus``: the local cluster's CPUs (None: the machine's). A process
+    already connected (``ray.init`` done by the caller) is used as is, once
+    ``address`` answers.
     """
     if address:
         answering(address)
     if ray.is_initialized():
         return False
     try:
-        if address:
-            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-        else:
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                     logging_level="ERROR")
+        with single_machine(ray, address is None or is_loopback(address_host(address))):
+            if address:
+                ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+            else:
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                         logging_level="ERROR", _node_ip_address=LOOPBACK)
     except Exception as e:  # ray raises several types for an address nothing answers at
         text = str(e).strip().splitlines()
         where = address or "a local cluster"
@@ -115,16 +122,55 @@ def connect(ray, address: str | None, num_cpus: int | None = None) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def single_machine(ray, on: bool = True):
+    """While it is open (and ``on``), ``ray.init`` keeps a loopback node address, so every server binds there.
+
+    Ray binds each node's servers (GCS, raylet, object manager, workers,
+    agents, metrics) to the node's address, or to every interface when that
+    address is not loopback; and in cluster mode it turns a loopback address
+    into the host's reachable one (``services.resolve_ip_for_localhost``),
+    for a new node and for an address joined alike. Its single-machine mode
+    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read once at import) keeps
+    loopback; it is switched on around this call only, as the variable
+    would switch it for the whole process.
+    """
+    constants = importlib.import_module("ray._private.ray_constants")
+    before = constants.ENABLE_RAY_CLUSTER
+    constants.ENABLE_RAY_CLUSTER = before and not on
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = before
+
+
+def address_host(address: str) -> str | None:
+    """HOST of a ``[ray://]HOST:PORT`` address; None for ``auto`` and other forms Ray resolves itself."""
+    found = re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d+)", address.strip())
+    return found[1] if found else None
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` is a loopback address (``localhost``, 127.0.0.0/8, ``::1``, IPv4-mapped loopback)."""
+    if host == "localhost":
+        return True
+    try:
+        found = ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    return (getattr(found, "ipv4_mapped", None) or found).is_loopback
+
+
 def answering(address: str, timeout: float = 5.0) -> None:
     """Raise a one-line ``SetupError`` when nothing answers at a ``[ray://]HOST:PORT`` address.
 
     Ray itself retries an unanswered address for minutes before it gives up.
     """
-    found = re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d+)", address.strip())
-    if found is None:
+    host = address_host(address)
+    if host is None:
         return  # "auto" and other forms Ray resolves itself
     try:
-        socket.create_connection((found[1], int(found[2])), timeout=timeout).close()
+        socket.create_connection((host, int(address.strip().rsplit(":", 1)[1])), timeout=timeout).close()
     except OSError as e:
         raise SetupError(f"--ray-address {address}: nothing answers there ({e.strerror or e}); "
                          "start the cluster first (ray start --head)") from None
@@ -145,23 +191,6 @@ def row(item: inputs.Item, previous: dict | None, shard: int = 0) -> dict:
             "payload": b"", "shard": shard}
 
 
-def todo_shards(resume: Resume, skip_shard) -> list[int]:
-    """The shards still to do, their done markers cleared; ``skip_shard(n)`` for each shard done before.
-
-    Only shard numbers go to Ray Data, so the driver's memory does not grow
-    with the dataset; the listing stage expands them on the cluster.
-    """
-    todo = []
-    for s in sorted(resume.counts):
-        if not (resume.redo or resume.verify) and resume.store.is_done(s, resume.settings_hash,
-                                                                        resume.spilled.digest(s)):
-            skip_shard(resume.counts[s])
-            continue
-        resume.store.clear_done(s)
-        todo.append(s)
-    return todo
-
-
 def list_shard(r: dict, work: str, state: str, redo: bool) -> list[dict]:
     """The list stage on one shard number (a CPU task): a row per input, from the spilled listing.
 
@@ -171,15 +200,6 @@ def list_shard(r: dict, work: str, state: str, redo: bool) -> list[dict]:
     s = int(r["shard"])
     previous = {} if redo else shards.Store(Path(state)).records(s)
     return [row(item, previous.get(item.rel), s) for item in shards.listing(Path(work), s)]
-
-
-def open_shard(resume: Resume, s: int) -> None:
-    """Hold shard ``s``'s listing on the driver while its records come back (as ``Resume.items`` does)."""
-    if s in resume.open:
-        return
-    items = shards.listing(resume.work, s)
-    resume.open[s] = {"items": items, "previous": {}, "pending": len(items), "done": 0}
-    resume.shard_of_path.update((item.rel, s) for item in items)
 
 
 def read_row(r: dict, ctx: job.Context) -> dict:
@@ -215,25 +235,59 @@ class Attacker:
         xla_cpu.cpu_flags()  # before any computation, as the CLI does
         compile_cache.use(compile_cache.resolve(cfg.compile_cache))
         loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
-        self.stage = immunize.attack_stage(cfg, ctx, loaded, parallel.data_mesh(cfg.devices), None, lambda text: None)
+        self.detector = immunize.face_detector(cfg, None)[0]
+        self.stage = immunize.attack_stage(cfg, ctx, loaded, parallel.data_mesh(cfg.devices), self.detector,
+                                           lambda text: None)
+        self.ctx = ctx
 
     def __call__(self, batch: dict) -> dict:
-        """Attack every ``job.Prepared`` entry of the batch's rows, grouped by image size."""
-        kinds, payload = list(batch["kind"]), list(batch["payload"])
+        """Attack every ``job.Prepared`` entry of the batch's rows, grouped by image size.
+
+        Photos (``--faces detect``) are attacked one by one and written here,
+        as ``PhotoAttack`` writes them in-process; their rows leave as records.
+        """
+        kinds, payload, record = list(batch["kind"]), list(batch["payload"]), list(batch["record"])
         entries = {i: pickle.loads(payload[i]) for i, k in enumerate(kinds) if k == PREPARED}
+        if self.detector is not None:
+            for i, row_entries in entries.items():
+                records = [r for e in row_entries for r in (self.photo(e) if isinstance(e, job.Prepared) else [e])]
+                kinds[i], payload[i], record[i] = RECORD, b"", json.dumps(records)
+        else:
+            self.attack(entries)
+            for i, row_entries in entries.items():
+                kinds[i], payload[i] = ATTACKED, pickle.dumps(row_entries, protocol=pickle.HIGHEST_PROTOCOL)
+        return {**batch, "kind": np.asarray(kinds, dtype=object), "payload": np.asarray(payload, dtype=object),
+                "record": np.asarray(record, dtype=object)}
+
+    def attack(self, entries: dict[int, list]) -> None:
+        """Replace each ``job.Prepared`` of ``entries`` by (prepared, protected image, distances), by image size.
+
+        As in the in-process engine, ``job.IN_FLIGHT`` batches are dispatched
+        before the oldest is collected: the devices (on CPU, the cores) never
+        wait for the host, and a whole shard is never on them at once.
+        """
         by_size: dict[tuple[int, int], list[tuple[int, int]]] = {}
         for i, row_entries in entries.items():
             for j, e in enumerate(row_entries):
                 if isinstance(e, job.Prepared):
                     by_size.setdefault(e.image.size, []).append((i, j))
         for members in by_size.values():
-            results = [r for piece in self.stage.launch([entries[i][j] for i, j in members])
-                       for r in self.stage.collect(piece)]
+            chunk, pending, results = [entries[i][j] for i, j in members], collections.deque(), []
+            for start in range(0, len(chunk), self.stage.batch):
+                pending.extend(self.stage.launch(chunk[start:start + self.stage.batch]))
+                while len(pending) > job.IN_FLIGHT:
+                    results += self.stage.collect(pending.popleft())
+            while pending:
+                results += self.stage.collect(pending.popleft())
             for (i, j), result in zip(members, results):
-                entries[i][j] = result  # (prepared, protected image, distances)
-        for i, row_entries in entries.items():
-            kinds[i], payload[i] = ATTACKED, pickle.dumps(row_entries, protocol=pickle.HIGHEST_PROTOCOL)
-        return {**batch, "kind": np.asarray(kinds, dtype=object), "payload": np.asarray(payload, dtype=object)}
+                entries[i][j] = result
+
+    def photo(self, got: job.Prepared) -> list[dict]:
+        """``--faces detect``: detect, attack and write one photo here (``PhotoAttack`` writes); its records."""
+        got = self.stage.inspect(got)
+        if isinstance(got, job.Failure):
+            return [writing.failed_record(self.ctx, got.item, got.error)]
+        return [r for launched in self.stage.submit(got) for r in self.stage.finish(launched)]
 
 
 def dataset(ray, rows: list[dict], cfg: ImmunizeConfig, ctx: job.Context, actors: tuple[int, int], gpus: bool,
@@ -242,7 +296,8 @@ def dataset(ray, rows: list[dict], cfg: ImmunizeConfig, ctx: job.Context, actors
 
     ``listing``: keyword arguments of ``list_shard``, when ``rows`` are shard numbers of a folder job.
     """
-    batch = 1 if sharded else (cfg.batch_size or (8 if gpus else 1)) * (cfg.devices or 1)
+    # A folder job hands each actor call job.IN_FLIGHT device batches, so one is computed while another waits.
+    batch = 1 if sharded else (cfg.batch_size or (8 if gpus else 1)) * (cfg.devices or 1) * job.IN_FLIGHT
     read, write = (shard_stages.read_shard, shard_stages.write_shard) if sharded else (read_row, write_row)
     ds = ray.data.from_items(rows)
     if listing is not None:
@@ -258,7 +313,7 @@ def drive(ds, recorder: job.Recorder) -> job.Counts:
     """Stream the dataset's rows into the record stage (the driver alone writes the manifest)."""
     try:
         for r in streamed(ds):
-            open_shard(recorder.resume, int(r["shard"]))
+            recorder.resume.open_shard(int(r["shard"]), previous=False)
             if r["kind"] == SKIPPED:
                 recorder.skipped(item_of(r["item"]))
             else:
@@ -277,13 +332,14 @@ def run(cfg: ImmunizeConfig, stream=None) -> immunize.Summary:
     """
     stream = stream if stream is not None else sys.stderr
     start = time.monotonic()
-    if cfg.faces != "aligned":
-        raise SetupError("--engine ray: --faces detect is not supported yet; use the in-process engine")
     if cfg.distributed is not None:
         raise SetupError("--engine ray and --distributed exclude each other (Ray shares the work out itself)")
     pool_size(cfg.ray_actors, 0)  # a bad range fails before any cluster starts
     ray = import_ray()
     if cfg.src is not None and is_sharded(cfg.src):
+        if cfg.faces != "aligned":
+            raise SetupError("--engine ray: --faces detect works on folders and list files, not on tar or Parquet "
+                             "shards; use --faces aligned")
         return run_sharded(ray, cfg, stream, start)
     src = Path(cfg.src) if cfg.src is not None else immunize.SAMPLES
     dst = Path(cfg.dst)
@@ -304,8 +360,9 @@ def run(cfg: ImmunizeConfig, stream=None) -> immunize.Summary:
 def run_stages(ray, cfg, src, dst, items, tmp_dir, stream, start) -> immunize.Summary:
     """Settings, shards and resume on the driver; the stages on the cluster; the report."""
     say = (lambda text: None) if cfg.quiet else (lambda text: print(text, file=stream, flush=True))
-    loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
-    settings, settings_hash = job.settings(cfg, loaded)
+    # the identities only: the actors load the weights (the driver would only hold them, after a wait)
+    loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims, weights=False)
+    settings, settings_hash = job.settings(cfg, loaded, immunize.face_detector(cfg, None)[1])
     warning = immunize.STAND_IN_WARNING.format(names=", ".join(loaded.stand_in)) if loaded.stand_in else None
     for line in (warning, immunize.JPEG_WARNING if cfg.format == "jpeg" else None):
         if line:
@@ -320,7 +377,8 @@ def run_stages(ray, cfg, src, dst, items, tmp_dir, stream, start) -> immunize.Su
     progress = Progress(resume.total, stream=stream, quiet=cfg.quiet)
     immunize.write_settings(ctx, settings)
     recorder = job.Recorder(ctx, progress, resume)
-    todo = [{"shard": s} for s in todo_shards(resume, recorder.skipped_shard)]
+    # Only shard numbers go to Ray Data, so the driver's memory does not grow with the dataset.
+    todo = [{"shard": s} for s in resume.to_do(recorder.skipped_shard)]
     listing = {"work": str(work), "state": str(state), "redo": cfg.force}
     gpus = int(ray.cluster_resources().get("GPU", 0))
     actors = pool_size(cfg.ray_actors, gpus)
@@ -356,14 +414,28 @@ def is_sharded(src: str) -> bool:
 
 def run_sharded(ray, cfg: ImmunizeConfig, stream, start) -> immunize.Summary:
     """A sharded dataset: one output shard per input shard under DST, committed whole; shards done are skipped."""
-    say = (lambda text: None) if cfg.quiet else (lambda text: print(text, file=stream, flush=True))
     try:
         found = sources.list_shards(cfg.src)
     except sources.SourceError as e:
         raise SetupError(str(e)) from None
     if not found:
         raise SetupError(f"{cfg.src}: no .tar or .parquet shards")
-    loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
+    lock = sinks.output_lock(cfg.dst)  # no second run writes these shards at the same time
+    try:
+        lock.acquire()
+    except OSError as e:
+        raise SetupError(f"{cfg.dst}: cannot write there ({e.strerror or e})") from None
+    try:
+        return sharded_stages(ray, cfg, found, stream, start)
+    finally:
+        lock.release()
+
+
+def sharded_stages(ray, cfg: ImmunizeConfig, found: list, stream, start) -> immunize.Summary:
+    """A sharded job's settings, the shards still to do, the stages on the cluster, the report."""
+    say = (lambda text: None) if cfg.quiet else (lambda text: print(text, file=stream, flush=True))
+    # the identities only: the actors load the weights (the driver would only hold them, after a wait)
+    loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims, weights=False)
     settings, settings_hash = job.settings(cfg, loaded)
     warning = immunize.STAND_IN_WARNING.format(names=", ".join(loaded.stand_in)) if loaded.stand_in else None
     if warning:

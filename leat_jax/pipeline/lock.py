@@ -8,7 +8,8 @@ run while any live process holds a lock there (the processes of one
 running) is stale and taken over. A lock from another host cannot be checked
 and is refused, naming the host and the file to remove. ``departed`` finds
 the processes of an earlier run with more processes, whose leftovers
-(lock, temporary files, listing) nobody live will clear.
+(lock, temporary files, listing) nobody live will clear. ``ObjectLock`` is
+the same lock as one object on an object store, for sharded jobs.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import json
 import os
 import re
 import socket
+import uuid
 from pathlib import Path
 
 from leat_jax.errors import SetupError
@@ -116,6 +118,71 @@ class Lock:
     def release(self) -> None:
         if self.held:
             self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+class ObjectLock:
+    """The lock of an output on an object store (fsspec): one object, created only where it is absent.
+
+    On S3 (s3fs) the create is a conditional put (``If-None-Match: *``; an
+    S3-compatible server must honour it), so of two runs starting at once
+    exactly one takes it; on other fsspec filesystems it is
+    fsspec's check-then-write, which narrows the window without closing it.
+    A lock whose holder is gone (this host, pid not running) is removed and
+    taken over; one from another host cannot be checked and is refused. A
+    context manager.
+
+    Args:
+      fs: the fsspec filesystem.
+      path: the lock object's path in ``fs``.
+      url: the lock object's URL, for messages.
+    """
+
+    def __init__(self, fs, path: str, url: str):
+        self.fs, self.path, self.url = fs, path, url
+        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
+        self.held = False
+
+    def acquire(self) -> None:
+        """Take the lock; ``SetupError`` (one line) if another live run holds it."""
+        for _ in range(2):
+            try:
+                self.fs.pipe_file(self.path, json.dumps(self.me).encode(), mode="create")
+            except FileExistsError:
+                self._clear_if_stale()
+                continue
+            self.held = True
+            return
+        raise SetupError(f"{self.url}: could not take the lock")
+
+    def _clear_if_stale(self) -> None:
+        try:
+            holder = json.loads(self.fs.cat_file(self.path))
+        except FileNotFoundError:
+            return  # released meanwhile
+        except (OSError, ValueError):
+            holder = {}  # not a lock of ours: nobody holds it
+        holder = holder if isinstance(holder, dict) else {}
+        if holder and holder.get("host") != self.me["host"]:
+            raise SetupError(f"{self.url}: another leat-jax run (pid {holder.get('pid')} on {holder.get('host')}) is "
+                             "writing into this output; if it is dead, remove this object")
+        if holder and _alive(int(holder.get("pid", -1))):
+            raise SetupError(f"{self.url}: another leat-jax run (pid {holder.get('pid')}) is writing into this output")
+        self.fs.rm_file(self.path)  # stale: its holder is gone
+
+    def release(self) -> None:
+        if self.held:
+            try:
+                self.fs.rm_file(self.path)
+            except FileNotFoundError:
+                pass
             self.held = False
 
     def __enter__(self):

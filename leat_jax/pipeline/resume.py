@@ -2,7 +2,9 @@
 
 ``Resume.items`` yields this process's inputs one shard at a time, skipping
 whole shards whose done marker still holds (nothing opened); for the other
-shards it holds their previous records (``get``, for the read stage). As
+shards it holds their previous records (``get``, for the read stage). An
+engine that lists and reads elsewhere takes the shard numbers (``to_do``)
+and opens each shard as its first record comes back (``open_shard``). As
 records come back (``settle``) it appends them to the shard's compact
 manifest and, once every input of a shard is done, writes its done marker.
 Only the shards in flight are in memory.
@@ -41,19 +43,32 @@ class Resume:
     def total(self) -> int:
         return sum(self.counts.values())
 
-    def items(self, skip_shard: Callable[[int], None]) -> Iterator[Item]:
-        """This process's inputs still to look at, shard by shard; ``skip_shard(n)`` for each done shard."""
+    def to_do(self, skip_shard: Callable[[int], None]) -> Iterator[int]:
+        """This process's shards still to do, their done markers cleared; ``skip_shard(n)`` for each done one."""
         for s in sorted(self.counts):
             if not (self.redo or self.verify) and self.store.is_done(s, self.settings_hash, self.spilled.digest(s)):
                 skip_shard(self.counts[s])
                 continue
-            items = shards.listing(self.work, s)
             self.store.clear_done(s)
-            previous = {} if self.redo else self.store.records(s)
-            self.open[s] = {"items": items, "previous": previous, "pending": len(items), "done": 0}
-            for item in items:
-                self.shard_of_path[item.rel] = s
-            yield from items
+            yield s
+
+    def open_shard(self, s: int, previous: bool = True) -> list[Item]:
+        """Hold shard ``s``'s listing while its records come in (once); its inputs.
+
+        ``previous``: also hold its previous records for ``get`` (the read
+        stage runs here); without, the read stage reads them where it runs.
+        """
+        if s not in self.open:
+            items = shards.listing(self.work, s)
+            records = self.store.records(s) if previous and not self.redo else {}
+            self.open[s] = {"items": items, "previous": records, "pending": len(items), "done": 0}
+            self.shard_of_path.update((item.rel, s) for item in items)
+        return self.open[s]["items"]
+
+    def items(self, skip_shard: Callable[[int], None]) -> Iterator[Item]:
+        """This process's inputs still to look at, shard by shard; ``skip_shard(n)`` for each done shard."""
+        for s in self.to_do(skip_shard):
+            yield from self.open_shard(s)
 
     def get(self, rel: str, default=None):
         """The previous record of ``rel`` (read stage), or ``default``."""

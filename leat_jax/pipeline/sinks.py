@@ -7,7 +7,8 @@ local disk under a temporary name, then renamed; on an object store one
 put, which is whole or absent), then a small done marker written last,
 which holds the shard's records. A rerun skips a shard whose marker is there
 with the same settings and input version; a shard without one (half-written
-by a killed worker) is written again.
+by a killed worker) is written again. ``output_lock`` keeps two runs from
+writing into the same DST at once.
 """
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ import json
 import os
 import tarfile
 import uuid
+from pathlib import Path
 
+from leat_jax.pipeline.inputs import STATE_DIR
+from leat_jax.pipeline.lock import Lock, ObjectLock
 from leat_jax.pipeline.sources import IMAGE_COLUMN, KEY_COLUMN, filesystem, is_local
 
 # The done marker of output shard X is X + MARKER.
@@ -72,3 +76,19 @@ def committed(url: str, settings_hash: str, version: str) -> dict | None:
         return None
     same = marker.get("settings") == settings_hash and marker.get("version") == version
     return marker if same and fs.exists(path[: -len(MARKER)]) else None
+
+
+def output_lock(dst: str):
+    """The lock of output ``dst`` (a folder or URL), as process 0 of a run; a context manager.
+
+    On a local disk it is the folder job's lock file (``lock.Lock``), so a
+    folder job and a sharded job into one DST exclude each other too;
+    elsewhere a lock object under ``DST/.leat-jax`` (``lock.ObjectLock``,
+    whose guarantee depends on the store).
+    """
+    fs, path = filesystem(dst)
+    path = path.rstrip("/")
+    if is_local(fs):
+        os.makedirs(os.path.join(path, STATE_DIR), exist_ok=True)
+        return Lock(Path(path) / STATE_DIR, 0)
+    return ObjectLock(fs, f"{path}/{STATE_DIR}/lock-p0", f"{dst.rstrip('/')}/{STATE_DIR}/lock-p0")

@@ -121,8 +121,13 @@ def _stand_in_params(victim: Victim):
     return jax.jit(victim.init_params, static_argnums=0)(STAND_IN_SEED)
 
 
-def load(specs: Sequence[VictimSpec], stand_in_weights: bool, extra_entries: Sequence[str] = ()) -> Loaded:
-    """Resolve and load every victim; ``SetupError`` (one line) on any problem."""
+def load(specs: Sequence[VictimSpec], stand_in_weights: bool, extra_entries: Sequence[str] = (),
+         weights: bool = True) -> Loaded:
+    """Resolve and load every victim; ``SetupError`` (one line) on any problem.
+
+    ``weights=False``: the identities only, params None (for a driver that
+    attacks nothing: its workers load the weights).
+    """
     if not specs:
         raise SetupError(
             "no victims: give --victims NAME=DIR,... or --config FILE.toml "
@@ -142,13 +147,15 @@ def load(specs: Sequence[VictimSpec], stand_in_weights: bool, extra_entries: Seq
                     f"victim {spec.name} has no checkpoint: give {spec.name}=DIR (converted with "
                     "`leat-jax convert`), or --stand-in-weights for a demo that protects against nothing"
                 )
-            params = _stand_in_params(victim)
+            params = _stand_in_params(victim) if weights else None
             ids.append(f"stand-in:{STAND_IN_SEED}")
             stand_in.append(spec.name)
         else:
             try:
                 ids.append(_checkpoint_identity(spec.checkpoint))
-                if spec.name in extra:
+                if not weights:
+                    params = None
+                elif spec.name in extra:
                     params, meta = checkpoints.load_params(spec.checkpoint)
                     if meta.get("model") != spec.name:
                         raise checkpoints.CheckpointError(
