@@ -217,6 +217,8 @@ def _add_evaluate(sub) -> None:
                    help="allow bare pipeline names: random weights (numbers mean nothing)")
     p.add_argument("--baseline", action="store_true", default=None,
                    help="also run the image-space attack on the clean images over the known attributes")
+    p.add_argument("--start", metavar="random|zero|PATH", help="the baseline's start (default: the immunize "
+                   "report's, a learned one read again from the file it names)")
     p.add_argument("--seed", type=int, metavar="N", help="baseline random starts, stand-in weights, sampled "
                    "attributes (default: the immunize report's seed, else 0)")
     p.add_argument("--threshold", type=float, metavar="X", help="disruption threshold on the output MSE (default 0.05)")
@@ -247,7 +249,7 @@ def _evaluate(args, parser) -> int:
         toml = evaluate.read_toml(args.config) if args.config else {}
         flags = dict(
             pipelines=evaluate.parse_pipelines(args.pipelines) if args.pipelines else None,
-            stand_in_weights=args.stand_in_weights, baseline=args.baseline, seed=args.seed,
+            stand_in_weights=args.stand_in_weights, baseline=args.baseline, seed=args.seed, start=args.start,
             threshold=args.threshold, figure_rows=args.figure_rows, quiet=args.quiet, devices=args.devices,
             countermeasure=args.countermeasure, extra_pipelines=extra or None,
             identity_threshold=args.identity_threshold, arcface=args.arcface,
