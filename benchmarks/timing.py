@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from typing import Callable
 
@@ -10,9 +11,9 @@ import jax
 
 def _sync(out):
     jax.block_until_ready(out)
-    import torch
-
-    if torch.cuda.is_available():
+    # Only a run that loaded torch has torch work to wait for: the JAX-only benchmarks run without it installed.
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
         torch.cuda.synchronize()
 
 

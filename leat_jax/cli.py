@@ -217,6 +217,8 @@ def _add_evaluate(sub) -> None:
                    help="allow bare pipeline names: random weights (numbers mean nothing)")
     p.add_argument("--baseline", action="store_true", default=None,
                    help="also run the image-space attack on the clean images over the known attributes")
+    p.add_argument("--start", metavar="random|zero|PATH", help="the baseline's start (default: the immunize "
+                   "report's, a learned one read again from the file it names)")
     p.add_argument("--seed", type=int, metavar="N", help="baseline random starts, stand-in weights, sampled "
                    "attributes (default: the immunize report's seed, else 0)")
     p.add_argument("--threshold", type=float, metavar="X", help="disruption threshold on the output MSE (default 0.05)")
@@ -247,7 +249,7 @@ def _evaluate(args, parser) -> int:
         toml = evaluate.read_toml(args.config) if args.config else {}
         flags = dict(
             pipelines=evaluate.parse_pipelines(args.pipelines) if args.pipelines else None,
-            stand_in_weights=args.stand_in_weights, baseline=args.baseline, seed=args.seed,
+            stand_in_weights=args.stand_in_weights, baseline=args.baseline, seed=args.seed, start=args.start,
             threshold=args.threshold, figure_rows=args.figure_rows, quiet=args.quiet, devices=args.devices,
             countermeasure=args.countermeasure, extra_pipelines=extra or None,
             identity_threshold=args.identity_threshold, arcface=args.arcface,
@@ -345,6 +347,8 @@ def _add_learn_start(sub) -> None:
     p.add_argument("--checkpoint-every", type=_positive_int, metavar="N", help="steps between checkpoints (default 25)")
     p.add_argument("--devices", type=_positive_int, metavar="N", help="use the first N local devices (default all)")
     p.add_argument("--max-size", type=_positive_int, metavar="N", help="refuse longer image sides (default 2048)")
+    p.add_argument("--keep-latents", action="store_true", help="compute each image's clean latents once and keep "
+                   "them in memory (up to 2 GiB): less time a step; the last bit of the numbers may differ")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(run=_learn_start)
 
@@ -363,7 +367,7 @@ def _learn_start(args, parser) -> int:
         cfg = learn_start.build(args.src, args.out, attack, learn, victims=parse(args.victims) if args.victims else (),
                                 stand_in_weights=args.stand_in_weights, extra_victims=extra, devices=args.devices,
                                 checkpoint_every=args.checkpoint_every or 25, max_size=args.max_size or 2048,
-                                quiet=args.quiet)
+                                quiet=args.quiet, keep_latents=args.keep_latents)
         learn_start.run(cfg)
     except SetupError as e:
         _error(str(e))

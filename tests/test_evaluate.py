@@ -17,7 +17,7 @@ from PIL import Image
 from leat_jax import cli
 from leat_jax.attack import AttackConfig, pgd
 from leat_jax.attack.image_space import make_image_attack
-from leat_jax.pipeline import metrics
+from leat_jax.pipeline import inputs, metrics, start_file
 from tests import evaluate_toys as toys
 from tests.golden_harness import REPO
 
@@ -336,6 +336,50 @@ def test_baseline_refuses_without_the_settings_it_must_match(protected, tmp_path
     assert rc == cli.EXIT_SETUP and "the seed (--seed)" in err and "attack settings" not in err
     rc, _ = evaluate(capsys, *args, "--config", cfg, "--seed", "0", "--figure-rows", "0")  # both given: it runs
     assert rc == 0 and (tmp_path / "out" / "baseline" / "a.png").is_file()
+
+
+def test_baseline_reads_a_learned_start_again_from_the_file_the_immunize_report_names(tmp_path, env, capsys):
+    """immunize --start u.npy; evaluate --baseline reloads u.npy while its digest matches, else a one-line error."""
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    for i in range(2):
+        Image.fromarray(RNG.integers(0, 256, (toys.SIZE, toys.SIZE, 3)).astype(np.uint8)).save(clean / f"{i}.png")
+    u = tmp_path / "u.npy"
+    np.save(u, np.random.default_rng(4).uniform(-0.05, 0.05, (8, 8, 3)).astype(np.float32))
+    start = start_file.load_start(u)
+    prot = tmp_path / "prot"
+    assert cli.main(["immunize", str(clean), str(prot), "--victims", "toy_enc", "--stand-in-weights",
+                     "--iterations", "2", "--start", str(u), "--quiet"]) == 0
+    report = json.loads((prot / inputs.REPORT).read_text())
+    assert report["settings"]["start_file"] == {"path": str(u.resolve()), "digest": start.digest, "jitter": 0.25}
+    args = [clean, prot, "--pipelines", "toy_pipe", "--stand-in-weights", "--baseline", "--quiet", "--figure-rows", "0"]
+
+    def baseline(out, *more):
+        rc, err = evaluate(capsys, *args[:2], tmp_path / out, *args[2:], *more)
+        assert rc == 0, err
+        data = json.loads((tmp_path / out / "leat-jax-evaluation.json").read_text())["baseline"]
+        return data, {p.name: p.read_bytes() for p in (tmp_path / out / "baseline").iterdir()}
+
+    data, images = baseline("out")
+    assert data["attack"]["start"] == f"learned:{start.digest}" and data["attack"]["iterations"] == 2
+    assert data["start_file"]["path"] == str(u.resolve())
+    moved = tmp_path / "elsewhere.npy"
+    u.rename(moved)  # given explicitly from its new place: the same baseline images, byte for byte
+    assert baseline("given", "--start", moved)[1] == images
+    assert baseline("random", "--start", "random")[1] != images  # the start matters
+    for broken, message in (("gone", "cannot read the start"), ("changed", "not the " + start.digest)):
+        if broken == "changed":
+            np.save(u, np.load(moved) * 0.5)
+        rc, err = evaluate(capsys, *args[:2], tmp_path / broken, *args[2:])
+        assert rc == cli.EXIT_SETUP and len(err.strip().splitlines()) == 1, err
+        assert str(u.resolve()) in err and message in err and "give the attack settings explicitly" in err
+        assert not (tmp_path / broken).exists()
+    # a report from before start files were recorded: the existing error, asking for the settings
+    del report["settings"]["start_file"]
+    (prot / inputs.REPORT).write_text(json.dumps(report))
+    rc, err = evaluate(capsys, *args[:2], tmp_path / "old", *args[2:])
+    assert rc == cli.EXIT_SETUP and "names no file" in err and len(err.strip().splitlines()) == 1
+    assert evaluate(capsys, *args[:2], tmp_path / "plain", *args[2:5], "--quiet")[0] == 0  # no baseline: no start
 
 
 def test_outputs_are_clamped_to_the_image_range_before_any_metric(protected, tmp_path, capsys):

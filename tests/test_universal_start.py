@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -15,7 +16,13 @@ from PIL import Image
 from leat_jax import cli
 from leat_jax.attack import AttackConfig, prepared, run
 from leat_jax.attack.start import LearnedStart
-from leat_jax.attack.universal import LearnConfig, init_state, make_learning_step
+from leat_jax.attack.universal import (
+    LearnConfig,
+    init_state,
+    make_clean_latents,
+    make_learning_step,
+    minibatch_clean,
+)
 from leat_jax.errors import SetupError
 from leat_jax.pipeline import inputs, learn_start, start_file
 from leat_jax.pipeline.victimset import VictimSpec
@@ -148,15 +155,58 @@ def test_a_killed_learning_run_resumed_ends_as_an_uninterrupted_one(tmp_path):
         learn_start.run(cfg(tmp_path / "part", rate=0.001))
 
 
+def test_clean_latents_kept_once_per_image_learn_what_recomputing_them_learns(tmp_path, monkeypatch):
+    """--keep-latents: each drawn image's latents as its minibatch computes them; the same u as recomputing them
+    (the reported distortion may differ in the last bit); a killed run resumed ends as an uninterrupted one."""
+    src = write_faces(tmp_path / "src", 5)
+    learn = LearnConfig(steps=4, batch=3, size=16)
+    which = learn_start.drawn(5, learn, 1)
+    assert set(which) == {int(j) for i in range(1, 4) for j in learn_start.minibatch(5, 3, 0, i)[0]}
+    _, data = learn_start.load_images(src, 16, 64)
+    params = prepared(VICTIMS, AttackConfig(), PARAMS)
+    cache = learn_start.clean_cache(make_clean_latents(VICTIMS, AttackConfig()), params, data, which, 3)
+    for i in range(1, 4):  # each image's latents in any company equal those of the step's own minibatch
+        idx, _ = learn_start.minibatch(5, 3, 0, i)
+        own = minibatch_clean(VICTIMS, AttackConfig(), params, jnp.asarray(learn_start.as_images(data[idx])))
+        for held, computed in zip(jax.tree.leaves(cache.take(idx)), jax.tree.leaves(own)):
+            np.testing.assert_array_equal(np.asarray(held), np.asarray(computed))
+
+    def run(out, on_step=None, **more):
+        return learn_start.run(learn_start.build(src, out, {}, dict(steps=4, batch=3, size=16, rule="adam"),
+                                                 victims=(VictimSpec("toy_a"), VictimSpec("toy_b")),
+                                                 stand_in_weights=True, extra_victims=(ENV["LEAT_EXTRA_VICTIMS"],),
+                                                 quiet=True, checkpoint_every=2, **more), on_step)
+
+    def kill(step):
+        if step == 3:
+            raise Killed
+
+    kept, recomputed = run(tmp_path / "kept", keep_latents=True), run(tmp_path / "again")
+    with pytest.raises(Killed):
+        run(tmp_path / "part", kill, keep_latents=True)
+    with pytest.raises(SetupError, match="other settings"):  # a resumed run keeps the mode it began in
+        run(tmp_path / "part")
+    assert run(tmp_path / "part", keep_latents=True)["history"] == kept["history"]
+    monkeypatch.setattr(learn_start, "CACHE_BYTES", 0)  # too large to keep: every step computes its own
+    assert run(tmp_path / "over", keep_latents=True)["history"] == recomputed["history"]
+    u = {d: np.load(tmp_path / d / start_file.START) for d in ("kept", "part", "again", "over")}
+    np.testing.assert_array_equal(u["part"], u["kept"])
+    np.testing.assert_array_equal(u["over"], u["again"])
+    np.testing.assert_allclose(u["kept"], u["again"], rtol=0, atol=1e-7)
+    for name, values in recomputed["history"].items():
+        np.testing.assert_allclose(kept["history"][name], values, rtol=1e-6)
+
+
 SHARDED = """
 import sys, chex
 chex.set_n_cpu_devices(2)
 from leat_jax.pipeline import learn_start
 from leat_jax.pipeline.victimset import VictimSpec
-for n in (1, 2):
-    learn_start.run(learn_start.build(sys.argv[1], f"{sys.argv[2]}/d{n}", {}, dict(steps=3, batch=3, size=16,
+for n, keep in ((1, False), (2, False), (2, True)):
+    learn_start.run(learn_start.build(sys.argv[1], f"{sys.argv[2]}/d{n}{keep}", {}, dict(steps=3, batch=3, size=16,
                     rule="adam", rate=0.003), victims=(VictimSpec("toy_a"), VictimSpec("toy_b")),
-                    stand_in_weights=True, extra_victims=("tests.pipeline_toys:victims",), devices=n, quiet=True))
+                    stand_in_weights=True, extra_victims=("tests.pipeline_toys:victims",), devices=n, quiet=True,
+                    keep_latents=keep))
 """
 
 
@@ -165,9 +215,10 @@ def test_learning_split_over_two_devices_learns_what_one_device_learns(tmp_path)
     proc = subprocess.run([sys.executable, "-c", SHARDED, str(src), str(tmp_path)], cwd=Path(__file__).parents[1],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    one, two = (np.load(tmp_path / d / start_file.START) for d in ("d1", "d2"))
+    one, two, kept = (np.load(tmp_path / d / start_file.START) for d in ("d1False", "d2False", "d2True"))
     assert np.abs(one).max() > 1e-3  # it moved
     np.testing.assert_allclose(two, one, atol=1e-5)
+    np.testing.assert_allclose(kept, two, rtol=0, atol=1e-7)  # latents kept, split over the devices as the step
 
 
 @pytest.fixture

@@ -33,11 +33,14 @@ class LearnedStart:
       jitter: radius of the keyed uniform noise added per image, as a fraction
         of eps (0: every image starts at the resized perturbation itself).
       digest: ``array_digest(perturbation)``, computed; the start's identity.
+      source: the file it was read from, if any (recorded in reports so a
+        later run can read it again); not part of its identity.
     """
 
     perturbation: np.ndarray
     jitter: float = DEFAULT_JITTER
     digest: str = dataclasses.field(default="", init=False)
+    source: str | None = None
 
     def __post_init__(self):
         a = np.array(self.perturbation, dtype=np.float32)

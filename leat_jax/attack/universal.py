@@ -7,8 +7,11 @@ draws, keyed by ``pgd.image_key(seed, image id)`` and the step), carried back
 to ``u`` through the resize. The minibatch's mean direction feeds an optax
 rule (sign steps or Adam, ``updates``), then ``u`` goes back onto the eps
 ball. ``learning_step`` is pure; ``make_learning_step`` jits it, optionally
-with the minibatch split over a 1-D device mesh (``jax.shard_map``). Loading
-images, minibatches, checkpoints and plots are the pipeline's
+with the minibatch split over a 1-D device mesh (``jax.shard_map``). The
+clean latents E_k(x) do not depend on ``u``: ``make_clean_latents`` computes
+them apart, so a caller can keep them and pass them to a ``cached`` step
+(the same programs' numbers, without one forward per image and step).
+Loading images, minibatches, checkpoints and plots are the pipeline's
 (``pipeline.learn_start``).
 """
 from __future__ import annotations
@@ -91,53 +94,78 @@ def init_state(config: AttackConfig, learn: LearnConfig) -> LearnState:
     return LearnState(u, rule_of(learn).init(u))
 
 
-def image_direction(victims: Sequence[Victim], config: AttackConfig, params, u, x, image_id, seed, step):
+def image_direction(victims: Sequence[Victim], config: AttackConfig, params, u, x, image_id, seed, step,
+                    clean=None):
     """One image's ascent direction carried back to ``u``, and its (K,) latent losses at ``x + resize(u)``.
 
+    Args:
+      clean: ``clean_latents`` of ``x``, if known; None: computed here.
     Returns:
         ``(direction shaped like u, losses (K,))``.
     """
     key = image_key(seed, image_id)
-    clean = clean_latents(victims, config, params, x)
+    clean = clean_latents(victims, config, params, x) if clean is None else clean
     eta, pull = jax.vjp(lambda v: project(x, resized(v, x.shape), config.eps), u)
     g, losses = ensemble_direction(victims, config, params, x, eta, clean,
                                    eot_key(key, step) if config.transforms else None)
     return pull(g)[0], losses
 
 
-def minibatch_sums(victims, config: AttackConfig, params, u, images, image_ids, weights, seed, step):
+def minibatch_sums(victims, config: AttackConfig, params, u, images, image_ids, weights, seed, step, clean=None):
     """Weighted sums over a minibatch: of the directions, of the (K,) losses, and of the weights.
 
     ``weights`` (B,) are 1 for images and 0 for padding; sums (not means) so
-    that shards add up (``jax.lax.psum``) before the division.
+    that shards add up (``jax.lax.psum``) before the division. ``clean``: the
+    images' ``minibatch_clean`` latents, if known; None: computed here.
     """
     one = functools.partial(image_direction, victims, config, params, u)
-    dirs, losses = jax.vmap(one, in_axes=(0, 0, None, None))(images, image_ids, seed, step)
+    if clean is None:
+        dirs, losses = jax.vmap(one, in_axes=(0, 0, None, None))(images, image_ids, seed, step)
+    else:
+        dirs, losses = jax.vmap(one, in_axes=(0, 0, None, None, 0))(images, image_ids, seed, step, clean)
     return jnp.tensordot(weights, dirs, axes=1), weights @ losses, jnp.sum(weights)
 
 
 def learning_step(victims, config: AttackConfig, rule, params, state: LearnState, images, image_ids, weights, seed,
-                  step, sums=None):
+                  step, sums=None, clean=None):
     """One step: the minibatch's mean direction through ``rule``, then ``u`` back onto the eps ball.
 
     Args:
       sums: ``minibatch_sums`` or a function of the same arguments (e.g. sharded); None: ``minibatch_sums``.
+      clean: the images' ``minibatch_clean`` latents, handed to ``sums``; None: computed there.
     Returns:
       ``(next LearnState, (K,) mean latent losses of the minibatch at the current u)``.
     """
     sums = sums or functools.partial(minibatch_sums, victims, config)
-    g, loss, n = sums(params, state.u, images, image_ids, weights, seed, step)
+    args = (params, state.u, images, image_ids, weights, seed, step)
+    g, loss, n = sums(*args) if clean is None else sums(*args, clean)
     increment, opt_state = rule.update(g / n, state.opt_state, state.u)
     u = optax.projections.projection_linf_ball(state.u + increment, config.eps)
     return LearnState(u, opt_state), loss / n
 
 
-def make_learning_step(victims: Sequence[Victim], config: AttackConfig, learn: LearnConfig, mesh: Mesh | None = None):
+def minibatch_clean(victims, config: AttackConfig, params, images) -> list:
+    """The clean latents of a minibatch, per victim with a leading (B,) axis, image by image as
+    ``image_direction`` computes them."""
+    return jax.vmap(functools.partial(clean_latents, victims, config, params))(images)
+
+
+def make_clean_latents(victims: Sequence[Victim], config: AttackConfig, mesh: Mesh | None = None):
+    """``clean(params, images) -> minibatch_clean latents``, jitted; split over ``mesh`` as the step is."""
+    fn = functools.partial(minibatch_clean, tuple(victims), config)
+    if mesh is not None:
+        fn = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(mesh.axis_names[0])), out_specs=P(mesh.axis_names[0]))
+    return jax.jit(fn)
+
+
+def make_learning_step(victims: Sequence[Victim], config: AttackConfig, learn: LearnConfig, mesh: Mesh | None = None,
+                       cached: bool = False):
     """``step(params, state, images, image_ids, weights, step) -> (state, losses)``, jitted.
 
     With a 1-D ``mesh`` the minibatch (its size a multiple of the device
     count) is split over the devices and the sums added up there; ``params``
-    and ``u`` are replicated.
+    and ``u`` are replicated. ``cached``: the step takes the images' clean
+    latents last (``make_clean_latents``) instead of computing them.
     """
     victims = tuple(victims)
     config.check_victims([v.name for v in victims])
@@ -145,18 +173,18 @@ def make_learning_step(victims: Sequence[Victim], config: AttackConfig, learn: L
     if mesh is not None:
         batch = P(mesh.axis_names[0])
 
-        def local(params, u, images, image_ids, weights, seed, step):
+        def local(params, u, images, image_ids, weights, seed, step, *clean):
             # u varies over devices from here on: else its cotangent would be summed over the devices
             # inside each image's pullback (the transpose of the implicit cast), before the sum below.
             u = jax.lax.pcast(u, mesh.axis_names[0], to="varying")
-            return jax.lax.psum(plain(params, u, images, image_ids, weights, seed, step), mesh.axis_names[0])
+            return jax.lax.psum(plain(params, u, images, image_ids, weights, seed, step, *clean), mesh.axis_names[0])
 
-        sums = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), batch, batch, batch, P(), P()),
-                             out_specs=(P(), P(), P()))
+        specs = (P(), P(), batch, batch, batch, P(), P()) + ((batch,) if cached else ())
+        sums = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=(P(), P(), P()))
     rule = rule_of(learn)
 
-    def step(params, state, images, image_ids, weights, i):
+    def step(params, state, images, image_ids, weights, i, clean=None):
         return learning_step(victims, config, rule, params, state, images, image_ids, weights,
-                             jnp.uint32(learn.seed), i, sums)
+                             jnp.uint32(learn.seed), i, sums, clean)
 
     return jax.jit(step)

@@ -46,13 +46,16 @@ from PIL import Image, ImageDraw
 
 from leat_jax import __version__, deepfakes
 from leat_jax.attack import AttackConfig
+from leat_jax.attack.config import STARTS
 from leat_jax.attack.image_space import make_sharded_image_attack
+from leat_jax.attack.start import LearnedStart
 from leat_jax.errors import SetupError
 from leat_jax.parallel.mesh import data_mesh, replicate
 from leat_jax.pipeline import attributes as attrs_mod
 from leat_jax.pipeline import countermeasures, identity, images, inputs, metrics
 from leat_jax.pipeline.config import load_toml
 from leat_jax.pipeline.immunize import SAMPLES
+from leat_jax.pipeline.start_file import load_start, record, reload
 from leat_jax.victims.base import resize
 
 REPORT_JSON = "leat-jax-evaluation.json"
@@ -83,7 +86,10 @@ class EvaluateConfig:
       stand_in_weights: allow bare pipeline names (random weights; numbers mean nothing).
       baseline: also run and evaluate the image-space attack.
       attack: the baseline's settings; None: LEAT's, from the immunize report
-        in ``protected`` (``AttackConfig()`` defaults when there is none).
+        in ``protected`` (``AttackConfig()`` defaults when there is none). A learned
+        start there is read again from the file the report names, if its digest still matches.
+      start: the baseline's start, over ``attack``'s or the report's: ``random``, ``zero``
+        or a ``LearnedStart`` (``start_file.load_start``); None: theirs.
       seed: the baseline's random starts (with each image's relative path), the
         stand-in weights and sampled attributes; None: the immunize report's seed, else 0.
       threshold: the disruption threshold on MSE (0.05).
@@ -108,6 +114,7 @@ class EvaluateConfig:
     stand_in_weights: bool = False
     baseline: bool = False
     attack: AttackConfig | None = None
+    start: Any = None
     seed: int | None = None
     threshold: float = metrics.THRESHOLD
     identity_threshold: float = identity.IDENTITY_THRESHOLD
@@ -133,6 +140,8 @@ class EvaluateConfig:
             raise SetupError(f'arcface must be a folder or "stand-in", got {self.arcface!r}')
         if self.seed is not None and (type(self.seed) is not int or not 0 <= self.seed < 2**32):
             raise SetupError(f"seed must be an integer in 0..2**32-1, got {self.seed!r}")
+        if not (self.start is None or self.start in STARTS or isinstance(self.start, LearnedStart)):
+            raise SetupError(f"start must be random, zero or a learned start's file, got {self.start!r}")
         if self.devices is not None and (type(self.devices) is not int or self.devices < 1):
             raise SetupError(f"devices must be a positive integer, got {self.devices!r}")
         for name in ("stand_in_weights", "baseline", "quiet"):
@@ -181,6 +190,8 @@ def read_toml(path) -> dict[str, Any]:
             if not isinstance(value, dict) or set(value) - attack_keys:
                 raise SetupError(f"{path}: [attack] takes {', '.join(sorted(attack_keys))}")
             out["attack"] = dict(value)
+            if isinstance(value.get("start"), str) and value["start"] not in STARTS:
+                out["attack"]["start"] = str(path.parent / value["start"])  # relative to the TOML file
         elif key == "pipelines":
             if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
                 raise SetupError(f'{path}: [pipelines] must map names to folders or "stand-in"')
@@ -234,7 +245,11 @@ def build(clean, protected, out, toml: Mapping[str, Any] | None = None, **flags)
     """Defaults < ``toml`` < ``flags`` (None: not given)."""
     values = {**dict(toml or {}), **{k: v for k, v in flags.items() if v is not None}}
     attack = values.pop("attack", None)
+    if isinstance(values.get("start"), str) and values["start"] not in STARTS:
+        values["start"] = load_start(values["start"])  # checked against eps once the attack is known
     if attack is not None:
+        if isinstance(attack.get("start"), str) and attack["start"] not in STARTS:
+            attack = {**attack, "start": load_start(attack["start"], attack.get("eps", AttackConfig.eps))}
         try:
             values["attack"] = AttackConfig(**attack)
         except (TypeError, ValueError) as e:
@@ -277,16 +292,43 @@ def _leat_settings(cfg: EvaluateConfig) -> _Leat:
     seed = cfg.seed if cfg.seed is not None else int(settings.get("seed", 0) or 0)
     attack = cfg.attack
     if attack is None:
-        fields = {f.name for f in dataclasses.fields(AttackConfig)}
+        attack = _reported_attack(settings, cfg.start is None and cfg.baseline)
+    if attack is not None and cfg.start is not None:
         try:
-            attack = AttackConfig(**{k: v for k, v in (settings.get("attack") or {}).items() if k in fields})
-        except (TypeError, ValueError):
-            attack = None
+            attack = dataclasses.replace(attack, start=cfg.start)
+        except ValueError as e:
+            raise SetupError(f"--start: {e}") from None
     if cfg.baseline:
         check_baseline_settings(cfg, settings, attack)
     run = (report or {}).get("run") or {}
     per_image = float(run["seconds"]) / float(run["protected"]) if run.get("seconds") and run.get("protected") else None
     return _Leat(report, seed, attack or AttackConfig(), per_image)
+
+
+def _reported_attack(settings: dict, read_start: bool) -> AttackConfig | None:
+    """The attack settings an immunize report records (None when unreadable). A learned start there, known
+    by its digest, is read again from the file the report names when ``read_start`` (else left out: the
+    caller replaces it); ``SetupError`` when that file is gone or changed."""
+    fields = {f.name for f in dataclasses.fields(AttackConfig)}
+    given = {k: v for k, v in (settings.get("attack") or {}).items() if k in fields}
+    if str(given.get("start")).startswith("learned:"):
+        label = given.pop("start")
+        if read_start and "start_file" in settings:
+            try:
+                given["start"] = reload(settings["start_file"])
+            except SetupError as e:
+                raise SetupError(f"--baseline: {e}; give the attack settings explicitly (--start or [attack] "
+                                 "in --config)") from None
+            if given["start"].label() != label:
+                raise SetupError(f"--baseline: the immunize report's start is {label}, its start_file "
+                                 f"{given['start'].label()}; give the attack settings explicitly")
+        elif read_start:  # a report from before start files were recorded
+            raise SetupError(f"--baseline: the immunize report's start {label} names no file to read it from; "
+                             "give the attack settings explicitly (--start or [attack] in --config)")
+    try:
+        return AttackConfig(**given)
+    except (TypeError, ValueError):
+        return None
 
 
 def _read(path: Path, max_size: int) -> images.Decoded:
@@ -732,7 +774,8 @@ def _report(cfg, leat: _Leat, loaded: list[_Loaded], pairs, skipped, attacks, ba
         "attributes": {p.name: {"known": [a.name for a in p.known], "unknown": [a.name for a in p.unknown]}
                        for p in loaded},
         "baseline": None if baseline_used is None else {
-            "attack": leat.attack.to_dict(), "attributes": [list(u) for u in baseline_used]},
+            "attack": leat.attack.to_dict(), "attributes": [list(u) for u in baseline_used],
+            "start_file": record(leat.attack.start) if isinstance(leat.attack.start, LearnedStart) else None},
         "leat": {"attack": settings.get("attack"), "victims": settings.get("victims"),
                  "immunize_report": leat.report is not None},
         "definitions": DEFINITIONS,

@@ -29,7 +29,7 @@ import numpy as np
 
 from leat_jax import __version__
 from leat_jax.attack import default_microbatch
-from leat_jax.pipeline import faults, images, inputs, manifest
+from leat_jax.pipeline import faults, images, inputs, manifest, start_file
 from leat_jax.pipeline.config import ImmunizeConfig
 from leat_jax.pipeline.victimset import Loaded
 
@@ -180,6 +180,8 @@ def settings(cfg: ImmunizeConfig, loaded: Loaded, faces: dict | None = None) -> 
         "pipeline_version": PIPELINE_VERSION,
         "leat_jax_version": __version__,
     }
+    if cfg.attack.start is not None and start_file.record(cfg.attack.start):
+        recorded["start_file"] = start_file.record(cfg.attack.start)  # evaluate --baseline reads it again
     return recorded, digest
 
 

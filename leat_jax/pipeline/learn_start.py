@@ -3,8 +3,9 @@
 The math is ``attack.universal``; here are the files: the images (each
 resized to the reference size), minibatches drawn by (seed, step) alone, an
 orbax checkpoint every few steps (a rerun of the same command resumes from
-the last one and ends where an uninterrupted run ends, bit for bit), progress
-lines, and the outputs in OUT::
+the last one and ends where an uninterrupted run ends, bit for bit), with
+``keep_latents`` the clean latents of the images the run draws computed once
+and kept on the host (``CleanCache``), progress lines, and the outputs in OUT::
 
     OUT/start.npy      u, (size, size, 3) float32: give it (or OUT) to immunize --start (``start_file``)
     OUT/report.json    settings, victims, per-step mean latent distortion per victim
@@ -20,6 +21,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +32,7 @@ from PIL import Image, ImageDraw
 from leat_jax import __version__, parallel
 from leat_jax.attack import AttackConfig, prepared
 from leat_jax.attack.start import LearnedStart
-from leat_jax.attack.universal import LearnConfig, LearnState, init_state, make_learning_step
+from leat_jax.attack.universal import LearnConfig, LearnState, init_state, make_clean_latents, make_learning_step
 from leat_jax.errors import SetupError
 from leat_jax.parallel.mesh import replicate
 from leat_jax.pipeline import images, inputs, victimset
@@ -39,6 +41,8 @@ from leat_jax.pipeline.start_file import START
 from leat_jax.pipeline.victimset import VictimSpec
 
 REPORT, CURVE, CHECKPOINTS = "report.json", "curve.png", "checkpoints"
+# The most host memory the clean latents of a run's images may take; beyond it each step computes its own.
+CACHE_BYTES = 2 * 2**30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +59,10 @@ class LearnStartConfig:
       checkpoint_every: steps between orbax checkpoints.
       max_size: largest accepted image side.
       quiet: no progress lines.
+      keep_latents: compute each drawn image's clean latents once and keep them (``CleanCache``, up to
+        ``CACHE_BYTES``), not at every step: about a quarter less time a step (benchmarks/RESULTS.md). Off
+        by default: not always bit for bit the recomputing run's numbers, since XLA may fuse a victim's
+        last clean operations into the loss (one rounding instead of two) when both are in one program.
     """
 
     src: str
@@ -68,6 +76,7 @@ class LearnStartConfig:
     checkpoint_every: int = 25
     max_size: int = 2048
     quiet: bool = False
+    keep_latents: bool = False
 
     def __post_init__(self):
         if type(self.checkpoint_every) is not int or self.checkpoint_every < 1:
@@ -107,10 +116,54 @@ def minibatch(n: int, batch: int, seed: int, step: int, multiple: int = 1) -> tu
     return np.concatenate([idx, np.repeat(idx[-1:], pad)]), weights
 
 
+def as_images(data: np.ndarray) -> np.ndarray:
+    """8-bit images -> float32 in [-1, 1], as the learning step takes them."""
+    return data.astype(np.float32) * np.float32(2 / 255) - np.float32(1)
+
+
+def drawn(n: int, learn: LearnConfig, start: int, multiple: int = 1) -> np.ndarray:
+    """The distinct images (sorted indices) the minibatches of steps ``start``.. draw."""
+    draws = [minibatch(n, learn.batch, learn.seed, i, multiple)[0] for i in range(start, learn.steps)]
+    return np.unique(np.concatenate(draws)) if draws else np.zeros(0, np.int64)
+
+
+class CleanCache(NamedTuple):
+    """The clean latents of some images, on the host: per latent leaf one array over those images."""
+
+    leaves: list
+    treedef: Any
+    row: np.ndarray  # per image index, its row in ``leaves`` (-1: not held)
+
+    def take(self, idx: np.ndarray):
+        """The latents of images ``idx`` (a minibatch), as the learning step takes them."""
+        return jax.tree.unflatten(self.treedef, [jnp.asarray(leaf[self.row[idx]]) for leaf in self.leaves])
+
+
+def clean_cache(clean_fn, params, data: np.ndarray, which: np.ndarray, chunk: int) -> CleanCache | None:
+    """The clean latents of images ``which``, computed ``chunk`` at a time (the step's minibatch size: the
+    step's numbers, one program); None when they would take more than ``CACHE_BYTES``."""
+    if len(which) == 0:
+        return None
+    probe = jax.eval_shape(clean_fn, params, jax.ShapeDtypeStruct((chunk, *data.shape[1:]), jnp.float32))
+    if sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(probe)) // chunk * len(which) > CACHE_BYTES:
+        return None
+    parts, treedef = [], None
+    for s in range(0, len(which), chunk):
+        part = which[s:s + chunk]
+        padded = np.concatenate([part, np.repeat(part[-1:], chunk - len(part))])
+        leaves, treedef = jax.tree.flatten(clean_fn(params, jnp.asarray(as_images(data[padded]))))
+        parts.append([np.asarray(leaf)[:len(part)] for leaf in leaves])
+    row = np.full(len(data), -1)
+    row[which] = np.arange(len(which))
+    return CleanCache([np.concatenate(ls) for ls in zip(*parts)], treedef, row)
+
+
 def settings_digest(cfg: LearnStartConfig, identities, rels) -> str:
     """What a resumed run must share with the run it resumes: attack, learning, victims' weights, images."""
     d = {"attack": cfg.attack.digest(), "learn": dataclasses.asdict(cfg.learn), "victims": list(identities),
          "images": hashlib.sha256("\n".join(rels).encode()).hexdigest()}
+    if cfg.keep_latents:  # its numbers may differ in the last bit: a resumed run keeps the mode it began in
+        d["keep_latents"] = True
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -188,16 +241,19 @@ def learn(cfg: LearnStartConfig, loaded, rels, data, manager, on_step=None) -> n
     ``on_step(step)`` is called after each step (tests interrupt a run there).
     """
     learn_cfg, mesh = cfg.learn, _mesh(cfg)
-    step_fn = make_learning_step(loaded.victims, cfg.attack, learn_cfg, mesh)
     params = replicate(prepared(loaded.victims, cfg.attack, loaded.params), mesh)
     history = np.full((learn_cfg.steps, len(loaded.victims)), np.nan, np.float32)
     done, state, history = restore(manager, init_state(cfg.attack, learn_cfg), history)
     ids = np.asarray([inputs.image_id(r) for r in rels], np.uint32)
+    chunk = len(minibatch(len(rels), learn_cfg.batch, learn_cfg.seed, 0, mesh.devices.size)[0])
+    cache = clean_cache(make_clean_latents(loaded.victims, cfg.attack, mesh), params, data,
+                        drawn(len(rels), learn_cfg, done, mesh.devices.size), chunk) if cfg.keep_latents else None
+    step_fn = make_learning_step(loaded.victims, cfg.attack, learn_cfg, mesh, cached=cache is not None)
     started, last = time.monotonic(), 0.0
     for i in range(done, learn_cfg.steps):
         idx, weights = minibatch(len(rels), learn_cfg.batch, learn_cfg.seed, i, mesh.devices.size)
-        x = data[idx].astype(np.float32) * np.float32(2 / 255) - np.float32(1)
-        state, losses = step_fn(params, state, jnp.asarray(x), jnp.asarray(ids[idx]), jnp.asarray(weights), i)
+        args = (params, state, jnp.asarray(as_images(data[idx])), jnp.asarray(ids[idx]), jnp.asarray(weights), i)
+        state, losses = step_fn(*args) if cache is None else step_fn(*args, cache.take(idx))
         history[i] = np.asarray(losses)
         if (i + 1) % cfg.checkpoint_every == 0 or i + 1 == learn_cfg.steps:
             manager.save(i + 1, args=ocp.args.StandardSave({"u": state.u, "opt_state": state.opt_state,
@@ -250,6 +306,7 @@ def run(cfg: LearnStartConfig, on_step=None) -> dict:
         "warning": warning, "leat_jax_version": __version__, "settings_digest": digest,
         "start_digest": LearnedStart(u).digest, "bound": float(np.abs(u).max()),
         "attack": cfg.attack.to_dict(), "learn": dataclasses.asdict(cfg.learn), "images": rels,
+        "keep_latents": cfg.keep_latents,
         "victims": [{"name": n, "weights": i} for n, i in zip(loaded.names, loaded.identities)],
         "history": {n: history[:, k].tolist() for k, n in enumerate(loaded.names)},
     }
