@@ -116,10 +116,10 @@ def _add_immunize(sub) -> None:
                         "the image, with a little keyed noise; fewer --iterations reach the same distortion")
     m = g.add_mutually_exclusive_group()
     m.add_argument("--robust", action="store_const", const="robust", dest="transforms",
-                   help="protection that survives uploads: every step attacks a random JPEG re-encoding, resize, "
-                        "re-alignment jitter and 8-bit rounding of the image (expectation over transformation)")
+                   help="protection that survives uploads: every step attacks a random JPEG re-encoding (quality "
+                        "50-95) and 8-bit rounding of the image (expectation over transformation)")
     m.add_argument("--transforms", metavar="SPEC",
-                   help="the transforms of --robust, chosen: e.g. jpeg:quality=50-95,resize:factor=0.5-1.0,round8 "
+                   help="the transforms of --robust, chosen: e.g. resize:factor=0.5-1.0,jpeg:quality=50-95,jitter,round8 "
                         "(leat_jax.transforms; 'none': plain LEAT)")
     g.add_argument("--eot-samples", type=_positive_int, metavar="N",
                    help=f"transform draws per step, gradients averaged (default {d.eot_samples})")

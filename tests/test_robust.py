@@ -50,7 +50,7 @@ def attacked(toys):
 def test_plain_settings_hash_is_unchanged_and_transforms_enter_it():
     plain = AttackConfig()
     new_fields = ("record_history", "transforms", "eot_samples", "eot_untransformed",
-                  "update", "momentum", "step_schedule", "losses", "victim_weights")
+                  "update", "momentum", "step_schedule", "losses", "victim_weights", "start")
     old = {k: v for k, v in dataclasses.asdict(plain).items() if k not in new_fields}
     assert plain.digest() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert AttackConfig(eot_samples=3, eot_untransformed=True).digest() == plain.digest()  # nothing without transforms

@@ -148,6 +148,8 @@ def to_text(chain) -> str:
     return ",".join(items)
 
 
-# Robust mode's default chain, in the order an upload meets them: the 8-bit file, the platform's rescale
-# (0.5-1.0) and re-encode (JPEG 50-95), then the deepfaker's re-detection and re-alignment (jitter).
-ROBUST_DEFAULT = (Transform("round8"), Transform("resize"), Transform("jpeg"), Transform("jitter"))
+# Robust mode's default chain: a JPEG re-encoding at quality 50-95, then the 8-bit file. Chosen by measurement
+# over three chains (benchmarks/RESULTS.md, "Robust mode"): adding a 0.5-1.0 resize tied it overall and fell
+# below plain LEAT after re-encoding for one victim; adding re-alignment jitter lost e4e and simswap_id nearly all
+# their distortion. Resize and jitter stay available by name (``--transforms``).
+ROBUST_DEFAULT = (Transform("jpeg"), Transform("round8"))
