@@ -119,8 +119,8 @@ def _add_immunize(sub) -> None:
                    help="protection that survives uploads: every step attacks a random JPEG re-encoding (quality "
                         "50-95) and 8-bit rounding of the image (expectation over transformation)")
     m.add_argument("--transforms", metavar="SPEC",
-                   help="the transforms of --robust, chosen: e.g. "
-                        "resize:factor=0.5-1.0,jpeg:quality=50-95,jitter,round8 (leat_jax.transforms; 'none': plain LEAT)")
+                   help="the transforms of --robust, chosen: e.g. resize:factor=0.5-1.0,jpeg:quality=50-95,jitter,"
+                        "round8 (leat_jax.transforms; 'none': plain LEAT)")
     g.add_argument("--eot-samples", type=_positive_int, metavar="N",
                    help=f"transform draws per step, gradients averaged (default {d.eot_samples})")
     g.add_argument("--eot-untransformed", action="store_true", default=None,
