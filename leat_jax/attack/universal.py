@@ -1,4 +1,5 @@
-"""A universal start: one perturbation ``u`` for a whole distribution of images, learned by ascent.
+"""A learned start: one perturbation ``u`` for a whole distribution of images (or a network's weights
+giving each image its own, ``Form``), learned by ascent.
 
 ``u`` (h, w, 3) is resized to each image and projected (``step.resized``,
 ``step.project``); each image contributes the attack's own ascent direction
@@ -11,6 +12,9 @@ with the minibatch split over a 1-D device mesh (``jax.shard_map``). The
 clean latents E_k(x) do not depend on ``u``: ``make_clean_latents`` computes
 them apart, so a caller can keep them and pass them to a ``cached`` step
 (the same programs' numbers, without one forward per image and step).
+What is learned is a ``Form``: ``universal`` (``u`` resized to each image)
+or ``generator`` (a network's weights, ``models.start_generator``: each
+image's perturbation is eps times its output), one learning step for both.
 Loading images, minibatches, checkpoints and plots are the pipeline's
 (``pipeline.learn_start``).
 """
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -72,10 +76,50 @@ class LearnConfig:
 
 
 class LearnState(NamedTuple):
-    """What a learning run carries from step to step (and checkpoints): ``u`` and the rule's state."""
+    """What a learning run carries from step to step (and checkpoints): ``u`` (the learned parameters: the
+    universal perturbation, or the generator's weights) and the rule's state."""
 
     u: jax.Array
     opt_state: optax.OptState
+
+
+class Form(NamedTuple):
+    """What is learned, as two pure functions of its parameters ``theta``.
+
+    Attributes:
+      perturbation: ``(theta, x) -> eta``, one image's perturbation, projected (differentiated in ``theta``).
+      advance: ``(theta, increment) -> theta`` after a step of the rule (kept within its bounds).
+    """
+
+    perturbation: Callable
+    advance: Callable
+
+
+def universal_perturbation(eps: float, u, x):
+    """``u`` resized to ``x`` and projected."""
+    return project(x, resized(u, x.shape), eps)
+
+
+def ball_step(eps: float, u, increment):
+    """``u + increment`` back onto the eps ball."""
+    return optax.projections.projection_linf_ball(u + increment, eps)
+
+
+def universal(eps: float) -> Form:
+    """One perturbation ``u`` for every image."""
+    return Form(functools.partial(universal_perturbation, eps), functools.partial(ball_step, eps))
+
+
+def generated_perturbation(apply: Callable, eps: float, size: int, weights, x):
+    """``eps * G(x)`` (``x`` seen at ``size``, the output brought back to ``x``'s shape), projected."""
+    seen = resized(x, (size, size, x.shape[-1]))
+    return project(x, resized(eps * apply(weights, seen[None])[0], x.shape), eps)
+
+
+def generator(apply: Callable, eps: float, size: int) -> Form:
+    """A network ``apply(weights, images)`` with outputs in [-1, 1] (``models.start_generator``), its weights
+    learned: each image's start is its own. ``size``: the side the network sees."""
+    return Form(functools.partial(generated_perturbation, apply, eps, size), optax.apply_updates)
 
 
 def rule_of(learn: LearnConfig) -> optax.GradientTransformation:
@@ -95,53 +139,60 @@ def init_state(config: AttackConfig, learn: LearnConfig) -> LearnState:
 
 
 def image_direction(victims: Sequence[Victim], config: AttackConfig, params, u, x, image_id, seed, step,
-                    clean=None):
+                    clean=None, form: Form | None = None):
     """One image's ascent direction carried back to ``u``, and its (K,) latent losses at ``x + resize(u)``.
 
     Args:
       clean: ``clean_latents`` of ``x``, if known; None: computed here.
+      form: what ``u`` is (``Form``); None: ``universal(config.eps)``.
     Returns:
         ``(direction shaped like u, losses (K,))``.
     """
     key = image_key(seed, image_id)
     clean = clean_latents(victims, config, params, x) if clean is None else clean
-    eta, pull = jax.vjp(lambda v: project(x, resized(v, x.shape), config.eps), u)
+    form = form or universal(config.eps)
+    eta, pull = jax.vjp(lambda v: form.perturbation(v, x), u)
     g, losses = ensemble_direction(victims, config, params, x, eta, clean,
                                    eot_key(key, step) if config.transforms else None)
     return pull(g)[0], losses
 
 
-def minibatch_sums(victims, config: AttackConfig, params, u, images, image_ids, weights, seed, step, clean=None):
+def minibatch_sums(victims, config: AttackConfig, params, u, images, image_ids, weights, seed, step, clean=None,
+                   form: Form | None = None):
     """Weighted sums over a minibatch: of the directions, of the (K,) losses, and of the weights.
 
     ``weights`` (B,) are 1 for images and 0 for padding; sums (not means) so
     that shards add up (``jax.lax.psum``) before the division. ``clean``: the
     images' ``minibatch_clean`` latents, if known; None: computed here.
+    ``form``: what ``u`` is; None: universal.
     """
-    one = functools.partial(image_direction, victims, config, params, u)
+    one = functools.partial(image_direction, victims, config, params, u, form=form)
     if clean is None:
         dirs, losses = jax.vmap(one, in_axes=(0, 0, None, None))(images, image_ids, seed, step)
     else:
         dirs, losses = jax.vmap(one, in_axes=(0, 0, None, None, 0))(images, image_ids, seed, step, clean)
-    return jnp.tensordot(weights, dirs, axes=1), weights @ losses, jnp.sum(weights)
+    summed = jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=1), dirs)
+    return summed, weights @ losses, jnp.sum(weights)
 
 
 def learning_step(victims, config: AttackConfig, rule, params, state: LearnState, images, image_ids, weights, seed,
-                  step, sums=None, clean=None):
-    """One step: the minibatch's mean direction through ``rule``, then ``u`` back onto the eps ball.
+                  step, sums=None, clean=None, form: Form | None = None):
+    """One step: the minibatch's mean direction through ``rule``, then ``form.advance`` (universal: ``u``
+    back onto the eps ball).
 
     Args:
       sums: ``minibatch_sums`` or a function of the same arguments (e.g. sharded); None: ``minibatch_sums``.
       clean: the images' ``minibatch_clean`` latents, handed to ``sums``; None: computed there.
+      form: what ``u`` is; None: ``universal(config.eps)``.
     Returns:
       ``(next LearnState, (K,) mean latent losses of the minibatch at the current u)``.
     """
-    sums = sums or functools.partial(minibatch_sums, victims, config)
+    form = form or universal(config.eps)
+    sums = sums or functools.partial(minibatch_sums, victims, config, form=form)
     args = (params, state.u, images, image_ids, weights, seed, step)
     g, loss, n = sums(*args) if clean is None else sums(*args, clean)
-    increment, opt_state = rule.update(g / n, state.opt_state, state.u)
-    u = optax.projections.projection_linf_ball(state.u + increment, config.eps)
-    return LearnState(u, opt_state), loss / n
+    increment, opt_state = rule.update(jax.tree.map(lambda d: d / n, g), state.opt_state, state.u)
+    return LearnState(form.advance(state.u, increment), opt_state), loss / n
 
 
 def minibatch_clean(victims, config: AttackConfig, params, images) -> list:
@@ -159,24 +210,26 @@ def make_clean_latents(victims: Sequence[Victim], config: AttackConfig, mesh: Me
 
 
 def make_learning_step(victims: Sequence[Victim], config: AttackConfig, learn: LearnConfig, mesh: Mesh | None = None,
-                       cached: bool = False):
+                       cached: bool = False, form: Form | None = None):
     """``step(params, state, images, image_ids, weights, step) -> (state, losses)``, jitted.
 
     With a 1-D ``mesh`` the minibatch (its size a multiple of the device
     count) is split over the devices and the sums added up there; ``params``
     and ``u`` are replicated. ``cached``: the step takes the images' clean
     latents last (``make_clean_latents``) instead of computing them.
+    ``form``: what is learned; None: ``universal(config.eps)``.
     """
     victims = tuple(victims)
     config.check_victims([v.name for v in victims])
-    sums = plain = functools.partial(minibatch_sums, victims, config)
+    form = form or universal(config.eps)
+    sums = plain = functools.partial(minibatch_sums, victims, config, form=form)
     if mesh is not None:
         batch = P(mesh.axis_names[0])
 
         def local(params, u, images, image_ids, weights, seed, step, *clean):
             # u varies over devices from here on: else its cotangent would be summed over the devices
             # inside each image's pullback (the transpose of the implicit cast), before the sum below.
-            u = jax.lax.pcast(u, mesh.axis_names[0], to="varying")
+            u = jax.tree.map(lambda leaf: jax.lax.pcast(leaf, mesh.axis_names[0], to="varying"), u)
             return jax.lax.psum(plain(params, u, images, image_ids, weights, seed, step, *clean), mesh.axis_names[0])
 
         specs = (P(), P(), batch, batch, batch, P(), P()) + ((batch,) if cached else ())
@@ -185,6 +238,6 @@ def make_learning_step(victims: Sequence[Victim], config: AttackConfig, learn: L
 
     def step(params, state, images, image_ids, weights, i, clean=None):
         return learning_step(victims, config, rule, params, state, images, image_ids, weights,
-                             jnp.uint32(learn.seed), i, sums, clean)
+                             jnp.uint32(learn.seed), i, sums, clean, form)
 
     return jax.jit(step)
