@@ -19,7 +19,7 @@ from flax import nnx
 
 @dataclasses.dataclass(frozen=True)
 class GeneratorArch:
-    """The generator's shape (part of a learned start's identity).
+    """The generator's shape.
 
     Attributes:
       width: channels after the first convolution (twice that at the quarter side).
