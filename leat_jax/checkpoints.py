@@ -11,6 +11,7 @@ format keyed by strings does not round-trip.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -91,6 +92,33 @@ def load_params(directory) -> tuple[dict, dict]:
     except Exception as e:  # orbax raises many types for a damaged tree
         raise CheckpointError(f"{directory / PARAMS}: cannot restore parameters ({type(e).__name__}: {e})") from None
     return unflatten({k: np.asarray(v) for k, v in flat.items()}), meta
+
+
+def read_shapes(directory) -> tuple[dict, dict]:
+    """(parameter tree, metadata) of a converted checkpoint without reading a weight: each leaf has a shape.
+
+    What a process that attacks nothing can check in milliseconds: ``meta.json``
+    and orbax's tree metadata. Damage inside the arrays' data shows only when
+    they are restored (``load_params``).
+    """
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    meta = read_meta(directory)
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # orbax logs a warning before it returns no tree; the error below says it
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            tree = ckptr.metadata(directory / PARAMS).item_metadata
+    except Exception as e:  # orbax raises many types for a damaged tree
+        raise CheckpointError(f"{directory / PARAMS}: cannot read the parameter tree ({type(e).__name__}: {e})") \
+            from None
+    finally:
+        absl.setLevel(level)
+    if tree is None:
+        raise CheckpointError(f"{directory / PARAMS}: cannot read the parameter tree (missing or damaged)")
+    return unflatten(dict(tree.tree)), meta  # leaves: orbax's ArrayMetadata (shape, dtype)
 
 
 def check_against_template(params, template, where: str) -> None:

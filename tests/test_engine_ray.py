@@ -144,6 +144,53 @@ def test_ray_engine_bad_settings_are_one_line_errors(tmp_path, capsys):
                                                    "folder or object prefix"]
 
 
+def test_a_damaged_checkpoint_is_the_in_process_engines_one_line_and_a_repaired_rerun_resumes(cluster, tmp_path,
+                                                                                               capsys):
+    """Damage the driver's check finds (no actor starts) and damage inside the arrays (the attack actors find it,
+    the driver raises it): each the in-process engine's one line, exit code 2, done work kept."""
+    from leat_jax import checkpoints
+    from tests.pipeline_toys import victims
+
+    src = mixed_set(tmp_path / "src", 2)
+    ckpt, dst = tmp_path / "ckpt", tmp_path / "ray"
+    checkpoints.save_params(ckpt, victims()["toy_a"].init_params(0), {"model": "toy_a", "source_sha256": "0" * 64})
+    attack = ["--victims", f"toy_a={ckpt},toy_b", "--stand-in-weights", *ATTACK[3:]]
+    assert immunize(capsys, src, dst, "--engine", "ray", attack=attack)[0] == 0
+    done = outputs(dst)
+    Image.fromarray(noise(24, 24)).save(src / "new.png")  # work for the next run
+
+    def both_engines(reason: str) -> str:
+        """The Ray engine's error line, checked against the in-process engine's for the same damage."""
+        rc_one, one = immunize(capsys, src, tmp_path / "one", attack=attack)
+        rc, err = immunize(capsys, src, dst, "--engine", "ray", attack=attack)
+        lines = [line for line in err.splitlines() if line.strip() and not line.startswith("WARNING: stand-in")]
+        assert rc == rc_one == 2 and len(lines) == 1 and str(ckpt) in lines[0] and reason in lines[0], err
+        assert outputs(dst) == done and committed(dst) == set(done)  # nothing done is lost, nothing half-recorded
+        return lines[0], one.strip()
+
+    data = max((p for p in (ckpt / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    whole = data.read_bytes()
+    data.write_bytes(whole[:len(whole) // 2])  # the arrays' data cut: only a restore sees it
+    ray_line, one_line = both_engines("cannot restore parameters")
+    assert ray_line == one_line  # the actor's own error, word for word
+    deadline = time.monotonic() + 30
+    while attack_actors() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not attack_actors()  # the failed job's attack pool does not linger on the cluster
+    data.write_bytes(whole)
+    meta = (ckpt / "meta.json").read_text()
+    (ckpt / "meta.json").write_text(json.dumps({"model": "toy_b"}))
+    ray_line, one_line = both_engines("not 'toy_a'")
+    assert ray_line == one_line
+    (ckpt / "meta.json").write_text(meta)
+    shutil.move(ckpt / "params", tmp_path / "aside")
+    ray_line, _ = both_engines("cannot read the parameter tree")  # the driver's check; in-process: cannot restore
+    shutil.move(tmp_path / "aside", ckpt / "params")  # repaired: the rerun does the new image only
+    rc, err = immunize(capsys, src, dst, "--engine", "ray", attack=attack)
+    assert rc == 0 and report(dst)["run"]["already_done"] == 2 and report(dst)["run"]["protected"] == 1, err
+    assert {k: v for k, v in outputs(dst).items() if k in done} == done and "new.png" in outputs(dst)
+
+
 def test_tar_and_parquet_shards_give_the_files_of_the_in_process_engine(cluster, tmp_path, capsys):
     src = mixed_set(tmp_path / "src", 4)
     assert immunize(capsys, src, tmp_path / "one")[0] == 0

@@ -152,3 +152,51 @@ def test_the_driver_reads_the_victims_identities_not_their_weights():
     assert identities.params == (None, None) and all(p is not None for p in loaded.params)
     assert (identities.identities, identities.stand_in, identities.names) == (loaded.identities, loaded.stand_in,
                                                                               loaded.names)
+
+
+def test_the_identities_only_load_checks_a_checkpoints_structure_without_reading_its_arrays(tmp_path):
+    from leat_jax import checkpoints
+    from leat_jax.errors import SetupError
+    from tests.pipeline_toys import victims
+
+    extra = [ENV["LEAT_EXTRA_VICTIMS"]]
+    params = victims()["toy_a"].init_params(0)
+    ckpt = tmp_path / "ckpt"
+    checkpoints.save_params(ckpt, params, {"model": "toy_a", "source_sha256": "0" * 64})
+    specs = [victimset.VictimSpec("toy_a", str(ckpt))]
+    for data in (p for p in (ckpt / "params").rglob("*") if p.is_file() and "ocdbt.process_0" in p.parts):
+        data.write_bytes(data.read_bytes()[:8])  # every array's data cut: the structure is intact
+    assert victimset.load(specs, False, extra, weights=False).identities == (f"checkpoint:{'0' * 64}:converter-None",)
+    with pytest.raises(SetupError, match="cannot restore parameters"):
+        victimset.load(specs, False, extra)
+    flat = checkpoints.flatten(params)
+    name = sorted(flat)[0]
+    checkpoints.save_params(ckpt, checkpoints.unflatten({**flat, name: np.zeros(3, np.float32)}),
+                            {"model": "toy_a"})
+    with pytest.raises(SetupError, match=f"{name} has shape \\(3,\\)"):
+        victimset.load(specs, False, extra, weights=False)
+    (ckpt / "params" / "_METADATA").unlink()
+    with pytest.raises(SetupError, match=f"{ckpt / 'params'}: cannot read the parameter tree"):
+        victimset.load(specs, False, extra, weights=False)
+
+
+def test_an_attack_actor_that_cannot_load_the_weights_stops_a_sharded_job_with_its_one_line(local, tmp_path, capsys):
+    from leat_jax import checkpoints
+    from tests.pipeline_toys import victims
+    from tests.test_pipeline_immunize import ATTACK
+
+    src = mixed_set(tmp_path / "src", 1)
+    ckpt = tmp_path / "ckpt"
+    checkpoints.save_params(ckpt, victims()["toy_a"].init_params(0), {"model": "toy_a"})
+    data = max((p for p in (ckpt / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data.write_bytes(data.read_bytes()[:16])  # the arrays' data cut: the driver's check passes, the actor's load fails
+    attack = ["--victims", f"toy_a={ckpt},toy_b", "--stand-in-weights", *ATTACK[3:]]
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "s0.tar").write_bytes(sinks.encode_shard("tar", [("a.png", (src / "b" / "img0.png")
+                                                                                .read_bytes())]))
+    rc_one, one = immunize(capsys, src, tmp_path / "one", attack=attack)
+    rc, err = immunize(capsys, tmp_path / "shards", tmp_path / "out", "--engine", "ray", attack=attack)
+    lines = err.strip().splitlines()  # the driver warned of the stand-in before the actors started
+    assert rc == rc_one == 2 and lines[0].startswith("WARNING: stand-in weights (toy_b)") and len(lines) == 2
+    assert lines[1:] == one.strip().splitlines() and "cannot restore parameters" in one
+    assert not (tmp_path / "out" / "s0.tar").exists() and not (tmp_path / "out" / inputs.REPORT).exists()

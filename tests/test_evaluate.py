@@ -344,25 +344,43 @@ def test_baseline_reads_a_learned_start_again_from_the_file_the_immunize_report_
     clean.mkdir()
     for i in range(2):
         Image.fromarray(RNG.integers(0, 256, (toys.SIZE, toys.SIZE, 3)).astype(np.uint8)).save(clean / f"{i}.png")
-    u = tmp_path / "u.npy"
+    job = tmp_path / "job"  # the start beside the immunize output, in one folder that moves below
+    job.mkdir()
+    u = job / "u.npy"
     np.save(u, np.random.default_rng(4).uniform(-0.05, 0.05, (8, 8, 3)).astype(np.float32))
     start = start_file.load_start(u)
-    prot = tmp_path / "prot"
+    prot = job / "prot"
     assert cli.main(["immunize", str(clean), str(prot), "--victims", "toy_enc", "--stand-in-weights",
                      "--iterations", "2", "--start", str(u), "--quiet"]) == 0
     report = json.loads((prot / inputs.REPORT).read_text())
-    assert report["settings"]["start_file"] == {"path": str(u.resolve()), "digest": start.digest, "jitter": 0.25}
+    assert report["settings"]["start_file"] == {"path": str(u.resolve()), "relative": "../u.npy",
+                                                "digest": start.digest, "jitter": 0.25}
     args = [clean, prot, "--pipelines", "toy_pipe", "--stand-in-weights", "--baseline", "--quiet", "--figure-rows", "0"]
 
-    def baseline(out, *more):
-        rc, err = evaluate(capsys, *args[:2], tmp_path / out, *args[2:], *more)
+    def baseline(out, *more, protected=prot):
+        rc, err = evaluate(capsys, args[0], protected, tmp_path / out, *args[2:], *more)
         assert rc == 0, err
         data = json.loads((tmp_path / out / "leat-jax-evaluation.json").read_text())["baseline"]
         return data, {p.name: p.read_bytes() for p in (tmp_path / out / "baseline").iterdir()}
 
     data, images = baseline("out")
     assert data["attack"]["start"] == f"learned:{start.digest}" and data["attack"]["iterations"] == 2
-    assert data["start_file"]["path"] == str(u.resolve())
+    assert data["start_file"] == {**report["settings"]["start_file"], "relative": "../job/u.npy"}
+    # the whole folder moved: the start is found beside the report, digest checked, the same images
+    moved = tmp_path / "moved"
+    job.rename(moved)
+    data, again = baseline("after_move", protected=moved / "prot")
+    assert again == images and data["start_file"]["path"] == str((moved / "u.npy").resolve())
+    (moved / "u.npy").rename(tmp_path / "aside.npy")  # at neither place: both named
+    rc, err = evaluate(capsys, args[0], moved / "prot", tmp_path / "neither", *args[2:])
+    assert rc == cli.EXIT_SETUP and len(err.strip().splitlines()) == 1, err
+    assert str((moved / "u.npy").resolve()) in err and str(u.resolve()) in err and "cannot read the start" in err
+    (tmp_path / "aside.npy").rename(moved / "u.npy")
+    moved.rename(job)
+    # a report from before relative paths were kept reads the resolved path
+    del report["settings"]["start_file"]["relative"]
+    (prot / inputs.REPORT).write_text(json.dumps(report))
+    assert baseline("no_relative")[1] == images
     moved = tmp_path / "elsewhere.npy"
     u.rename(moved)  # given explicitly from its new place: the same baseline images, byte for byte
     assert baseline("given", "--start", moved)[1] == images

@@ -29,6 +29,7 @@ import re
 import socket
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +58,10 @@ from leat_jax.pipeline.lock import Lock
 from leat_jax.pipeline.progress import Progress
 from leat_jax.pipeline.resume import Resume
 
-# Kinds of row between the stages: skipped (done before), records, entries to attack, entries attacked.
+# Kinds of row between the stages: skipped (done before), records, entries to attack, entries attacked;
+# and a row an attack actor could not take, its record the actor's one-line SetupError (see Attacker).
 SKIPPED = "skipped"
+SETUP_FAILED = "setup-failed"
 # CPUs a read or write task asks for, and an attack actor without accelerators. They differ so that
 # Ray Data does not fuse reading into the actors (it fuses stages whose resource requests are equal).
 TASK_CPUS = 0.5
@@ -108,7 +111,10 @@ def connect(ray, address: str | None, num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     try:
-        with single_machine(ray, address is None or is_loopback(address_host(address))):
+        with single_machine(ray, address is None or is_loopback(address_host(address))), warnings.catch_warnings():
+            # Ray starts its servers by fork and exec (subprocess): no Python runs in the child, so JAX's
+            # warning against forking its threads (the driver's checkpoint check starts them) does not apply.
+            warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
             if address:
                 ray.init(address=address, log_to_driver=False, logging_level="ERROR")
             else:
@@ -226,6 +232,12 @@ def write_row(r: dict, ctx: job.Context) -> dict:
 class Attacker:
     """The attack stage as a Ray actor: loads and prepares the weights once, attacks batches of rows.
 
+    An actor that cannot set up (a checkpoint damaged inside its arrays, which
+    the driver's cheap check does not read) does not die: it hands each row
+    to attack back as ``SETUP_FAILED`` with its one-line error, which the driver raises
+    (``streamed``). A dying actor's error would reach the user inside Ray's
+    tracebacks, as a failed job to run again.
+
     Args:
       cfg: the run's settings (victims, attack, seed, batch size, devices).
       ctx: the job's context.
@@ -234,11 +246,14 @@ class Attacker:
     def __init__(self, cfg: ImmunizeConfig, ctx: job.Context):
         xla_cpu.cpu_flags()  # before any computation, as the CLI does
         compile_cache.use(compile_cache.resolve(cfg.compile_cache))
-        loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
-        self.detector = immunize.face_detector(cfg, None)[0]
-        self.stage = immunize.attack_stage(cfg, ctx, loaded, parallel.data_mesh(cfg.devices), self.detector,
-                                           lambda text: None)
-        self.ctx = ctx
+        self.ctx, self.problem = ctx, None
+        try:
+            loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
+            self.detector = immunize.face_detector(cfg, None)[0]
+            self.stage = immunize.attack_stage(cfg, ctx, loaded, parallel.data_mesh(cfg.devices), self.detector,
+                                               lambda text: None)
+        except SetupError as e:
+            self.problem = str(e)
 
     def __call__(self, batch: dict) -> dict:
         """Attack every ``job.Prepared`` entry of the batch's rows, grouped by image size.
@@ -248,7 +263,10 @@ class Attacker:
         """
         kinds, payload, record = list(batch["kind"]), list(batch["payload"]), list(batch["record"])
         entries = {i: pickle.loads(payload[i]) for i, k in enumerate(kinds) if k == PREPARED}
-        if self.detector is not None:
+        if self.problem is not None:  # rows already recorded or skipped pass on as they came
+            for i in entries:
+                kinds[i], payload[i], record[i] = SETUP_FAILED, b"", self.problem
+        elif self.detector is not None:
             for i, row_entries in entries.items():
                 records = [r for e in row_entries for r in (self.photo(e) if isinstance(e, job.Prepared) else [e])]
                 kinds[i], payload[i], record[i] = RECORD, b"", json.dumps(records)
@@ -345,10 +363,12 @@ def run(cfg: ImmunizeConfig, stream=None) -> immunize.Summary:
     dst = Path(cfg.dst)
     items = immunize.list_inputs(src, dst, cfg.format)
     tmp_dir = writing.prepare_dst(dst, 0)
+    # the identities and the checkpoints' structure: the actors load the weights (the driver would only hold them)
+    loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims, weights=False)
     started = connect(ray, cfg.ray_address)
     try:
         with Lock(manifest.state_dir(dst), 0):
-            return run_stages(ray, cfg, src, dst, items, tmp_dir, stream, start)
+            return run_stages(ray, cfg, loaded, src, dst, items, tmp_dir, stream, start)
     except OSError as e:  # DST became unwritable mid-run
         raise faults.JobFailed(f"{e.filename or dst}: {e.strerror or e}; the job stopped, finished images are kept") \
             from None
@@ -357,11 +377,9 @@ def run(cfg: ImmunizeConfig, stream=None) -> immunize.Summary:
             ray.shutdown()
 
 
-def run_stages(ray, cfg, src, dst, items, tmp_dir, stream, start) -> immunize.Summary:
+def run_stages(ray, cfg, loaded, src, dst, items, tmp_dir, stream, start) -> immunize.Summary:
     """Settings, shards and resume on the driver; the stages on the cluster; the report."""
     say = (lambda text: None) if cfg.quiet else (lambda text: print(text, file=stream, flush=True))
-    # the identities only: the actors load the weights (the driver would only hold them, after a wait)
-    loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims, weights=False)
     settings, settings_hash = job.settings(cfg, loaded, immunize.face_detector(cfg, None)[1])
     warning = immunize.STAND_IN_WARNING.format(names=", ".join(loaded.stand_in)) if loaded.stand_in else None
     for line in (warning, immunize.JPEG_WARNING if cfg.format == "jpeg" else None):
@@ -434,7 +452,7 @@ def run_sharded(ray, cfg: ImmunizeConfig, stream, start) -> immunize.Summary:
 def sharded_stages(ray, cfg: ImmunizeConfig, found: list, stream, start) -> immunize.Summary:
     """A sharded job's settings, the shards still to do, the stages on the cluster, the report."""
     say = (lambda text: None) if cfg.quiet else (lambda text: print(text, file=stream, flush=True))
-    # the identities only: the actors load the weights (the driver would only hold them, after a wait)
+    # the identities and the checkpoints' structure: the actors load the weights (the driver would only hold them)
     loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims, weights=False)
     settings, settings_hash = job.settings(cfg, loaded)
     warning = immunize.STAND_IN_WARNING.format(names=", ".join(loaded.stand_in)) if loaded.stand_in else None
@@ -475,10 +493,17 @@ def sharded_stages(ray, cfg: ImmunizeConfig, found: list, stream, start) -> immu
 
 
 def streamed(ds):
-    """The dataset's rows; a failure of the Ray job itself as one line (``faults.JobFailed``)."""
+    """The dataset's rows; a failure of the Ray job itself as one line (``faults.JobFailed``).
+
+    Raises:
+      SetupError: an attack actor's, at the first row it could not take (records before it are kept).
+    """
     try:
-        yield from ds.iter_rows()
-    except (faults.JobFailed, KeyboardInterrupt):
+        for r in ds.iter_rows():
+            if r["kind"] == SETUP_FAILED:
+                raise SetupError(r["record"])
+            yield r
+    except (faults.JobFailed, SetupError, KeyboardInterrupt):
         raise
     except Exception as e:  # a task that failed past its retries, a lost cluster
         text = [line for line in str(e).strip().splitlines() if line.strip()]

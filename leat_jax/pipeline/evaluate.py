@@ -292,7 +292,7 @@ def _leat_settings(cfg: EvaluateConfig) -> _Leat:
     seed = cfg.seed if cfg.seed is not None else int(settings.get("seed", 0) or 0)
     attack = cfg.attack
     if attack is None:
-        attack = _reported_attack(settings, cfg.start is None and cfg.baseline)
+        attack = _reported_attack(settings, cfg.start is None and cfg.baseline, cfg.protected)
     if attack is not None and cfg.start is not None:
         try:
             attack = dataclasses.replace(attack, start=cfg.start)
@@ -305,17 +305,17 @@ def _leat_settings(cfg: EvaluateConfig) -> _Leat:
     return _Leat(report, seed, attack or AttackConfig(), per_image)
 
 
-def _reported_attack(settings: dict, read_start: bool) -> AttackConfig | None:
-    """The attack settings an immunize report records (None when unreadable). A learned start there, known
-    by its digest, is read again from the file the report names when ``read_start`` (else left out: the
-    caller replaces it); ``SetupError`` when that file is gone or changed."""
+def _reported_attack(settings: dict, read_start: bool, protected) -> AttackConfig | None:
+    """The attack settings an immunize report in ``protected`` records (None when unreadable). A learned start
+    there, known by its digest, is read again from the file the report names when ``read_start`` (else left
+    out: the caller replaces it); ``SetupError`` when that file is gone or changed."""
     fields = {f.name for f in dataclasses.fields(AttackConfig)}
     given = {k: v for k, v in (settings.get("attack") or {}).items() if k in fields}
     if str(given.get("start")).startswith("learned:"):
         label = given.pop("start")
         if read_start and "start_file" in settings:
             try:
-                given["start"] = reload(settings["start_file"])
+                given["start"] = reload(settings["start_file"], protected)
             except SetupError as e:
                 raise SetupError(f"--baseline: {e}; give the attack settings explicitly (--start or [attack] "
                                  "in --config)") from None
@@ -775,7 +775,8 @@ def _report(cfg, leat: _Leat, loaded: list[_Loaded], pairs, skipped, attacks, ba
                        for p in loaded},
         "baseline": None if baseline_used is None else {
             "attack": leat.attack.to_dict(), "attributes": [list(u) for u in baseline_used],
-            "start_file": record(leat.attack.start) if isinstance(leat.attack.start, LearnedStart) else None},
+            "start_file": record(leat.attack.start, cfg.out) if isinstance(leat.attack.start, LearnedStart)
+            else None},
         "leat": {"attack": settings.get("attack"), "victims": settings.get("victims"),
                  "immunize_report": leat.report is not None},
         "definitions": DEFINITIONS,

@@ -181,7 +181,8 @@ def settings(cfg: ImmunizeConfig, loaded: Loaded, faces: dict | None = None) -> 
         "leat_jax_version": __version__,
     }
     if cfg.attack.start is not None and start_file.record(cfg.attack.start):
-        recorded["start_file"] = start_file.record(cfg.attack.start)  # evaluate --baseline reads it again
+        # evaluate --baseline reads it again, beside the report in DST
+        recorded["start_file"] = start_file.record(cfg.attack.start, cfg.dst)
     return recorded, digest
 
 

@@ -66,7 +66,32 @@ def departed(state: Path, process_count: int) -> list[int]:
     return sorted(i for i in found if not in_use(state, i))
 
 
-class Lock:
+class Held:
+    """What both locks share: ``release`` undoes a successful ``acquire`` once; ``with`` takes and releases."""
+
+    held = False
+
+    def acquire(self) -> None:
+        raise NotImplementedError
+
+    def remove(self) -> None:
+        """Delete the lock's file or object, gone already or not."""
+        raise NotImplementedError
+
+    def release(self) -> None:
+        if self.held:
+            self.remove()
+            self.held = False
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+class Lock(Held):
     """The lock of process ``index`` in the state folder ``state`` (a context manager)."""
 
     def __init__(self, state: Path, index: int, run: str | None = None):
@@ -115,20 +140,11 @@ class Lock:
                              f"folder as process {self.index}")
         self.path.unlink(missing_ok=True)  # stale: its holder is gone
 
-    def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
-
-    def __enter__(self):
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
-class ObjectLock:
+class ObjectLock(Held):
     """The lock of an output on an object store (fsspec): one object, created only where it is absent.
 
     On S3 (s3fs) the create is a conditional put (``If-None-Match: *``; an
@@ -177,17 +193,8 @@ class ObjectLock:
             raise SetupError(f"{self.url}: another leat-jax run (pid {holder.get('pid')}) is writing into this output")
         self.fs.rm_file(self.path)  # stale: its holder is gone
 
-    def release(self) -> None:
-        if self.held:
-            try:
-                self.fs.rm_file(self.path)
-            except FileNotFoundError:
-                pass
-            self.held = False
-
-    def __enter__(self):
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
+    def remove(self) -> None:
+        try:
+            self.fs.rm_file(self.path)
+        except FileNotFoundError:
+            pass

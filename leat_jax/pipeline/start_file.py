@@ -2,6 +2,7 @@
 and read again by ``evaluate --baseline`` from the file an immunize report names (``reload``)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -37,24 +38,35 @@ def load_start(path, eps: float | None = None, jitter: float = DEFAULT_JITTER) -
     return start
 
 
-def record(start: LearnedStart) -> dict | None:
-    """What a report keeps of a start read from a file, for ``reload``: its resolved path, digest and exact
+def record(start: LearnedStart, folder=None) -> dict | None:
+    """What a report written in ``folder`` keeps of a start read from a file, for ``reload``: its resolved path,
+    that path relative to ``folder`` (so the two can move together; a local folder only), its digest and exact
     jitter (None for a start built in memory)."""
     if start.source is None:
         return None
-    return {"path": start.source, "digest": start.digest, "jitter": start.jitter}
+    kept = {"path": start.source, "digest": start.digest, "jitter": start.jitter}
+    if folder is not None and "://" not in str(folder):
+        kept["relative"] = os.path.relpath(start.source, Path(folder).resolve())
+    return kept
 
 
-def reload(recorded: dict) -> LearnedStart:
-    """The start ``record`` described, read again from its path.
+def reload(recorded: dict, folder=None) -> LearnedStart:
+    """The start ``record`` described, read again: from its path relative to ``folder`` (the report's, when
+    given and recorded) if that exists, else from its resolved path.
 
-    ``SetupError`` (one line, naming the file) when it cannot be read or its digest is no longer the one
-    recorded (the file changed).
+    ``SetupError`` (one line, naming the file, or both when neither exists) when it cannot be read or its
+    digest is no longer the one recorded (the file changed).
     """
     try:
         path, digest, jitter = recorded["path"], recorded["digest"], recorded["jitter"]
     except (TypeError, KeyError):
         raise SetupError(f"the recorded start file is not a path, digest and jitter: {recorded!r}") from None
+    if folder is not None and recorded.get("relative"):
+        moved = (Path(folder).resolve() / recorded["relative"]).resolve()
+        if moved.exists():
+            path = moved
+        elif not Path(path).exists() and moved != Path(path):
+            raise SetupError(f"{moved}: cannot read the start (no such file, nor at {path})")
     start = load_start(path, None, jitter)
     if start.digest != digest:
         raise SetupError(f"{start.source}: the start there has digest {start.digest}, not the {digest} "

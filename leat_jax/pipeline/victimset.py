@@ -113,6 +113,16 @@ def _checkpoint_identity(directory: str) -> str:
     return f"checkpoint-meta:{hashlib.sha256(raw).hexdigest()}"
 
 
+def _check_structure(spec: VictimSpec, victim: Victim) -> None:
+    """The checks of a load that read no weight: ``meta.json``, the model's name, the parameters' shapes."""
+    shapes, meta = checkpoints.read_shapes(spec.checkpoint)
+    if meta.get("model") != spec.name:
+        raise checkpoints.CheckpointError(
+            f"{spec.checkpoint}: holds converted weights of {meta.get('model')!r}, not {spec.name!r}"
+        )
+    checkpoints.check_against_template(shapes, victim.template, spec.checkpoint)
+
+
 def _stand_in_params(victim: Victim):
     import jax
 
@@ -126,7 +136,8 @@ def load(specs: Sequence[VictimSpec], stand_in_weights: bool, extra_entries: Seq
     """Resolve and load every victim; ``SetupError`` (one line) on any problem.
 
     ``weights=False``: the identities only, params None (for a driver that
-    attacks nothing: its workers load the weights).
+    attacks nothing: its workers load the weights); a checkpoint's structure
+    is checked all the same, so most damage shows before any worker starts.
     """
     if not specs:
         raise SetupError(
@@ -154,6 +165,7 @@ def load(specs: Sequence[VictimSpec], stand_in_weights: bool, extra_entries: Seq
             try:
                 ids.append(_checkpoint_identity(spec.checkpoint))
                 if not weights:
+                    _check_structure(spec, victim)
                     params = None
                 elif spec.name in extra:
                     params, meta = checkpoints.load_params(spec.checkpoint)
