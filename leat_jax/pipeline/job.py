@@ -180,9 +180,9 @@ def settings(cfg: ImmunizeConfig, loaded: Loaded, faces: dict | None = None) -> 
         "pipeline_version": PIPELINE_VERSION,
         "leat_jax_version": __version__,
     }
-    if cfg.attack.start is not None and start_file.record(cfg.attack.start):
-        # evaluate --baseline reads it again, beside the report in DST
-        recorded["start_file"] = start_file.record(cfg.attack.start, cfg.dst)
+    kept = start_file.record(cfg.attack.start, cfg.dst) if cfg.attack.start is not None else None
+    if kept:  # evaluate --baseline reads it again, beside the report in DST
+        recorded["start_file"] = kept
     return recorded, digest
 
 
