@@ -38,6 +38,10 @@ ARMS = {
     "default-step0.02": ["--robust", "--step", "0.02"],
     "default-adam-cosine": ["--robust", "--update", "adam", "--step-schedule", "cosine"],
     "default-2draws": ["--robust", "--eot-samples", "2"],
+    # each victim's gradient over its L1 norm (the sign step's own measure) instead of its L2 norm
+    "plain-l1": ["--ensemble", "normalized_l1"],
+    "q75-l1": ["--transforms", "jpeg:quality=75", "--ensemble", "normalized_l1"],
+    "default-l1": ["--robust", "--ensemble", "normalized_l1"],
 }
 COUNTERMEASURES = "jpeg75,half+jpeg75"
 TARGETS = (("none", 0.8), ("jpeg75", 0.8), ("half+jpeg75", 0.6))

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from leat_jax.attack import AttackConfig, latent_mse, run
+from leat_jax.attack import AttackConfig, ensembles, latent_mse, run
 from tests.toys import toy_victim
 
 WEAK = toy_victim("weak", 1.0)
@@ -34,11 +34,12 @@ def noise_distance():
     "config",
     [
         AttackConfig(iterations=3, ensemble="normalized"),
+        AttackConfig(iterations=3, ensemble="normalized_l1"),
         AttackConfig(iterations=3, ensemble="sum", eps=0.02, step=0.015),
         AttackConfig(iterations=3, ensemble="mean_loss", eps=0.1, step=0.03, random_start=False),
         AttackConfig(iterations=2, compute_dtype="bfloat16"),
     ],
-    ids=["normalized", "sum", "mean_loss-no-start", "bf16"],
+    ids=["normalized", "normalized_l1", "sum", "mean_loss-no-start", "bf16"],
 )
 def test_perturbation_within_eps_and_pixels_in_range(config):
     # Saturated pixels exercise the clip to [-1, 1]; odd size exercises the resize.
@@ -83,6 +84,31 @@ def test_normalized_ensemble_serves_both_victims_sum_only_the_strong(noise_dista
     assert np.all(ratio["sum"][:, 1] > 6)  # the strong one does fine either way
     assert np.all(ratio["sum"][:, 0] < 4.5)  # the weak one: sign-noise level
     assert np.all(ratio["sum"][:, 0] < 0.4 * ratio["normalized"][:, 0])
+
+
+def test_l1_normalisation_maximises_the_victims_summed_share_of_their_best_sign_step():
+    """A sign step s gains victim k ``g_k . s`` to first order, at most ``||g_k||_1``.
+
+    With a dense gradient beside sparse ones, L2 normalisation hands the sign
+    to the dense victim; L1 normalisation maximises the sum of the shares
+    ``g_k . s / ||g_k||_1`` over every sign vector.
+    """
+    rng = np.random.default_rng(0)
+    n = 4096
+    dense = rng.normal(size=n)
+    sparse = [np.where(rng.random(n) < 0.02, rng.normal(size=n), rng.normal(size=n) * 0.05) for _ in range(2)]
+    grads = [jnp.asarray(g, jnp.float32) for g in (dense, *sparse)]
+
+    def shares(direction):
+        s = np.sign(np.asarray(direction, np.float64))
+        return np.array([float(np.asarray(g, np.float64) @ s) / float(np.abs(np.asarray(g)).sum()) for g in grads])
+
+    l1, l2 = shares(ensembles.normalized(grads, 1e-12, order=1)), shares(ensembles.normalized(grads, 1e-12))
+    print(f"\nshares of the best sign step (dense, sparse, sparse): L1 {l1.round(2)}, L2 {l2.round(2)}")
+    assert l1.sum() > l2.sum()
+    assert l1[1:].min() > l2[1:].max()  # the sparse victims gain the step L2 gave the dense one
+    for _ in range(50):  # no other sign vector does better in sum
+        assert shares(rng.normal(size=n)).sum() < l1.sum()
 
 
 def test_batch_equals_images_one_by_one():

@@ -11,7 +11,7 @@ from leat_jax import transforms as transforms_mod
 from leat_jax.attack.losses import LOSSES
 from leat_jax.attack.start import LearnedStart
 
-ENSEMBLES = ("normalized", "sum", "mean_loss")
+ENSEMBLES = ("normalized", "normalized_l1", "sum", "mean_loss")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 # Update rules by name (``attack.updates``) and step-size schedules over the iterations.
 UPDATES = ("sign", "mifgsm", "adam")
@@ -51,6 +51,8 @@ class AttackConfig:
       ensemble: how per-victim input gradients combine, per image:
         ``normalized`` (LEAT's Normalized Gradient Ensemble: each gradient
         divided by its own L2 norm plus ``norm_floor``, then summed),
+        ``normalized_l1`` (the same with L1 norms: the sign step's own
+        measure, each victim's first-order share of its best step counted alike),
         ``sum`` (raw gradients summed) or ``mean_loss`` (gradient of the
         victims' mean loss, each loss divided by its value at a zero latent:
         its clean-latent scale; ``ensembles.scaled_mean_loss``).

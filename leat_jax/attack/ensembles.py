@@ -1,7 +1,8 @@
 """Combining per-victim input gradients into one ascent direction (per image).
 
 The arms of the paper's ensemble ablation (``AttackConfig.ensemble``):
-``normalized`` sums unit-norm gradients, ``summed`` raw ones, and
+``normalized`` sums unit-norm gradients (L2, the paper's; ``normalized_l1``
+divides by the L1 norm instead), ``summed`` raw ones, and
 ``scaled_mean_loss`` averages losses each divided by its victim's clean-latent
 scale before one gradient is taken. Victim weights multiply each victim's
 share; a weight of exactly 1 leaves its gradient untouched (bit for bit).
@@ -14,15 +15,33 @@ import jax
 import jax.numpy as jnp
 
 
-def normalized(grads: Sequence[jax.Array], floor: float, weights: Sequence[float] | None = None) -> jax.Array:
-    """LEAT's Normalized Gradient Ensemble: sum of w_k * g_k / (||g_k||_2 + floor).
+def normalized(grads: Sequence[jax.Array], floor: float, weights: Sequence[float] | None = None,
+               order: int = 2) -> jax.Array:
+    """LEAT's Normalized Gradient Ensemble: sum of w_k * g_k / (||g_k||_p + floor).
 
     Each victim gets an equal say whatever the scale of its latent, which a
     plain sum would hand to the network with the largest gradients; a weight
     scales that say after the normalisation (before it, the norm would cancel
     it). Weights of 1 are skipped, so the default stays bit-identical.
+
+    ``order=1`` is the norm dual to the sign step's L-infinity ball: a sign
+    step s gains victim k ``g_k . s`` to first order, at most ``||g_k||_1``, so
+    sign(sum g_k / ||g_k||_1) maximises the sum of the victims' fractions of
+    their own best step, where L2 favours victims whose gradient is dense.
+
+    Args:
+        grads: per victim, its input gradient.
+        floor: added to each norm, so a vanishing gradient does not divide by zero.
+        weights: per victim, its weight (None: all 1).
+        order: 2 (the paper's) or 1.
+
+    Returns:
+        The ascent direction, shaped like each gradient.
     """
-    units = [g / (jnp.sqrt(jnp.sum(jnp.square(g))) + floor) for g in grads]
+    def norm(g):
+        return jnp.sum(jnp.abs(g)) if order == 1 else jnp.sqrt(jnp.sum(jnp.square(g)))
+
+    units = [g / (norm(g) + floor) for g in grads]
     return sum(weighted(units, weights) if weights is not None else units)
 
 

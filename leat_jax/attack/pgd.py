@@ -133,8 +133,9 @@ def ensemble_direction(victims: Sequence[Victim], config: AttackConfig, params: 
         values, grads = _shared_view_gradients(config, x, eta, key, view_loss, len(victims))
     else:
         values, grads = zip(*(jax.value_and_grad(functools.partial(loss, k))(eta) for k in range(len(victims))))
-    if config.ensemble == "normalized":
-        return ensembles.normalized(grads, config.norm_floor, weights), jnp.stack(values)
+    if config.ensemble in ("normalized", "normalized_l1"):
+        order = 1 if config.ensemble == "normalized_l1" else 2
+        return ensembles.normalized(grads, config.norm_floor, weights, order), jnp.stack(values)
     return ensembles.summed(ensembles.weighted(grads, weights)), jnp.stack(values)
 
 
