@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import tomllib
 
 import jax.numpy as jnp
 import numpy as np
@@ -102,3 +103,12 @@ def test_every_command_line_uses_real_subcommands_and_flags(capsys):
     models = set(re.findall(r"leat-jax convert +([\w-]+) ", README))
     assert "e4e" in models and "mtcnn" in models
     assert not [m for m in models if not re.search(rf"(?<![\w-]){re.escape(m)}(?![\w-])", helps["convert"])]
+
+
+def test_every_dependency_has_its_reason_in_the_readme():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + [d for ds in project["optional-dependencies"].values() for d in ds]
+    section = README.split("## Dependencies, and why each", 1)[1]
+    explained = {re.split(r"[\[=<>]", b)[0] for b in re.findall(r"\*\*([^*]+)\*\*", section)}
+    missing = sorted({re.split(r"[\[=<>]", d)[0] for d in wanted} - explained)
+    assert not missing, f"README's dependency list does not say why: {', '.join(missing)}"
