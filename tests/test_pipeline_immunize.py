@@ -328,6 +328,8 @@ def test_unusable_dst_src_and_victims_stop_before_any_work(tmp_path, capsys):
         ((src, tmp_path / "file"), [], "the output folder is a file"),
         ((src, tmp_path / "file" / "dst"), [], "cannot write to the output folder"),
         ((tmp_path / "missing", tmp_path / "d"), [], "no such file or folder"),
+        (("s3://bucket/faces", tmp_path / "d"), [], "s3://bucket/faces: SRC is a URL; object storage and tar"),
+        ((src, "s3://bucket/out"), [], "s3://bucket/out: DST is a URL; "),
         ((src, src), [], "the same folder"),
         ((src, tmp_path / "d"), ["--victims", "nobody", "--stand-in-weights"], "unknown victim 'nobody'"),
         ((src, tmp_path / "d"), ["--victims", "toy_a"], "has no checkpoint"),

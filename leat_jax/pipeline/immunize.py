@@ -9,8 +9,8 @@ Results do not depend on batch size, device count, process count or
 interruption: an image's random start is keyed by (seed, its relative
 path), nothing in the attack spans two images, and each device maps over
 steps of a fixed number of images (the microbatch, the last one padded), so
-each image meets the same program. They do depend on the microbatch and the
-platform (part of the settings hash).
+each image meets the same program. They do depend on the microbatch (part of
+the settings hash; its default is the platform's) and the platform.
 """
 from __future__ import annotations
 
