@@ -11,9 +11,11 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
@@ -205,6 +207,7 @@ def test_rerun_skips_done_redoes_changed_and_force_redoes_all(tmp_path, capsys):
     assert immunize(capsys, src, dst)[0] == 0
     run = report(dst)["run"]
     assert (run["protected"], run["already_done"]) == (3, 2)
+    assert run["software"]["jax"] == jax.__version__ and run["software"]["xla_flags"] == os.environ.get("XLA_FLAGS")
     now = outputs(dst)
     assert now["img2.png"] != first["img2.png"]
     assert {k: v for k, v in now.items() if k != "img2.png"} == {k: v for k, v in first.items() if k != "img2.png"}

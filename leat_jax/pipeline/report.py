@@ -6,6 +6,7 @@ earlier, interrupted runs, in bounded memory.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import time
@@ -89,6 +90,7 @@ def build(shard_rows: Iterable[tuple[Sequence[inputs.Item], Mapping[str, dict]]]
             "failed": sum(r["failed"] for r in runs),
             "images_per_second": protected / seconds if seconds and protected else None,
             "per_process": list(runs),
+            "software": software(),
         },
         "totals": totals,
         "mean_distance": {n: {"start": a.value(), "end": b.value()} for n, (a, b) in means.items()},
@@ -98,6 +100,18 @@ def build(shard_rows: Iterable[tuple[Sequence[inputs.Item], Mapping[str, dict]]]
         "failures": failures,
         "missing": missing,
     }
+
+
+def software() -> dict:
+    """What the samples also depend on and the settings hash leaves out: this process's jax and jaxlib
+    versions and XLA flags (README, *What is identical to what*)."""
+    versions = {}
+    for name in ("jax", "jaxlib"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {**versions, "xla_flags": os.environ.get("XLA_FLAGS")}
 
 
 def _keep(entries: list, entry) -> None:
