@@ -10,17 +10,20 @@ are ``benchmarks.warm_start``'s. The universal start is learned as there
 (``models.start_generator``) is learned by the same step
 (``attack.universal``, ``Form`` ``generator``) with Adam at each of
 ``--rates`` (cosine schedule), minibatches keyed by (seed, step), its
-weights kept in ``OUT/generator-RATE.npz`` (a rerun measures again without
-learning). Then, per held-out image, one T = 50 run of constant sign steps
-from each start records the distance before every step: from the random
-start, the universal start and each generator, the learned ones with the
-default keyed jitter (0.25 eps) around them. Last, the cost of one generator
-forward beside one attack iteration, one image, both jitted, median of 5.
+weights kept in ``OUT/generator-rRATE-DIGEST.npz`` (``cache_name``: a rerun
+of the same settings measures again without learning). Then, per held-out
+image, one T = 50 run of constant sign steps from each start records the
+distance before every step: from the random start, the universal start and
+each generator, the learned ones with the default keyed jitter (0.25 eps)
+around them. Last, the cost of one generator forward beside one attack
+iteration, one image, both jitted, median of 5.
 Figures go to ``benchmarks/RESULTS.md`` by hand.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -46,6 +49,19 @@ T = 50
 def network(arch: GeneratorArch) -> Functional:
     """The generator of ``arch`` as ``apply(weights, images)``."""
     return Functional(lambda rngs: StartGenerator(arch, rngs))
+
+
+def cache_name(arch: GeneratorArch, template, learn: LearnConfig, names, faces: int) -> str:
+    """The file name of a generator's learned weights, with a digest of what they depend on.
+
+    The architecture's fields and its parameter tree's names and shapes, the
+    learning settings, the victims and the number of learning faces: a change
+    to any of them learns anew instead of reloading stale weights.
+    """
+    shapes = [(jax.tree_util.keystr(path), list(leaf.shape), str(leaf.dtype))
+              for path, leaf in jax.tree_util.tree_leaves_with_path(template)]
+    key = json.dumps([dataclasses.asdict(arch), shapes, dataclasses.asdict(learn), list(names), faces])
+    return f"generator-r{learn.rate:g}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
 
 
 def learn_generator(loaded, params, config, learn, net, faces, ids, path: Path):
@@ -164,16 +180,10 @@ def shares(h: dict, names) -> dict:
 def main(argv=None) -> int:
     xla_cpu.cpu_flags()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--victims", default="simswap_id,simswap_G")
-    ap.add_argument("--steps", type=int, default=150)
-    ap.add_argument("--batch", type=int, default=4)
+    warm_start.learning_arguments(ap, "out/generator_start")
     ap.add_argument("--rates", default="0.001,0.0003", help="Adam rates, one generator each")
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--blocks", type=int, default=2)
-    ap.add_argument("--learn", type=int, default=12)
-    ap.add_argument("--held", type=int, default=4)
-    ap.add_argument("--out", default="out/generator_start")
-    ap.add_argument("--json")
     args = ap.parse_args(argv)
     names = tuple(n for n in args.victims.split(",") if n)
     out = Path(args.out)
@@ -194,7 +204,7 @@ def main(argv=None) -> int:
     for rate in (float(r) for r in args.rates.split(",")):
         learn = LearnConfig(steps=args.steps, batch=args.batch, rule="adam", rate=rate)
         t0 = time.perf_counter()
-        path = out / f"generator-w{arch.width}b{arch.blocks}-r{rate:g}-s{args.steps}.npz"
+        path = out / cache_name(arch, net.template, learn, names, len(faces))
         weights, hist = learn_generator(loaded, params, config, learn, net, faces, ids, path)
         learned[f"generator@{rate:g}"] = {"seconds": time.perf_counter() - t0, "first_loss": hist[:10].mean(0).tolist(),
                                           "last_loss": hist[-10:].mean(0).tolist()}

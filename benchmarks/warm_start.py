@@ -128,20 +128,26 @@ def summary(h: dict, names) -> dict:
     return {"mean_distance": table, "smallest_T_reaching_random_T50": reach}
 
 
-def main(argv=None) -> int:
-    xla_cpu.cpu_flags()
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def learning_arguments(ap: argparse.ArgumentParser, out: str) -> None:
+    """The flags of a benchmark that learns on these faces and measures on the held-out ones (``generator_start``
+    too), with ``out`` the default of ``--out``."""
     ap.add_argument("--victims", default="simswap_id,simswap_G")
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--learn", type=int, default=12)
+    ap.add_argument("--learn", type=int, default=12, help="learning faces (augmentations of the bundled one)")
+    ap.add_argument("--held", type=int, default=4, help="held-out faces (of 4)")
+    ap.add_argument("--out", default=out)
+    ap.add_argument("--json", help="also write the result here")
+
+
+def main(argv=None) -> int:
+    xla_cpu.cpu_flags()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    learning_arguments(ap, "out/warm_start")
     ap.add_argument("--rule", choices=("sign", "adam"), default="sign")
     ap.add_argument("--rate", type=float, default=LearnConfig.rate)
-    ap.add_argument("--out", default="out/warm_start")
-    ap.add_argument("--held", type=int, default=4, help="held-out faces (of 4)")
     ap.add_argument("--jitters", default=",".join(f"{j:g}" for j in JITTERS), help="the first is the default's")
     ap.add_argument("--no-timing", action="store_true", help="skip the images-per-second runs")
-    ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args(argv)
     names = tuple(n for n in args.victims.split(",") if n)
     out = Path(args.out)

@@ -80,6 +80,12 @@ def read_meta(directory) -> dict:
         raise CheckpointError(f"{path}: unreadable ({e})") from None
 
 
+def unreadable(directory: Path, detail: str) -> CheckpointError:
+    """The one error for parameters that cannot be read, whether a restore or the structure check finds it."""
+    return CheckpointError(f"{directory / PARAMS}: cannot read the parameters, the checkpoint is damaged or "
+                           f"incomplete ({detail}); run `leat-jax convert` again")
+
+
 def load_params(directory) -> tuple[dict, dict]:
     """(params as numpy arrays, metadata) from a converted checkpoint directory."""
     import orbax.checkpoint as ocp
@@ -90,7 +96,7 @@ def load_params(directory) -> tuple[dict, dict]:
         with ocp.StandardCheckpointer() as ckptr:
             flat = ckptr.restore(directory / PARAMS)
     except Exception as e:  # orbax raises many types for a damaged tree
-        raise CheckpointError(f"{directory / PARAMS}: cannot restore parameters ({type(e).__name__}: {e})") from None
+        raise unreadable(directory, f"{type(e).__name__}: {e}") from None
     return unflatten({k: np.asarray(v) for k, v in flat.items()}), meta
 
 
@@ -112,12 +118,11 @@ def read_shapes(directory) -> tuple[dict, dict]:
         with ocp.StandardCheckpointer() as ckptr:
             tree = ckptr.metadata(directory / PARAMS).item_metadata
     except Exception as e:  # orbax raises many types for a damaged tree
-        raise CheckpointError(f"{directory / PARAMS}: cannot read the parameter tree ({type(e).__name__}: {e})") \
-            from None
+        raise unreadable(directory, f"{type(e).__name__}: {e}") from None
     finally:
         absl.setLevel(level)
     if tree is None:
-        raise CheckpointError(f"{directory / PARAMS}: cannot read the parameter tree (missing or damaged)")
+        raise unreadable(directory, "no parameter tree")
     return unflatten(dict(tree.tree)), meta  # leaves: orbax's ArrayMetadata (shape, dtype)
 
 

@@ -163,5 +163,6 @@ def test_loading_a_directory_that_is_not_a_checkpoint_is_a_clear_error(tmp_path)
     with pytest.raises(checkpoints.CheckpointError, match="not a converted checkpoint"):
         checkpoints.load_params(tmp_path)
     (tmp_path / "meta.json").write_text("{}")
-    with pytest.raises(checkpoints.CheckpointError, match="cannot restore"):
+    with pytest.raises(checkpoints.CheckpointError, match="params: cannot read the parameters, the checkpoint is "
+                       "damaged or incomplete .*; run `leat-jax convert` again$"):
         checkpoints.load_params(tmp_path)

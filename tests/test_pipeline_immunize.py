@@ -366,7 +366,7 @@ def test_checkpoints_load_and_bad_ones_are_refused(tmp_path, capsys):
     shutil.copytree(good, corrupt)
     shutil.rmtree(corrupt / "params")
     (corrupt / "params").write_text("garbage")
-    for ckpt, reason in ((wrong, "not 'toy_a'"), (corrupt, "cannot restore")):
+    for ckpt, reason in ((wrong, "not 'toy_a'"), (corrupt, "cannot read the parameters, the checkpoint is damaged")):
         rc, err = immunize(capsys, src, tmp_path / "bad",
                            attack=["--victims", f"toy_a={ckpt},toy_b", "--stand-in-weights", *ATTACK[3:]])
         lines = [line for line in err.splitlines() if line.strip()]

@@ -76,9 +76,13 @@ def import_ray():
         import ray.data  # noqa: F401
     except ImportError:
         raise SetupError("--engine ray needs Ray Data: pip install 'leat-jax[ray]'") from None
-    # The job's own progress line shows the global count, rate and ETA; Ray Data's would tear it.
+    # The job's own progress line shows the global count, rate and ETA; Ray Data's would tear it. With its bars off,
+    # Ray Data's progress module warns so once per process: that module alone is kept to errors.
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    # Left as is: the driver's core worker notes once that the attack actors restart from arguments in the object
+    # store (ray-project/ray#53727); its one switch, RAY_BACKEND_LOG_LEVEL, prints a line of its own instead.
     return ray
 
 
