@@ -21,13 +21,13 @@ from leat_jax import cli
 from leat_jax.engines import ray_engine
 from leat_jax.errors import SetupError
 from leat_jax.pipeline import inputs, shards, sinks, sources
+from tests.engine_toys import DAMAGED, mixed_set, wording
 from tests.test_pipeline_immunize import ATTACK, immunize, noise, outputs, report, toy_victims  # noqa: F401
 from tests.test_pipeline_photos import SAMPLES
 from tests.test_storage import s3  # noqa: F401
 
 ray = pytest.importorskip("ray")
 # What both engines say of a checkpoint whose parameters cannot be read, wherever the damage is found.
-DAMAGED = "/params: cannot read the parameters, the checkpoint is damaged or incomplete ("
 # The one line of Ray's own a job may print: the driver's core worker notes, once per process, that Ray Data's actors
 # restart from arguments in the object store (ray-project/ray#53727). Ray 2.60 has no switch for it but
 # RAY_BACKEND_LOG_LEVEL, which prints a line of its own in its place.
@@ -47,15 +47,6 @@ def cluster(request):
         yield ray
     finally:
         ray.shutdown()
-
-
-def mixed_set(folder, n=6):
-    """``n`` images of two sizes, in two folders."""
-    for i in range(n):
-        path = folder / ("a" if i % 2 else "b") / f"img{i}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(noise(24, 24) if i % 3 else noise(16, 20)).save(path)
-    return folder
 
 
 def test_pool_size_is_a_range():
@@ -288,11 +279,6 @@ def test_a_driver_killed_mid_job_and_rerun_loses_nothing(cluster, tmp_path, caps
                 for line in f.read_text().splitlines()]
     assert sorted(recorded) == sorted(outputs(dst))  # nothing recorded twice, nothing committed lost
     assert report(dst)["totals"]["done"] == n and report(dst)["run"]["already_done"] == len(before)
-
-
-def wording(line: str) -> tuple[str, str]:
-    """An error line without the parenthesised detail: what comes before it and after it."""
-    return line.split(" (", 1)[0], line.rsplit(")", 1)[1]
 
 
 def attack_actors() -> list[dict]:

@@ -17,8 +17,8 @@ import pytest
 
 from leat_jax.engines import ray_engine, shard_stages
 from leat_jax.pipeline import inputs, manifest, photos, sinks, sources, victimset
+from tests.engine_toys import DAMAGED, mixed_set, wording
 from tests.pipeline_toys import ENV
-from tests.test_engine_ray import DAMAGED, mixed_set, wording
 from tests.test_pipeline_immunize import immunize, outputs, report, toy_victims  # noqa: F401
 from tests.test_pipeline_photos import ATTACK as PHOTO_ATTACK
 from tests.test_pipeline_photos import FakeDetector, make_photos
