@@ -3,6 +3,7 @@
     python -m benchmarks.robust_bound run OUT --arms q75,q75+x [--iterations 50] [--victims e4e,simswap_id]
                                       [--together] [--faces benchmarks/faces] [--stand-in-weights]
     python -m benchmarks.robust_bound table PLAIN.json OUT
+    python -m benchmarks.robust_bound shares [--transforms jpeg:quality=75] [--victims ...] [--stand-in-weights]
 
 ``run`` protects the faces with ``leat-jax immunize`` once per arm (``ARMS``) and per victim, each victim
 attacked alone (``--together``: the victims as one ensemble), then measures them with ``leat-jax robustness``
@@ -10,7 +11,9 @@ attacked alone (``--together``: the victims as one ensemble), then measures them
 ``--stand-in-weights`` or ``NAME=DIR`` converted checkpoints, as for immunize. ``table`` prints, per run and
 victim, the distortion untransformed, after q75 and after half + q75 as a share of plain LEAT's untransformed
 distortion in ``PLAIN.json`` (a robustness report of plain LEAT on the same faces: the issue's unit),
-image means. Figures go to ``benchmarks/RESULTS.md`` by hand.
+image means. ``shares`` prints, per victim, how much of its own best sign step the ensemble's step gives it
+to first order (``g_k . s / ||g_k||_1``) with L2 and with L1 normalisation, at a random start on each face.
+Figures go to ``benchmarks/RESULTS.md`` by hand.
 """
 from __future__ import annotations
 
@@ -19,9 +22,16 @@ import glob
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from leat_jax import cli
+from leat_jax.attack import latent_mse
+from leat_jax.pipeline import victimset
+from leat_jax.transforms import chain as transform_chain
+from leat_jax.transforms import spec as transform_spec
 
 # Arm -> immunize flags. q75 attacks exactly the targets' JPEG (quality fixed: the loss reads Pillow's
 # decoded file); "+x" adds the untransformed view; "default" is robust mode as shipped (ROBUST_DEFAULT).
@@ -100,6 +110,45 @@ def table(plain: dict, folders: list[str]) -> str:
     return "\n".join(lines)
 
 
+def first_order_shares(victims: str, stand_in: bool, faces: str, spec: str, seed: int = 0) -> dict:
+    """Per victim, image means of its gradient's density and its first-order share of the ensemble's sign step.
+
+    Returns:
+        ``{"names", "density", "l2", "l1", "agreement"}``: density ``||g||_1 / (sqrt(n) ||g||_2)`` (1 for a
+        gradient of equal magnitudes, small for a sparse one), each victim's ``g_k . s / ||g_k||_1`` for ``s``
+        the sign of the L2- and the L1-normalised sum, and the mean agreement of the victims' gradient signs.
+    """
+    loaded = victimset.load(victimset.parse(victims), stand_in_weights=stand_in)
+    chain = transform_spec.parse(spec) if spec else ()
+    acc = {"density": [], "l2": [], "l1": [], "agreement": []}
+    for k, path in enumerate(sorted(glob.glob(os.path.join(faces, "*.png")))):
+        x = jnp.asarray(np.asarray(Image.open(path).convert("RGB"), np.float32) / 127.5 - 1.0)[None]
+        eta = jax.random.uniform(jax.random.key(seed + k), x.shape, minval=-0.05, maxval=0.05)
+        grads = [np.asarray(victim_gradient(v, v.prepare(p), x, eta, chain), np.float64).ravel()
+                 for v, p in zip(loaded.victims, loaded.params)]
+        l1 = [np.abs(g).sum() for g in grads]
+        acc["density"].append([n / np.sqrt(g.size) / np.linalg.norm(g) for g, n in zip(grads, l1)])
+        for name, norms in (("l2", [np.linalg.norm(g) for g in grads]), ("l1", l1)):
+            s = np.sign(sum(g / n for g, n in zip(grads, norms)))
+            acc[name].append([g @ s / n for g, n in zip(grads, l1)])
+        signs = np.sign(np.stack(grads))
+        acc["agreement"].append(signs @ signs.T / signs.shape[1])
+    return {"names": loaded.names, **{key: np.mean(v, axis=0) for key, v in acc.items()}}
+
+
+def victim_gradient(victim, params, x, eta, chain):
+    """The input gradient of ``victim``'s latent MSE at ``x + eta``, through ``chain`` (drawn once, key 0)."""
+    clean = victim.encode(params, x)
+
+    def loss(e):
+        z = x + e
+        if chain:
+            z = transform_chain.apply_chain(chain, jax.random.key(0), z[0])[None]
+        return latent_mse(victim.encode(params, z), clean)
+
+    return jax.jit(jax.grad(loss))(eta)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -114,7 +163,19 @@ def main(argv=None) -> int:
     t = sub.add_parser("table", help="the targets' shares of every run under OUT")
     t.add_argument("plain", help="robustness report of plain LEAT (all victims) on the same faces")
     t.add_argument("out")
+    f = sub.add_parser("shares", help="first-order shares of the ensemble's sign step, L2 against L1 normalisation")
+    f.add_argument("--victims", default="e4e,diffae,simswap_id,simswap_G,icface")
+    f.add_argument("--transforms", default="jpeg:quality=75", help="the chain the gradients go through ('' for none)")
+    f.add_argument("--faces", default="benchmarks/faces")
+    f.add_argument("--stand-in-weights", action="store_true")
     args = ap.parse_args(argv)
+    if args.command == "shares":
+        r = first_order_shares(args.victims, args.stand_in_weights, args.faces, args.transforms)
+        print("| victim | density | share, L2 | share, L1 |\n|---|---|---|---|")
+        for k, v in enumerate(r["names"]):
+            print(f"| {v} | {r['density'][k]:.2f} | {r['l2'][k]:.3f} | {r['l1'][k]:.3f} |")
+        print("sign agreement:\n" + np.array2string(r["agreement"], precision=2))
+        return 0
     if args.command == "table":
         folders = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(args.out, "*", REPORT)))
         print(table(json.loads(open(args.plain).read()), folders))
