@@ -105,13 +105,8 @@ def build(shard_rows: Iterable[tuple[Sequence[inputs.Item], Mapping[str, dict]]]
 def software() -> dict:
     """What the samples also depend on and the settings hash leaves out: this process's jax and jaxlib
     versions and XLA flags (README, *What is identical to what*)."""
-    versions = {}
-    for name in ("jax", "jaxlib"):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return {**versions, "xla_flags": os.environ.get("XLA_FLAGS")}
+    return {"jax": importlib.metadata.version("jax"), "jaxlib": importlib.metadata.version("jaxlib"),
+            "xla_flags": os.environ.get("XLA_FLAGS")}
 
 
 def _keep(entries: list, entry) -> None:
