@@ -398,7 +398,7 @@ def _immunize(args, parser) -> int:
     from leat_jax.errors import SetupError
     from leat_jax.parallel import DistributedConfig
     from leat_jax.pipeline import config as settings
-    from leat_jax.pipeline import immunize
+    from leat_jax.pipeline import immunize, sources
     from leat_jax.pipeline.faults import JobFailed
     from leat_jax.pipeline.victimset import EXTRA_VICTIMS_ENV, parse
 
@@ -443,6 +443,10 @@ def _immunize(args, parser) -> int:
             from leat_jax.engines import ray_engine
 
             summary = ray_engine.run(cfg)
+        elif cfg.src is not None and sources.is_sharded(cfg.src):  # tar or Parquet shards, in this process
+            from leat_jax.engines import sharded_job
+
+            summary = sharded_job.run(cfg, sharded_job.local)
         else:
             summary = immunize.run(cfg)
     except SetupError as e:

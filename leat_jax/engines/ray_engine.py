@@ -16,14 +16,13 @@ cluster); see ``single_machine``.
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
+import functools
 import importlib
 import ipaddress
 import json
 import logging
-import os
 import pickle
 import re
 import socket
@@ -31,11 +30,12 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from leat_jax import parallel, xla_cpu
-from leat_jax.engines import shard_stages
+from leat_jax.engines import shard_stages, sharded_job
 from leat_jax.engines.shard_stages import ATTACKED, PREPARED, RECORD
 from leat_jax.errors import SetupError
 from leat_jax.pipeline import (
@@ -46,9 +46,7 @@ from leat_jax.pipeline import (
     job,
     manifest,
     reading,
-    report,
     shards,
-    sinks,
     sources,
     victimset,
     writing,
@@ -275,34 +273,11 @@ class Attacker:
                 records = [r for e in row_entries for r in (self.photo(e) if isinstance(e, job.Prepared) else [e])]
                 kinds[i], payload[i], record[i] = RECORD, b"", json.dumps(records)
         else:
-            self.attack(entries)
+            shard_stages.attack_entries(self.stage, entries)
             for i, row_entries in entries.items():
                 kinds[i], payload[i] = ATTACKED, pickle.dumps(row_entries, protocol=pickle.HIGHEST_PROTOCOL)
         return {**batch, "kind": np.asarray(kinds, dtype=object), "payload": np.asarray(payload, dtype=object),
                 "record": np.asarray(record, dtype=object)}
-
-    def attack(self, entries: dict[int, list]) -> None:
-        """Replace each ``job.Prepared`` of ``entries`` by (prepared, protected image, distances), by image size.
-
-        As in the in-process engine, ``job.IN_FLIGHT`` batches are dispatched
-        before the oldest is collected: the devices (on CPU, the cores) never
-        wait for the host, and a whole shard is never on them at once.
-        """
-        by_size: dict[tuple[int, int], list[tuple[int, int]]] = {}
-        for i, row_entries in entries.items():
-            for j, e in enumerate(row_entries):
-                if isinstance(e, job.Prepared):
-                    by_size.setdefault(e.image.size, []).append((i, j))
-        for members in by_size.values():
-            chunk, pending, results = [entries[i][j] for i, j in members], collections.deque(), []
-            for start in range(0, len(chunk), self.stage.batch):
-                pending.extend(self.stage.launch(chunk[start:start + self.stage.batch]))
-                while len(pending) > job.IN_FLIGHT:
-                    results += self.stage.collect(pending.popleft())
-            while pending:
-                results += self.stage.collect(pending.popleft())
-            for (i, j), result in zip(members, results):
-                entries[i][j] = result
 
     def photo(self, got: job.Prepared) -> list[dict]:
         """``--faces detect``: detect, attack and write one photo here (``PhotoAttack`` writes); its records."""
@@ -358,11 +333,8 @@ def run(cfg: ImmunizeConfig, stream=None) -> immunize.Summary:
         raise SetupError("--engine ray and --distributed exclude each other (Ray shares the work out itself)")
     pool_size(cfg.ray_actors, 0)  # a bad range fails before any cluster starts
     ray = import_ray()
-    if cfg.src is not None and is_sharded(cfg.src):
-        if cfg.faces != "aligned":
-            raise SetupError("--engine ray: --faces detect works on folders and list files, not on tar or Parquet "
-                             "shards; use --faces aligned")
-        return run_sharded(ray, cfg, stream, start)
+    if cfg.src is not None and sources.is_sharded(cfg.src):
+        return sharded_job.run(cfg, functools.partial(shard_runner, ray), stream)
     src = Path(cfg.src) if cfg.src is not None else immunize.SAMPLES
     dst = Path(cfg.dst)
     items = immunize.list_inputs(src, dst, cfg.format)
@@ -424,76 +396,19 @@ def run_stages(ray, cfg, loaded, src, dst, items, tmp_dir, stream, start) -> imm
                             sheet_path, loaded.stand_in, counts.no_face)
 
 
-def is_sharded(src: str) -> bool:
-    """Whether SRC is a sharded dataset: a URL, a ``.tar``/``.parquet`` file, or a folder holding such files."""
-    if "://" in src or sources.kind_of(src):
-        return True
-    try:
-        return Path(src).is_dir() and any(sources.kind_of(e.name) for e in os.scandir(src) if e.is_file())
-    except OSError:
-        return False
-
-
-def run_sharded(ray, cfg: ImmunizeConfig, stream, start) -> immunize.Summary:
-    """A sharded dataset: one output shard per input shard under DST, committed whole; shards done are skipped."""
-    try:
-        found = sources.list_shards(cfg.src)
-    except sources.SourceError as e:
-        raise SetupError(str(e)) from None
-    if not found:
-        raise SetupError(f"{cfg.src}: no .tar or .parquet shards")
-    lock = sinks.output_lock(cfg.dst)  # no second run writes these shards at the same time
-    try:
-        lock.acquire()
-    except OSError as e:
-        raise SetupError(f"{cfg.dst}: cannot write there ({e.strerror or e})") from None
-    try:
-        return sharded_stages(ray, cfg, found, stream, start)
-    finally:
-        lock.release()
-
-
-def sharded_stages(ray, cfg: ImmunizeConfig, found: list, stream, start) -> immunize.Summary:
-    """A sharded job's settings, the shards still to do, the stages on the cluster, the report."""
-    say = (lambda text: None) if cfg.quiet else (lambda text: print(text, file=stream, flush=True))
-    # the identities and the checkpoints' structure: the actors load the weights (the driver would only hold them)
-    loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims, weights=False)
-    settings, settings_hash = job.settings(cfg, loaded)
-    warning = immunize.STAND_IN_WARNING.format(names=", ".join(loaded.stand_in)) if loaded.stand_in else None
-    if warning:
-        print(warning, file=stream, flush=True)
-    dst = cfg.dst.rstrip("/")
-    ctx = job.Context(Path(dst), Path("."), settings_hash, 0, cfg.attack.eps, cfg.format, cfg.jpeg_quality,
-                      cfg.max_size, tuple(loaded.names), {})
-    out = {s.rel: f"{dst}/{s.rel}" for s in found}
-    counts, todo = job.Counts(), []
-    for s in found:
-        marker = None if cfg.force else sinks.committed(out[s.rel], settings_hash, s.version)
-        if marker is None:
-            todo.append(s)
-        else:
-            counts.skipped += sum(r["status"] == "done" for r in marker["records"])
+@contextlib.contextmanager
+def shard_runner(ray, cfg: ImmunizeConfig, ctx: job.Context) -> Iterator[sharded_job.Runner]:
+    """A sharded job's runner on the cluster (joined, or started and stopped at the end)."""
     started = connect(ray, cfg.ray_address)
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         actors = pool_size(cfg.ray_actors, gpus)
-        say(f"leat-jax: {len(found)} shards ({len(found) - len(todo)} done before) from {cfg.src} -> {dst}; "
-            f"victims: {', '.join(loaded.names)}; Ray engine, {actors[0]}-{actors[1]} attack actor(s)")
-        unread = []  # records of shards that could not be read: no marker holds them
-        rows = [shard_stages.shard_row(s, out[s.rel]) for s in todo]
-        for r in streamed(dataset(ray, rows, cfg, ctx, actors, gpus > 0, sharded=True)) if rows else ():
-            for record in json.loads(r["record"]):
-                if record["status"] == "failed":
-                    counts.failed += 1
-                    unread += [record] if record["path"] in out else []
-                    print(f"leat-jax: error: {record['error']}", file=stream, flush=True)
-                else:
-                    counts.protected += 1
+        stats = {"devices": actors[1], "platform": "gpu" if gpus else "cpu", "engine": "ray", "actors": list(actors)}
+        yield sharded_job.Runner(f"Ray engine, {actors[0]}-{actors[1]} attack actor(s)", stats,
+                                 lambda rows: streamed(dataset(ray, rows, cfg, ctx, actors, gpus > 0, sharded=True)))
     finally:
         if started:
             ray.shutdown()
-    about = (settings, settings_hash, warning, actors, gpus, unread)
-    return finish_sharded(cfg, found, out, counts, about, say, start)
 
 
 def streamed(ds):
@@ -513,26 +428,3 @@ def streamed(ds):
         text = [line for line in str(e).strip().splitlines() if line.strip()]
         raise faults.JobFailed(f"the Ray job failed ({type(e).__name__}: {text[-1] if text else ''}); "
                                "committed work is kept, run the same command again to finish") from None
-
-
-def finish_sharded(cfg, found, out, counts: job.Counts, about, say, start) -> immunize.Summary:
-    """The report, built from the committed shards' markers (so it holds after any crash); the summary."""
-    settings, settings_hash, warning, actors, gpus, unread = about
-    rows, total = [], 0
-    for s in found:
-        marker = sinks.committed(out[s.rel], settings_hash, s.version) or {"records": []}
-        records = {r["path"]: r for r in marker["records"]}
-        total += len(records)
-        rows.append(([inputs.Item(rel, Path(rel), rec.get("output") or rel) for rel, rec in records.items()], records))
-    rows.append(([inputs.Item(r["path"], Path(r["path"]), r["path"]) for r in unread], {r["path"]: r for r in unread}))
-    seconds = time.monotonic() - start
-    stats = {"process": 0, "inputs": total, "protected": counts.protected, "skipped": counts.skipped,
-             "failed": counts.failed, "seconds": seconds, "no_face": 0, "devices": actors[1],
-             "platform": "gpu" if gpus else "cpu", "engine": "ray", "actors": list(actors), "shards": len(found)}
-    data = report.build(rows, settings, [stats], cfg.src, cfg.dst, warning)
-    dst = cfg.dst.rstrip("/")
-    sinks.put(f"{dst}/{inputs.SETTINGS}", (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())
-    sinks.put(f"{dst}/{inputs.REPORT}", (json.dumps(data, indent=2) + "\n").encode())
-    say(immunize.closing_line(counts, seconds, f"{dst}/{inputs.REPORT}", None))
-    return immunize.Summary(total, counts.protected, counts.skipped, counts.failed, seconds, None, None,
-                            tuple(settings["stand_in_weights"]))

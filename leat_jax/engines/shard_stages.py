@@ -1,13 +1,15 @@
 """The stages of a sharded job (tar or Parquet shards in, the same shape out), as plain functions on rows.
 
 A row is one input shard: ``read_shard`` reads and decodes its images (a
-CPU task), the attack actors attack them (``ray_engine.Attacker``), and
-``write_shard`` quantises, encodes and checks each image, then commits the
-output shard whole with its records in the done marker (``sinks``). A shard
-that cannot be read fails alone, with a one-line record.
+CPU task), ``attack_entries`` attacks them (in ``ray_engine.Attacker`` or,
+by ``run_shard``, in this process), and ``write_shard`` quantises, encodes
+and checks each image, then commits the output shard whole with its records
+in the done marker (``sinks``). A shard that cannot be read fails alone,
+with a one-line record.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import pickle
@@ -80,3 +82,42 @@ def write_shard(r: dict, ctx: job.Context) -> dict:
     marker = {"settings": ctx.settings_hash, "version": shard.version, "source": shard.url, "records": records}
     sinks.commit(r["out"], sinks.encode_shard(shard.kind, files), marker)
     return {**r, "kind": RECORD, "record": json.dumps(records), "payload": b""}
+
+
+def attack_entries(stage, entries: dict[int, list]) -> None:
+    """Replace each ``job.Prepared`` of ``entries`` by (prepared, protected image, distances), by image size.
+
+    As in the in-process engine, ``job.IN_FLIGHT`` batches are dispatched
+    before the oldest is collected: the devices (on CPU, the cores) never
+    wait for the host, and a whole shard is never on them at once.
+
+    Args:
+      stage: the attack stage (``aligned.AlignedAttack``).
+      entries: by row, that row's entries (``job.Prepared`` or failed records); changed in place.
+    """
+    by_size: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for i, row_entries in entries.items():
+        for j, e in enumerate(row_entries):
+            if isinstance(e, job.Prepared):
+                by_size.setdefault(e.image.size, []).append((i, j))
+    for members in by_size.values():
+        chunk, pending, results = [entries[i][j] for i, j in members], collections.deque(), []
+        for start in range(0, len(chunk), stage.batch):
+            pending.extend(stage.launch(chunk[start:start + stage.batch]))
+            while len(pending) > job.IN_FLIGHT:
+                results += stage.collect(pending.popleft())
+        while pending:
+            results += stage.collect(pending.popleft())
+        for (i, j), result in zip(members, results):
+            entries[i][j] = result
+
+
+def run_shard(r: dict, ctx: job.Context, stage) -> dict:
+    """Every stage of one shard in this process (the in-process engine): its row of records."""
+    r = read_shard(r, ctx)
+    if r["kind"] != PREPARED:
+        return r
+    entries = {0: pickle.loads(r["payload"])}
+    attack_entries(stage, entries)
+    return write_shard({**r, "kind": ATTACKED, "payload": pickle.dumps(entries[0], protocol=pickle.HIGHEST_PROTOCOL)},
+                       ctx)

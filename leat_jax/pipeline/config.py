@@ -125,7 +125,7 @@ class ImmunizeConfig:
             raise SetupError(f"faces must be one of {', '.join(FACE_MODES)}, got {self.faces!r}")
         for name, path in (("SRC", self.src), ("DST", self.dst)):
             if self.engine != "ray" and "://" in str(path or ""):  # else taken for a local folder "s3:/bucket"
-                raise SetupError(f"{path}: {name} is a URL; object storage and tar/Parquet shards need --engine ray")
+                raise SetupError(f"{path}: {name} is a URL; object storage needs --engine ray")
         for name in ("batch_size", "microbatch", "devices", "max_size", "workers"):
             value = getattr(self, name)
             if value is not None and (type(value) is not int or value < 1):

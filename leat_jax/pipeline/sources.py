@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import posixpath
 import tarfile
 
@@ -59,6 +60,17 @@ def is_local(fs) -> bool:
 
 def kind_of(name: str) -> str | None:
     return KINDS.get(posixpath.splitext(name)[1].lower())
+
+
+def is_sharded(src: str) -> bool:
+    """Whether SRC is a sharded dataset: a URL, a ``.tar``/``.parquet`` file, or a folder holding such files."""
+    if "://" in src or kind_of(src):
+        return True
+    try:
+        with os.scandir(src) as entries:
+            return any(kind_of(e.name) for e in entries if e.is_file())
+    except OSError:  # not a folder, or unreadable: the folder job's listing says so
+        return False
 
 
 def _version(info: dict) -> str:

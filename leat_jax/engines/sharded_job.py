@@ -1,0 +1,164 @@
+"""A sharded job (tar or Parquet shards in, the same shape out), under either engine.
+
+``run`` holds the lock on DST, settles the settings, skips the shards whose
+done marker matches them and the input's version, hands the others to an
+engine's ``Runner`` and builds the report from the markers, so it holds
+after any crash. ``local`` is the in-process engine's runner: the stages of
+``shard_stages`` one shard at a time in this process, on every local device;
+``ray_engine.shard_runner`` runs the same functions on Ray Data.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable, ContextManager, Iterable, Iterator
+
+from leat_jax.engines import shard_stages
+from leat_jax.errors import SetupError
+from leat_jax.pipeline import compile_cache, faults, immunize, inputs, job, report, sinks, sources, victimset
+from leat_jax.pipeline.config import ImmunizeConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Runner:
+    """How an engine runs the shard stages.
+
+    Attributes:
+      what: the engine and its devices, for the opening line.
+      stats: its figures for the report's run (devices, platform, engine...).
+      rows: shard rows (``shard_stages.shard_row``) -> a row per shard, in
+        any order, with its records as JSON text under ``record``.
+    """
+
+    what: str
+    stats: dict
+    rows: Callable[[list[dict]], Iterable[dict]]
+
+
+def run(cfg: ImmunizeConfig, engine: Callable[[ImmunizeConfig, job.Context], ContextManager[Runner]],
+        stream=None) -> immunize.Summary:
+    """Run the sharded job at ``cfg.src`` under ``engine``; its summary.
+
+    Args:
+      cfg: the run's settings (SRC a shard, a folder of shards or a URL).
+      engine: opens the engine for the job's context (``local``, ``ray_engine.shard_runner``).
+      stream: where lines go (default stderr).
+    Raises:
+      SetupError: (one line) SRC has no shards, DST is locked or unwritable, settings the shards cannot take.
+      faults.JobFailed: (one line) the job failed on the way; committed shards are kept.
+    """
+    stream = stream if stream is not None else sys.stderr
+    start = time.monotonic()
+    if cfg.faces != "aligned":
+        raise SetupError(f"--engine {cfg.engine}: --faces detect works on folders and list files, not on tar or "
+                         "Parquet shards; use --faces aligned")
+    if cfg.distributed is not None:
+        raise SetupError("--distributed works on folders and list files; run tar or Parquet shards in one process "
+                         "or with --engine ray")
+    try:
+        found = sources.list_shards(cfg.src)
+    except sources.SourceError as e:
+        raise SetupError(str(e)) from None
+    if not found:
+        raise SetupError(f"{cfg.src}: no .tar or .parquet shards")
+    lock = sinks.output_lock(cfg.dst)  # no second run writes these shards at the same time
+    try:
+        lock.acquire()
+    except OSError as e:
+        raise SetupError(f"{cfg.dst}: cannot write there ({e.strerror or e})") from None
+    try:
+        return stages(cfg, found, engine, stream, start)
+    finally:
+        lock.release()
+
+
+def stages(cfg: ImmunizeConfig, found: list, engine, stream, start) -> immunize.Summary:
+    """The settings, the shards still to do, the stages under the engine, the report."""
+    say = (lambda text: None) if cfg.quiet else (lambda text: print(text, file=stream, flush=True))
+    # the identities and the checkpoints' structure: an engine loads the weights where it attacks
+    loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims, weights=False)
+    settings, settings_hash = job.settings(cfg, loaded)
+    warning = immunize.STAND_IN_WARNING.format(names=", ".join(loaded.stand_in)) if loaded.stand_in else None
+    if warning:
+        print(warning, file=stream, flush=True)
+    dst = cfg.dst.rstrip("/")
+    ctx = job.Context(Path(dst), Path("."), settings_hash, 0, cfg.attack.eps, cfg.format, cfg.jpeg_quality,
+                      cfg.max_size, tuple(loaded.names), {})
+    out = {s.rel: f"{dst}/{s.rel}" for s in found}
+    counts, todo = job.Counts(), []
+    for s in found:
+        marker = None if cfg.force else sinks.committed(out[s.rel], settings_hash, s.version)
+        if marker is None:
+            todo.append(s)
+        else:
+            counts.skipped += sum(r["status"] == "done" for r in marker["records"])
+    unread = []  # records of shards that could not be read: no marker holds them
+    with engine(cfg, ctx) as runner:
+        say(f"leat-jax: {len(found)} shards ({len(found) - len(todo)} done before) from {cfg.src} -> {dst}; "
+            f"victims: {', '.join(loaded.names)}; {runner.what}; eps {cfg.attack.eps}, "
+            f"{cfg.attack.iterations} iterations")
+        rows = [shard_stages.shard_row(s, out[s.rel]) for s in todo]
+        for r in runner.rows(rows) if rows else ():
+            for record in json.loads(r["record"]):
+                if record["status"] == "failed":
+                    counts.failed += 1
+                    unread += [record] if record["path"] in out else []
+                    print(f"leat-jax: error: {record['error']}", file=stream, flush=True)
+                else:
+                    counts.protected += 1
+    summary = finish(cfg, found, out, counts, (settings, settings_hash, warning, runner.stats, unread), say, start)
+    if loaded.stand_in:
+        print("leat-jax: reminder: stand-in weights; this output protects against nothing.", file=stream, flush=True)
+    return summary
+
+
+def finish(cfg, found, out, counts: job.Counts, about, say, start) -> immunize.Summary:
+    """The report, built from the committed shards' markers; the summary."""
+    settings, settings_hash, warning, engine_stats, unread = about
+    rows, total = [], 0
+    for s in found:
+        marker = sinks.committed(out[s.rel], settings_hash, s.version) or {"records": []}
+        records = {r["path"]: r for r in marker["records"]}
+        total += len(records)
+        rows.append(([inputs.Item(rel, Path(rel), rec.get("output") or rel) for rel, rec in records.items()], records))
+    rows.append(([inputs.Item(r["path"], Path(r["path"]), r["path"]) for r in unread], {r["path"]: r for r in unread}))
+    seconds = time.monotonic() - start
+    stats = {"process": 0, "inputs": total, "protected": counts.protected, "skipped": counts.skipped,
+             "failed": counts.failed, "seconds": seconds, "no_face": 0, **engine_stats, "shards": len(found)}
+    data = report.build(rows, settings, [stats], cfg.src, cfg.dst, warning)
+    dst = cfg.dst.rstrip("/")
+    sinks.put(f"{dst}/{inputs.SETTINGS}", (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())
+    sinks.put(f"{dst}/{inputs.REPORT}", (json.dumps(data, indent=2) + "\n").encode())
+    say(immunize.closing_line(counts, seconds, f"{dst}/{inputs.REPORT}", None))
+    return immunize.Summary(total, counts.protected, counts.skipped, counts.failed, seconds, None, None,
+                            tuple(settings["stand_in_weights"]))
+
+
+@contextlib.contextmanager
+def local(cfg: ImmunizeConfig, ctx: job.Context) -> Iterator[Runner]:
+    """The in-process engine's runner: every local device, the victims' weights loaded and prepared once."""
+    loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
+    mesh = immunize.mesh_of(cfg)
+    compile_cache.use(compile_cache.resolve(cfg.compile_cache))
+    stage = immunize.attack_stage(cfg, ctx, loaded, mesh, None, lambda text: None)
+    platform = mesh.devices.flat[0].platform
+    stats = {"devices": int(mesh.devices.size), "platform": platform, "engine": "inprocess"}
+    yield Runner(f"{mesh.devices.size} {platform} device(s), batch {stage.batch}", stats,
+                 lambda rows: (one_shard(r, ctx, stage) for r in rows))
+
+
+def one_shard(r: dict, ctx: job.Context, stage) -> dict:
+    """Read, attack and commit one shard here; one line for a failure that stops the job (``faults.JobFailed``)."""
+    try:
+        return shard_stages.run_shard(r, ctx, stage)
+    except OSError as e:  # DST became unwritable mid-run
+        raise faults.JobFailed(f"{e.filename or r['out']}: {e.strerror or e}; the job stopped, committed shards are "
+                               "kept") from None
+    except Exception as e:
+        if not faults.is_out_of_memory(e):
+            raise
+        raise faults.JobFailed(f"device out of memory ({str(e).strip().splitlines()[0]})") from None

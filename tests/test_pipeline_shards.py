@@ -1,0 +1,70 @@
+"""The in-process engine on tar and Parquet shards on a local disk (``engines.sharded_job.local``), end to end."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from leat_jax.pipeline import sinks, sources
+from tests.engine_toys import mixed_set
+from tests.test_pipeline_immunize import STEP8, immunize, outputs, report, toy_victims  # noqa: F401
+
+pytest.importorskip("pyarrow")
+
+
+def shard_files(folder, *names) -> dict[str, bytes]:
+    """Every image of the output shards ``names`` under ``folder``, by member name or key."""
+    got = {}
+    for name in names:
+        shard = sources.list_shards(str(folder / name))[0]
+        got.update({k: b for k, b, _ in sources.members(shard, sources.read_bytes(shard.url))})
+    return got
+
+
+def levels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.int64)
+
+
+def test_tar_and_parquet_shards_give_the_files_of_a_folder_run(tmp_path, capsys):
+    src = mixed_set(tmp_path / "src", 5)  # two sizes in two folders
+    assert immunize(capsys, src, tmp_path / "folder")[0] == 0
+    files = [(p.relative_to(src).as_posix(), p.read_bytes()) for p in sorted(src.rglob("*.png"))]
+    shards_in = tmp_path / "shards"
+    shards_in.mkdir()
+    (shards_in / "s0.tar").write_bytes(sinks.encode_shard("tar", files[:2]))
+    (shards_in / "s1.parquet").write_bytes(sinks.encode_shard("parquet", files[2:]))
+    rc, err = immunize(capsys, shards_in, tmp_path / "out")
+    assert rc == 0, err
+    got = shard_files(tmp_path / "out", "s0.tar", "s1.parquet")
+    assert len(got) == 5 and got == outputs(tmp_path / "folder")  # same ids from the same names: the same bytes
+    for key, data in files:
+        change = np.abs(levels(got[key]) - levels(data))
+        assert 0 < change.max() <= STEP8, key  # changed, within eps in 8-bit levels
+    run = report(tmp_path / "out")
+    assert run["totals"]["done"] == 5 and run["run"]["per_process"][0]["engine"] == "inprocess"
+    rc, _ = immunize(capsys, shards_in, tmp_path / "out")  # done markers match: nothing is attacked again
+    assert rc == 0 and report(tmp_path / "out")["run"]["already_done"] == 5
+    assert report(tmp_path / "out")["run"]["protected"] == 0
+    for name, part in (("s0.tar", files[:2]), ("s1.parquet", files[2:])):  # one shard file as SRC
+        rc, err = immunize(capsys, shards_in / name, tmp_path / name)
+        assert rc == 0 and shard_files(tmp_path / name, name) == {k: got[k] for k, _ in part}, err
+
+
+def test_unusable_shards_are_one_line_errors_and_the_rest_is_done(tmp_path, capsys):
+    src = mixed_set(tmp_path / "src", 1)
+    shards_in = tmp_path / "shards"
+    shards_in.mkdir()
+    (shards_in / "a.tar").write_bytes(sinks.encode_shard("tar", [("x.png", (src / "b" / "img0.png").read_bytes()),
+                                                                 ("y.png", b"\x89PNG junk")]))
+    (shards_in / "b.tar").write_bytes(b"not a tar" * 200)
+    rc, err = immunize(capsys, shards_in, tmp_path / "out")
+    errors = [line for line in err.splitlines() if "error: " in line]
+    assert rc == 1 and len(errors) == 3 and errors[0].startswith("leat-jax: error: a.tar/y.png: ")
+    assert "b.tar: not a readable tar shard" in errors[1] and "2 image(s) failed" in errors[2]
+    assert list(shard_files(tmp_path / "out", "a.tar")) == ["x.png"]
+    rc, err = immunize(capsys, shards_in, tmp_path / "out", "--faces", "detect")
+    assert rc == 2 and err.strip().splitlines() == ["leat-jax: error: --engine inprocess: --faces detect works on "
+                                                   "folders and list files, not on tar or Parquet shards; use "
+                                                   "--faces aligned"]
