@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -73,16 +74,38 @@ def test_commit_writes_the_marker_last_and_only_a_whole_shard_counts(tmp_path):
     assert sinks.committed(url, "h", "v1") is None
 
 
+def one_request_at_a_time(app):
+    """The WSGI ``app``, answering one request at a time.
+
+    moto (5.2.5) checks a put's ``If-None-Match: *`` and then stores the
+    object, two steps with no lock between them (``put_object`` in
+    moto/s3/responses.py), so two conditional puts at once could both pass
+    its check; S3 makes each conditional put atomic. Served one at a time,
+    moto's puts are atomic too, and a race between clients is decided as S3
+    decides it (their requests still travel and queue at once).
+    """
+    gate = threading.Lock()
+
+    def serve(environ, start_response):
+        with gate:
+            return list(app(environ, start_response))
+
+    return serve
+
+
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    """An S3-compatible server on 127.0.0.1 (moto), with a bucket; the environment s3fs reads."""
-    moto_server = pytest.importorskip("moto.server")
+    """An S3-compatible server on 127.0.0.1 (moto, one request at a time), with a bucket; the environment s3fs reads."""
+    moto_app = pytest.importorskip("moto.moto_server.werkzeug_app")
     pytest.importorskip("s3fs")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+    from werkzeug.serving import make_server  # moto's own server
+
+    app = one_request_at_a_time(moto_app.DomainDispatcherApplication(moto_app.create_backend_app))
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=moto_app.MotoRequestHandler)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.server_port}", "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)
@@ -93,7 +116,8 @@ def s3(tmp_path_factory):
         if not fs.exists("bucket"):  # moto's servers in one process share their buckets
             fs.mkdir("bucket")
         yield env
-    server.stop()
+    server.shutdown()
+    serving.join()
 
 
 def test_s3_source_and_sink_through_the_loopback_server(s3):
@@ -137,6 +161,37 @@ def test_output_lock_on_s3_is_a_conditional_put_one_run_at_a_time(s3):
     sinks.put(url, json.dumps({"host": "elsewhere", "pid": 7, "token": "x"}).encode())
     with pytest.raises(SetupError, match=r"^s3://\S+/lock-p0: another leat-jax run \(pid 7 on elsewhere\) .* object$"):
         first.acquire()
+
+
+def test_of_runs_racing_for_the_lock_on_s3_exactly_one_wins(s3):
+    contenders = 8
+    start, outcome = threading.Barrier(contenders), [None] * contenders
+
+    def contend(i):
+        lock = sinks.output_lock("s3://bucket/race/out")  # made in its thread: its own S3 client (fsspec's cache)
+        start.wait()  # every conditional put at once
+        try:
+            lock.acquire()
+            outcome[i] = (lock, None)
+        except SetupError as e:
+            outcome[i] = (lock, str(e))
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(contenders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [lock for lock, error in outcome if error is None]
+    assert len(winners) == 1 and winners[0].held  # a check-then-write lock lets all 8 win here
+    url = winners[0].url
+    refusal = f"{url}: another leat-jax run (pid {os.getpid()}) is writing into this output"
+    assert [error for _, error in outcome if error is not None] == [refusal] * (contenders - 1)
+    assert json.loads(sources.read_bytes(url))["token"] == winners[0].me["token"]  # no loser overwrote it
+    winners[0].release()
+    loser = next(lock for lock, error in outcome if error is not None)
+    with loser:  # released: the next run takes it
+        assert loser.held and json.loads(sources.read_bytes(url))["token"] == loser.me["token"]
+    assert not loser.held
 
 
 def test_output_lock_on_a_local_disk_is_the_folder_jobs_lock(tmp_path):
