@@ -47,6 +47,9 @@ def test_tar_and_parquet_shards_give_the_files_of_a_folder_run(tmp_path, capsys)
     rc, _ = immunize(capsys, shards_in, tmp_path / "out")  # done markers match: nothing is attacked again
     assert rc == 0 and report(tmp_path / "out")["run"]["already_done"] == 5
     assert report(tmp_path / "out")["run"]["protected"] == 0
+    for _ in range(2):  # DST inside SRC: its shards are outputs, not inputs, on the rerun too
+        assert immunize(capsys, shards_in, shards_in / "out")[0] == 0
+        assert report(shards_in / "out")["totals"]["done"] == 5 and not (shards_in / "out" / "out").exists()
     for name, part in (("s0.tar", files[:2]), ("s1.parquet", files[2:])):  # one shard file as SRC
         rc, err = immunize(capsys, shards_in / name, tmp_path / name)
         assert rc == 0 and shard_files(tmp_path / name, name) == {k: got[k] for k, _ in part}, err

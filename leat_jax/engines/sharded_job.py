@@ -60,7 +60,7 @@ def run(cfg: ImmunizeConfig, engine: Callable[[ImmunizeConfig, job.Context], Con
         raise SetupError("--distributed works on folders and list files; run tar or Parquet shards in one process "
                          "or with --engine ray")
     try:
-        found = sources.list_shards(cfg.src)
+        found = [s for s in sources.list_shards(cfg.src) if not inside(s.url, cfg.dst)]
     except sources.SourceError as e:
         raise SetupError(str(e)) from None
     if not found:
@@ -74,6 +74,12 @@ def run(cfg: ImmunizeConfig, engine: Callable[[ImmunizeConfig, job.Context], Con
         return stages(cfg, found, engine, stream, start)
     finally:
         lock.release()
+
+
+def inside(url: str, dst: str) -> bool:
+    """Whether the shard at ``url`` lies under DST (DST inside SRC: never take our own outputs for inputs)."""
+    (fs, path), (dst_fs, dst_path) = sources.filesystem(url), sources.filesystem(dst)
+    return fs.protocol == dst_fs.protocol and path.startswith(dst_path.rstrip("/") + "/")
 
 
 def stages(cfg: ImmunizeConfig, found: list, engine, stream, start) -> immunize.Summary:
