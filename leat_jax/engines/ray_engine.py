@@ -77,6 +77,8 @@ def import_ray():
     # The job's own progress line shows the global count, rate and ETA; Ray Data's would tear it. With its bars off,
     # Ray Data's progress module warns so once per process: that module alone is kept to errors.
     ray.data.DataContext.get_current().enable_progress_bars = False
+    # Ray 2.60's DataContext warns of three deprecated fields (use_push_based_shuffle, use_polars,
+    # use_arrow_tensor_v2) when it is first built, for its own defaults: not from our calls (ray-project/ray#65302).
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     # Left as is: the driver's core worker notes once that the attack actors restart from arguments in the object
@@ -383,6 +385,7 @@ def run_stages(ray, cfg, loaded, src, dst, items, tmp_dir, stream, start) -> imm
         counts = drive(dataset(ray, todo, cfg, base, actors, gpus > 0, listing=listing), recorder) if todo \
             else recorder.counts
     finally:
+        recorder.close()  # drive closes it too; with nothing to do the manifest's file was left open
         progress.close()
     seconds = time.monotonic() - start
     stats = {"process": 0, "inputs": resume.total, "protected": counts.protected, "skipped": counts.skipped,
