@@ -327,10 +327,16 @@ def test_each_bad_input_is_one_line_recorded_and_the_rest_goes_on(tmp_path, caps
 def test_unusable_dst_src_and_victims_stop_before_any_work(tmp_path, capsys):
     src = simple_set(tmp_path / "src", 1)
     (tmp_path / "file").write_text("x")
+    empty, empty_list = tmp_path / "empty", tmp_path / "list.txt"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "notes.txt").write_text("not an image")
+    empty_list.write_text("# nothing listed\n\n")
     cases = [
         ((src, tmp_path / "file"), [], "the output folder is a file"),
         ((src, tmp_path / "file" / "dst"), [], "cannot write to the output folder"),
         ((tmp_path / "missing", tmp_path / "d"), [], "no such file or folder"),
+        ((empty, tmp_path / "d"), [], f"{empty}: no images in this folder or below"),
+        ((empty_list, tmp_path / "d"), [], f"{empty_list}: the list names no images"),
         (("s3://bucket/faces", tmp_path / "d"), [],
          "s3://bucket/faces: SRC is a URL; object storage needs --engine ray"),
         ((src, "s3://bucket/out"), [], "s3://bucket/out: DST is a URL; "),

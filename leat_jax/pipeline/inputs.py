@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import os
 import posixpath
 from pathlib import Path, PurePosixPath
@@ -24,6 +25,8 @@ REPORT = "leat-jax-report.json"
 CONTACT_SHEET = "leat-jax-contact-sheet.png"
 SETTINGS = "leat-jax-settings.json"
 RESERVED = frozenset({REPORT, CONTACT_SHEET, SETTINGS})
+NOTHING_IN_FOLDER = (f"no images in this folder or below ({', '.join(IMAGE_SUFFIXES)}); tar and Parquet shards "
+                     "are read only at its top level")
 
 
 class InputError(ValueError):
@@ -196,13 +199,18 @@ def _checked(src, dst) -> tuple[Path, Path]:
 def stream(src, dst, fmt: str = "png"):
     """Every input under ``src``, streamed: a folder one directory at a time, sorted within it.
 
-    Raises ``InputError`` (before yielding anything) when SRC cannot be used.
+    Raises ``InputError`` (before yielding anything) when SRC cannot be used or holds no input at all.
     """
     src, dst = _checked(src, dst)
     if src.is_dir():
-        return _stream_folder(str(src), "", dst.resolve(), fmt)
-    return (dataclasses.replace(i, size=st[0], mtime_ns=st[1]) for i in discover(src, dst, fmt)
-            for st in [_path_stat(i.path)])
+        items = _stream_folder(str(src), "", dst.resolve(), fmt)
+    else:
+        items = (dataclasses.replace(i, size=st[0], mtime_ns=st[1]) for i in discover(src, dst, fmt)
+                 for st in [_path_stat(i.path)])
+    first = next(items, None)  # a typo'd or empty SRC is an error, not a job that protects nothing and exits 0
+    if first is None:
+        raise InputError(f"{src}: {NOTHING_IN_FOLDER if src.is_dir() else 'the list names no images'}")
+    return itertools.chain([first], items)
 
 
 def _path_stat(path: Path) -> tuple[int | None, int | None]:
