@@ -237,7 +237,7 @@ def _add_evaluate(sub) -> None:
 
 def _evaluate(args, parser) -> int:
     from leat_jax.errors import SetupError
-    from leat_jax.pipeline import evaluate
+    from leat_jax.pipeline import evaluate, evaluate_config
     from leat_jax.pipeline.attributes import EXTRA_DEEPFAKES_ENV
 
     if args.samples and len(args.paths) not in (1, 2):
@@ -246,18 +246,18 @@ def _evaluate(args, parser) -> int:
         parser.error("evaluate takes CLEAN_DIR PROTECTED_DIR OUT_DIR (or --samples DEMO_DIR [OUT_DIR])")
     extra = tuple(e for e in os.environ.get(EXTRA_DEEPFAKES_ENV, "").split(",") if e.strip())
     try:
-        toml = evaluate.read_toml(args.config) if args.config else {}
+        toml = evaluate_config.read_toml(args.config) if args.config else {}
         flags = dict(
-            pipelines=evaluate.parse_pipelines(args.pipelines) if args.pipelines else None,
+            pipelines=evaluate_config.parse_pipelines(args.pipelines) if args.pipelines else None,
             stand_in_weights=args.stand_in_weights, baseline=args.baseline, seed=args.seed, start=args.start,
             threshold=args.threshold, figure_rows=args.figure_rows, quiet=args.quiet, devices=args.devices,
             countermeasure=args.countermeasure, extra_pipelines=extra or None,
             identity_threshold=args.identity_threshold, arcface=args.arcface,
         )
         if args.samples:
-            cfg = evaluate.build_samples(*args.paths, toml=toml, **flags)
+            cfg = evaluate_config.build_samples(*args.paths, toml=toml, **flags)
         else:
-            cfg = evaluate.build(*args.paths, toml, **flags)
+            cfg = evaluate_config.build(*args.paths, toml, **flags)
         evaluate.run(cfg)
     except SetupError as e:
         _error(str(e))
