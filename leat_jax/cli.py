@@ -226,7 +226,7 @@ def _add_evaluate(sub) -> None:
             "bundled sample faces against what `leat-jax immunize --samples DEMO_DIR` wrote (scripts/demo.sh: "
             "out/demo), report in DEMO_DIR/evaluation unless OUT_DIR is given; every pipeline on stand-in weights "
             "at its cheapest settings (StyleCLIP 1 + 1 mappers, DiffAE 2 + 2 DDIM steps and 1 + 1 attributes, "
-            "ICface 1 + 1 driving vectors, SimSwap one face per other image): about 17 minutes measured on a "
+            "ICface 1 + 1 driving vectors, SimSwap one face per other image): about 16 minutes measured on a "
             "shared 2-core CPU, 80% of it DiffAE and StyleCLIP at their real sizes; --pipelines simswap,icface "
             "takes about 3.5 minutes. LEAT_EXTRA_DEEPFAKES=module:function[,...] adds pipelines (a function "
             "returning {name: Deepfake}), for tests and experiments."
