@@ -65,8 +65,6 @@ def _names() -> tuple[str, str]:
 
 
 def _add_immunize(sub) -> None:
-    d, ensembles, dtypes = _attack_defaults()
-    victim_names, _ = _names()
     p = sub.add_parser(
         "immunize",
         help="protect every image under SRC, writing each to the same relative path under DST",
@@ -87,6 +85,16 @@ def _add_immunize(sub) -> None:
         ),
     )
     p.add_argument("paths", nargs="+", metavar="SRC DST", help=argparse.SUPPRESS)
+    _add_immunize_inputs(p)
+    _add_immunize_attack(p)
+    _add_immunize_running(p)
+    _add_immunize_engine(p)
+    p.set_defaults(run=_immunize)
+
+
+def _add_immunize_inputs(p) -> None:
+    """immunize's "what to protect" and "victims" groups."""
+    victim_names, _ = _names()
     g = p.add_argument_group("what to protect")
     g.add_argument("--samples", action="store_true", help="protect the bundled sample faces (then give DST only)")
     g.add_argument("--max-size", type=_positive_int, metavar="N",
@@ -102,6 +110,11 @@ def _add_immunize(sub) -> None:
     g.add_argument("--stand-in-weights", action="store_true", default=None,
                    help="allow bare victim names: random weights of the real architectures (no protection; "
                         "default victims diffae,simswap_G)")
+
+
+def _add_immunize_attack(p) -> None:
+    """immunize's attack group: the attack core's settings and defaults, the start, EOT."""
+    d, ensembles, dtypes = _attack_defaults()
     g = p.add_argument_group("attack (defaults from the attack core)")
     g.add_argument("--eps", type=float, metavar="X", help=f"L-inf bound in the [-1, 1] convention (default {d.eps})")
     g.add_argument("--step", type=float, metavar="X", help=f"PGD step (default {d.step})")
@@ -114,6 +127,11 @@ def _add_immunize(sub) -> None:
                    help="where each image's attack starts: uniform noise (random, default), practically zero, or "
                         "a universal start from `leat-jax learn-start` (its OUT folder or start.npy), resized to "
                         "the image, with a little keyed noise; fewer --iterations reach the same distortion")
+    _add_robust(g, d)
+
+
+def _add_robust(g, d) -> None:
+    """--robust or --transforms (one of them) and the EOT draws, into the attack group ``g``."""
     m = g.add_mutually_exclusive_group()
     m.add_argument("--robust", action="store_const", const="robust", dest="transforms",
                    help="protection that survives uploads: every step attacks a random JPEG re-encoding (quality "
@@ -125,6 +143,10 @@ def _add_immunize(sub) -> None:
                    help=f"transform draws per step, gradients averaged (default {d.eot_samples})")
     g.add_argument("--eot-untransformed", action="store_true", default=None,
                    help="with --robust/--transforms: also attack the image as it is, beside the draws")
+
+
+def _add_immunize_running(p) -> None:
+    """immunize's "running" group: batching, devices, workers, output format, resuming, caches."""
     g = p.add_argument_group("running")
     g.add_argument("--batch-size", type=_positive_int, metavar="N",
                    help="images per device handed over at once (default: the microbatch); results do not change")
@@ -147,6 +169,10 @@ def _add_immunize(sub) -> None:
                    help="JAX's persistent compilation cache, so a restart does not compile again "
                         "(default: leat-jax/jax under the user's cache folder)")
     g.add_argument("--no-compile-cache", action="store_true", help="no persistent compilation cache")
+
+
+def _add_immunize_engine(p) -> None:
+    """immunize's "multi-host" and "engine" groups: who runs the job, where."""
     g = p.add_argument_group("multi-host")
     g.add_argument("--distributed", action="store_true",
                    help="join a jax.distributed job; each process takes a disjoint share of the files")
@@ -162,7 +188,6 @@ def _add_immunize(sub) -> None:
                    help="--engine ray: the cluster to join (default: start a local one, without dashboard)")
     g.add_argument("--ray-actors", metavar="N|MIN-MAX",
                    help="--engine ray: attack actors, the pool scales between MIN and MAX (default: one per GPU)")
-    p.set_defaults(run=_immunize)
 
 
 def _add_convert(sub) -> None:
@@ -201,13 +226,20 @@ def _add_evaluate(sub) -> None:
             "bundled sample faces against what `leat-jax immunize --samples DEMO_DIR` wrote (scripts/demo.sh: "
             "out/demo), report in DEMO_DIR/evaluation unless OUT_DIR is given; every pipeline on stand-in weights "
             "at its cheapest settings (StyleCLIP 1 + 1 mappers, DiffAE 2 + 2 DDIM steps and 1 + 1 attributes, "
-            "ICface 1 + 1 driving vectors, SimSwap one face per other image): about 17 minutes measured on a "
+            "ICface 1 + 1 driving vectors, SimSwap one face per other image): about 16 minutes measured on a "
             "shared 2-core CPU, 80% of it DiffAE and StyleCLIP at their real sizes; --pipelines simswap,icface "
             "takes about 3.5 minutes. LEAT_EXTRA_DEEPFAKES=module:function[,...] adds pipelines (a function "
             "returning {name: Deepfake}), for tests and experiments."
         ),
     )
     p.add_argument("paths", nargs="+", metavar="CLEAN_DIR PROTECTED_DIR OUT_DIR", help=argparse.SUPPRESS)
+    _add_evaluate_inputs(p)
+    _add_evaluate_measures(p)
+    p.set_defaults(run=_evaluate)
+
+
+def _add_evaluate_inputs(p) -> None:
+    """evaluate's options of what is evaluated: the pipelines, their settings, the baseline."""
     p.add_argument("--samples", action="store_true", help="evaluate the demo's output (DEMO_DIR) against the "
                    "bundled sample faces, every pipeline on stand-in weights (then give DEMO_DIR [OUT_DIR])")
     p.add_argument("--pipelines", metavar="NAME=DIR,...", help="pipelines and their converted networks")
@@ -221,6 +253,10 @@ def _add_evaluate(sub) -> None:
                    "report's, a learned one read again from the file it names)")
     p.add_argument("--seed", type=int, metavar="N", help="baseline random starts, stand-in weights, sampled "
                    "attributes (default: the immunize report's seed, else 0)")
+
+
+def _add_evaluate_measures(p) -> None:
+    """evaluate's options of how it measures and shows: thresholds, figure, devices, identity check."""
     p.add_argument("--threshold", type=float, metavar="X", help="disruption threshold on the output MSE (default 0.05)")
     p.add_argument("--figure-rows", type=int, metavar="N", help="images in the figure (default 4; 0: none)")
     p.add_argument("--devices", type=int, metavar="N", help="the baseline runs on the first N local devices "
@@ -232,12 +268,11 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--arcface", metavar="DIR", help="converted simswap_id weights for the identity check when no "
                    "SimSwap pipeline folder has them, or 'stand-in' (with --stand-in-weights)")
     p.add_argument("--quiet", action="store_true", default=None, help="no progress lines")
-    p.set_defaults(run=_evaluate)
 
 
 def _evaluate(args, parser) -> int:
     from leat_jax.errors import SetupError
-    from leat_jax.pipeline import evaluate
+    from leat_jax.pipeline import evaluate, evaluate_config
     from leat_jax.pipeline.attributes import EXTRA_DEEPFAKES_ENV
 
     if args.samples and len(args.paths) not in (1, 2):
@@ -246,18 +281,18 @@ def _evaluate(args, parser) -> int:
         parser.error("evaluate takes CLEAN_DIR PROTECTED_DIR OUT_DIR (or --samples DEMO_DIR [OUT_DIR])")
     extra = tuple(e for e in os.environ.get(EXTRA_DEEPFAKES_ENV, "").split(",") if e.strip())
     try:
-        toml = evaluate.read_toml(args.config) if args.config else {}
+        toml = evaluate_config.read_toml(args.config) if args.config else {}
         flags = dict(
-            pipelines=evaluate.parse_pipelines(args.pipelines) if args.pipelines else None,
+            pipelines=evaluate_config.parse_pipelines(args.pipelines) if args.pipelines else None,
             stand_in_weights=args.stand_in_weights, baseline=args.baseline, seed=args.seed, start=args.start,
             threshold=args.threshold, figure_rows=args.figure_rows, quiet=args.quiet, devices=args.devices,
             countermeasure=args.countermeasure, extra_pipelines=extra or None,
             identity_threshold=args.identity_threshold, arcface=args.arcface,
         )
         if args.samples:
-            cfg = evaluate.build_samples(*args.paths, toml=toml, **flags)
+            cfg = evaluate_config.build_samples(*args.paths, toml=toml, **flags)
         else:
-            cfg = evaluate.build(*args.paths, toml, **flags)
+            cfg = evaluate_config.build(*args.paths, toml, **flags)
         evaluate.run(cfg)
     except SetupError as e:
         _error(str(e))
@@ -396,49 +431,12 @@ def _error(message: str) -> None:
 
 def _immunize(args, parser) -> int:
     from leat_jax.errors import SetupError
-    from leat_jax.parallel import DistributedConfig
-    from leat_jax.pipeline import config as settings
     from leat_jax.pipeline import immunize, sources
     from leat_jax.pipeline.faults import JobFailed
-    from leat_jax.pipeline.victimset import EXTRA_VICTIMS_ENV, parse
 
-    if args.samples:
-        if len(args.paths) != 1:
-            parser.error("immunize --samples takes DST only")
-        src, dst = None, args.paths[0]
-    else:
-        if len(args.paths) != 2:
-            parser.error("immunize takes SRC and DST (or --samples DST)")
-        src, dst = args.paths
-    if not args.distributed and any(v is not None for v in (args.coordinator, args.num_processes, args.process_id)):
-        parser.error("--coordinator, --num-processes and --process-id need --distributed")
-    if args.no_compile_cache and args.compile_cache:
-        parser.error("--compile-cache and --no-compile-cache exclude each other")
-    extra = tuple(e for e in os.environ.get(EXTRA_VICTIMS_ENV, "").split(",") if e.strip())
+    src, dst = _immunize_paths(args, parser)
     try:
-        toml = settings.read_toml(args.config) if args.config else {}
-        research = dict(update=args.update, momentum=args.momentum, step_schedule=args.step_schedule,
-                        losses=settings.parse_pairs(args.loss, "--loss") if args.loss else None,
-                        victim_weights=settings.parse_pairs(args.victim_weights, "--victim-weights", float)
-                        if args.victim_weights else None)
-        cfg = settings.build(
-            src, dst, toml,
-            victims=parse(args.victims) if args.victims else None,
-            eps=args.eps, step=args.step, iterations=args.iterations, ensemble=args.ensemble,
-            compute_dtype=args.compute_dtype, seed=args.seed, stand_in_weights=args.stand_in_weights,
-            start=args.start,
-            transforms=args.transforms, eot_samples=args.eot_samples, eot_untransformed=args.eot_untransformed,
-            batch_size=args.batch_size, microbatch=args.microbatch, devices=args.devices, workers=args.workers,
-            format=args.format,
-            jpeg_quality=args.jpeg_quality, max_size=args.max_size, force=args.force, quiet=args.quiet,
-            contact_sheet=args.contact_sheet, faces=args.faces,
-            compile_cache=False if args.no_compile_cache else args.compile_cache, verify=args.verify,
-            distributed=DistributedConfig.from_env(
-                coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id
-            ) if args.distributed else None,
-            extra_victims=extra or None, **research,
-            engine=args.engine, ray_address=args.ray_address, ray_actors=args.ray_actors,
-        )
+        cfg = _immunize_config(args, src, dst)
         if cfg.engine == "ray":
             from leat_jax.engines import ray_engine
 
@@ -459,6 +457,55 @@ def _immunize(args, parser) -> int:
         _error(f"{summary.failed} image(s) failed (listed above and in the report); the rest are done")
         return EXIT_FAILED_IMAGES
     return 0
+
+
+def _immunize_paths(args, parser) -> tuple[str | None, str]:
+    """SRC (None with --samples) and DST; a usage error (exit 2) for a wrong count or clashing flags."""
+    if args.samples:
+        if len(args.paths) != 1:
+            parser.error("immunize --samples takes DST only")
+        src, dst = None, args.paths[0]
+    else:
+        if len(args.paths) != 2:
+            parser.error("immunize takes SRC and DST (or --samples DST)")
+        src, dst = args.paths
+    if not args.distributed and any(v is not None for v in (args.coordinator, args.num_processes, args.process_id)):
+        parser.error("--coordinator, --num-processes and --process-id need --distributed")
+    if args.no_compile_cache and args.compile_cache:
+        parser.error("--compile-cache and --no-compile-cache exclude each other")
+    return src, dst
+
+
+def _immunize_config(args, src, dst):
+    """The immunize settings: defaults < --config < flags (``SetupError`` on a bad one)."""
+    from leat_jax.parallel import DistributedConfig
+    from leat_jax.pipeline import config as settings
+    from leat_jax.pipeline.victimset import EXTRA_VICTIMS_ENV, parse
+
+    extra = tuple(e for e in os.environ.get(EXTRA_VICTIMS_ENV, "").split(",") if e.strip())
+    toml = settings.read_toml(args.config) if args.config else {}
+    research = dict(update=args.update, momentum=args.momentum, step_schedule=args.step_schedule,
+                    losses=settings.parse_pairs(args.loss, "--loss") if args.loss else None,
+                    victim_weights=settings.parse_pairs(args.victim_weights, "--victim-weights", float)
+                    if args.victim_weights else None)
+    return settings.build(
+        src, dst, toml,
+        victims=parse(args.victims) if args.victims else None,
+        eps=args.eps, step=args.step, iterations=args.iterations, ensemble=args.ensemble,
+        compute_dtype=args.compute_dtype, seed=args.seed, stand_in_weights=args.stand_in_weights,
+        start=args.start,
+        transforms=args.transforms, eot_samples=args.eot_samples, eot_untransformed=args.eot_untransformed,
+        batch_size=args.batch_size, microbatch=args.microbatch, devices=args.devices, workers=args.workers,
+        format=args.format,
+        jpeg_quality=args.jpeg_quality, max_size=args.max_size, force=args.force, quiet=args.quiet,
+        contact_sheet=args.contact_sheet, faces=args.faces,
+        compile_cache=False if args.no_compile_cache else args.compile_cache, verify=args.verify,
+        distributed=DistributedConfig.from_env(
+            coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id
+        ) if args.distributed else None,
+        extra_victims=extra or None, **research,
+        engine=args.engine, ray_address=args.ray_address, ray_actors=args.ray_actors,
+    )
 
 
 def _convert(args, parser) -> int:

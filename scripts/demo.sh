@@ -13,5 +13,5 @@ bash scripts/setup.sh
   --stand-in-weights --victims diffae,simswap_G --iterations 5 "$@"
 echo
 echo "Next, what this output does to every deepfake pipeline (stand-in weights again, so the numbers"
-echo "mean nothing; about 17 minutes on 2 CPU cores, add --pipelines simswap,icface for 3.5 minutes):"
+echo "mean nothing; about 16 minutes on 2 CPU cores, add --pipelines simswap,icface for about 3.5 minutes):"
 echo "  .venv/bin/leat-jax evaluate --samples out/demo"

@@ -18,7 +18,9 @@ from PIL import Image
 from leat_jax import cli, deepfakes
 from leat_jax.deepfakes import diffae, styleclip
 from leat_jax.deepfakes import simswap as simswap_fake
-from leat_jax.pipeline import evaluate, inputs
+from leat_jax.errors import SetupError
+from leat_jax.pipeline import evaluate, evaluate_config, evaluate_report, inputs
+from leat_jax.pipeline.immunize import SAMPLES
 from leat_jax.victims import e4e, icface, simswap
 from tests import evaluate_toys as toys
 
@@ -100,9 +102,10 @@ def test_settings_that_do_not_fit_fail_before_any_network(tmp_path, capsys, no_n
 def test_every_pipelines_settings_are_checked_first(tmp_path, no_networks, compilations, section, message):
     """Whichever pipeline is at fault, the run stops before the first one (StyleCLIP) is built."""
     clean, prot = _folders(tmp_path, 2)
-    cfg = evaluate.build(clean, prot, tmp_path / "out", {"sections": section}, quiet=True, stand_in_weights=True,
-                         pipelines=tuple(evaluate.PipelineSpec(n) for n in deepfakes.NAMES))
-    with pytest.raises(evaluate.SetupError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    cfg = evaluate_config.build(clean, prot, tmp_path / "out", {"sections": section}, quiet=True,
+                                stand_in_weights=True,
+                                pipelines=tuple(evaluate_config.PipelineSpec(n) for n in deepfakes.NAMES))
+    with pytest.raises(SetupError, match=message.replace("[", r"\[").replace("]", r"\]")):
         evaluate.run(cfg)
     assert compilations == []
 
@@ -145,17 +148,17 @@ def test_difference_tile_scale_and_label():
     prot = clean.copy()
     prot[2, 3] = 0.004
     prot[5, 5] = [0.002, 0.002, 0.002]
-    tile, label = evaluate.difference_tile(clean, prot)
+    tile, label = evaluate_report.difference_tile(clean, prot)
     assert label == "x250" and tile.shape == (8, 8, 3)
     assert tile[2, 3, 0] == pytest.approx(1.0) and tile[5, 5, 0] == pytest.approx(0.0)  # white, mid grey
     assert np.all(tile[0, 0] == -1.0)  # unchanged: black
-    assert evaluate.difference_tile(clean, clean)[1] == "identical"
+    assert evaluate_report.difference_tile(clean, clean)[1] == "identical"
 
 
 def _figure_columns(path) -> list[np.ndarray]:
     """The figure's first row of tiles, one (128, 128, 3) array per column."""
     fig = np.asarray(Image.open(path).convert("RGB"))
-    pad, head, tile = 6, 40, evaluate.TILE
+    pad, head, tile = 6, 40, evaluate_report.TILE
     cols = (fig.shape[1] - pad) // (tile + pad)
     return [fig[head:head + tile, pad + c * (tile + pad):pad + c * (tile + pad) + tile] for c in range(cols)]
 
@@ -171,15 +174,15 @@ def test_samples_end_to_end_with_the_difference_panel(tmp_path, capsys, monkeypa
                      "--iterations", "2", "--quiet"]) == 0
     rc, err = _evaluate(capsys, "--samples", demo, "--pipelines", "toy_pipe", "--threshold", "0")
     assert rc == 0 and "mean NOTHING about real protection" in err
-    out = demo / evaluate.SAMPLES_OUT
-    data = json.loads((out / evaluate.REPORT_JSON).read_text())
-    samples = sorted(p.name for p in evaluate.SAMPLES.iterdir() if inputs.is_image_name(p.name))
-    assert data["clean"] == str(evaluate.SAMPLES) and data["images"] == len(samples) == 3
+    out = demo / evaluate_config.SAMPLES_OUT
+    data = json.loads((out / evaluate_report.REPORT_JSON).read_text())
+    samples = sorted(p.name for p in SAMPLES.iterdir() if inputs.is_image_name(p.name))
+    assert data["clean"] == str(SAMPLES) and data["images"] == len(samples) == 3
     assert data["pipelines"]["toy_pipe"]["stand_in"] is True
     leat = data["attacks"]["leat"]
     assert leat["attack_seconds_per_image"] > 0 and leat["evaluation_seconds_per_image"] > 0
     assert leat["pipelines"]["toy_pipe"]["all"]["dsr"] == 1.0  # threshold 0: every changed output counts
-    cols = _figure_columns(out / evaluate.FIGURE)
+    cols = _figure_columns(out / evaluate_report.FIGURE)
     assert len(cols) == 5  # clean, protected, toy_pipe clean out, protected out, |difference|
     diff = cols[4].astype(int)
     assert diff.max() >= 250 and diff.std() > 10  # amplified to white somewhere, and not a flat panel
@@ -187,7 +190,7 @@ def test_samples_end_to_end_with_the_difference_panel(tmp_path, capsys, monkeypa
 
     rc, _ = _evaluate(capsys, "--samples", demo, tmp_path / "real", "--pipelines", f"toy_pipe={tmp_path}",
                       "--quiet")
-    assert rc == 0 and len(_figure_columns(tmp_path / "real" / evaluate.FIGURE)) == 4  # converted: no difference
+    assert rc == 0 and len(_figure_columns(tmp_path / "real" / evaluate_report.FIGURE)) == 4  # converted: no difference
 
 
 def test_samples_settings_pass_every_real_pipelines_checks(tmp_path, capsys, no_networks, compilations):
@@ -197,9 +200,9 @@ def test_samples_settings_pass_every_real_pipelines_checks(tmp_path, capsys, no_
     demo.mkdir()
     for name in ("astronaut_256.png", "astronaut_grey.png", "astronaut_tight.png"):
         Image.new("RGB", (256, 256)).save(demo / name)
-    cfg = evaluate.build_samples(demo)
+    cfg = evaluate_config.build_samples(demo)
     assert [p.name for p in cfg.pipelines] == list(deepfakes.NAMES) and cfg.stand_in_weights
-    assert cfg.out == str(demo / evaluate.SAMPLES_OUT) and cfg.sections["diffae"]["render_steps"] == 2
+    assert cfg.out == str(demo / evaluate_config.SAMPLES_OUT) and cfg.sections["diffae"]["render_steps"] == 2
     with pytest.raises(NetworkBuilt):
         evaluate.run(cfg)
     err = capsys.readouterr().err

@@ -13,12 +13,13 @@ from PIL import Image
 
 from leat_jax import cli
 from leat_jax.errors import SetupError
-from leat_jax.pipeline import evaluate, identity
+from leat_jax.pipeline import evaluate_config, evaluate_report, identity
+from leat_jax.pipeline.immunize import SAMPLES
 from leat_jax.victims import simswap as sv
 from tests import evaluate_toys as toys
 
 RNG = np.random.default_rng(19)
-FACE = evaluate.SAMPLES / "astronaut_256.png"
+FACE = SAMPLES / "astronaut_256.png"
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +114,7 @@ def test_report_carries_identity_and_face_numbers(folders, tmp_path, capsys, mon
                    "--config", str(cfg), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 0 and "ArcFace of the identity check" in err
-    data = json.loads((out / evaluate.REPORT_JSON).read_text())
+    data = json.loads((out / evaluate_report.REPORT_JSON).read_text())
     assert data["identity_threshold"] == 0.9999 and data["identity_weights"] == identity.STAND_IN
     cos = np.array([data["attacks"]["leat"]["per_image"][r]["toy_pipe"]["identity_cosine"] for r in ("a.png", "b.png")])
     assert cos.shape == (2, 2) and np.all(cos <= 1.0 + 1e-6) and np.all(cos > -1.0)
@@ -124,7 +125,7 @@ def test_report_carries_identity_and_face_numbers(folders, tmp_path, capsys, mon
     faces = data["attacks"]["leat"]["per_image"]["a.png"]["toy_pipe"]["face"]
     assert faces == ["no clean face"] * 2
     assert "identity_dsr" in data["definitions"] and "face_dsr" in data["definitions"]
-    md = (out / evaluate.REPORT_MD).read_text()
+    md = (out / evaluate_report.REPORT_MD).read_text()
     assert "| mean identity cosine | identity DSR |" in md and "< 0.9999" in md
     assert f"| leat | toy_pipe | known | 2 | {100 * s['dsr']:.1f}% |" in md
 
@@ -156,9 +157,9 @@ def test_non_finite_outputs_count_as_not_disrupted_and_show_no_face(checks):
 def test_toml_arcface_folder_is_relative_to_the_file(tmp_path):
     cfg = tmp_path / "eval.toml"
     cfg.write_text('arcface = "weights/simswap_id"\nidentity_threshold = 0.4\n')
-    assert evaluate.read_toml(cfg)["arcface"] == str(tmp_path / "weights" / "simswap_id")
+    assert evaluate_config.read_toml(cfg)["arcface"] == str(tmp_path / "weights" / "simswap_id")
     cfg.write_text('arcface = "stand-in"\n')
-    built = evaluate.build("c", "p", "o", evaluate.read_toml(cfg))
+    built = evaluate_config.build("c", "p", "o", evaluate_config.read_toml(cfg))
     assert built.arcface == identity.STAND_IN and built.identity_threshold == identity.IDENTITY_THRESHOLD
 
 

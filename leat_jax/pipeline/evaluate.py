@@ -17,8 +17,9 @@ known and unknown), and writes into OUT_DIR:
 
 Every check that needs no weights (folders, images, pipeline names and
 folders, each pipeline's settings against the folder, devices) runs before
-any network is built. ``build_samples`` is ``--samples``: the demo's
-output against the bundled samples, every pipeline on stand-in weights.
+any network is built. The settings (and ``--samples``, the demo's output
+against the bundled samples): ``pipeline.evaluate_config``; the tables, the
+definitions and the figure: ``pipeline.evaluate_report``; here the job.
 
 With ``baseline``, the image-space attack (``attack.image_space``) runs on
 the clean images over the *known* attributes only, with LEAT's settings (read
@@ -42,220 +43,34 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image, ImageDraw
 
-from leat_jax import __version__, deepfakes
+from leat_jax import __version__
 from leat_jax.attack import AttackConfig
-from leat_jax.attack.config import STARTS
 from leat_jax.attack.image_space import make_sharded_image_attack
 from leat_jax.attack.start import LearnedStart
 from leat_jax.errors import SetupError
 from leat_jax.parallel.mesh import data_mesh, replicate
 from leat_jax.pipeline import attributes as attrs_mod
 from leat_jax.pipeline import countermeasures, identity, images, inputs, metrics
-from leat_jax.pipeline.config import load_toml
-from leat_jax.pipeline.immunize import SAMPLES
-from leat_jax.pipeline.start_file import load_start, record, reload
+from leat_jax.pipeline.evaluate_config import EvaluateConfig, PipelineSpec
+from leat_jax.pipeline.evaluate_report import (
+    DEFINITIONS,
+    FIGURE,
+    REPORT_JSON,
+    REPORT_MD,
+    difference_tile,
+    figure,
+    markdown,
+    nan_as_null,
+)
+from leat_jax.pipeline.start_file import record, reload
 from leat_jax.victims.base import resize
 
-REPORT_JSON = "leat-jax-evaluation.json"
-REPORT_MD = "leat-jax-evaluation.md"
-FIGURE = "leat-jax-evaluation.png"
 STAND_IN_WARNING = (
     "WARNING: stand-in weights ({names}): random networks, not the deepfake models. These numbers mean "
     "NOTHING about real protection; they only show the machinery working. For real numbers convert the "
     "official checkpoints (`leat-jax convert`) and pass --pipelines NAME=DIR,..."
 )
-TILE = 128
-
-
-@dataclasses.dataclass(frozen=True)
-class PipelineSpec:
-    name: str
-    folder: str | None = None  # None: stand-in weights
-
-
-@dataclasses.dataclass(frozen=True)
-class EvaluateConfig:
-    """Settings of an evaluation.
-
-    Attributes:
-      clean, protected, out: the three folders.
-      pipelines: what to run (``--pipelines``; bare names need ``stand_in_weights``).
-      sections: per pipeline, its TOML table (attributes; see ``pipeline.attributes``).
-      stand_in_weights: allow bare pipeline names (random weights; numbers mean nothing).
-      baseline: also run and evaluate the image-space attack.
-      attack: the baseline's settings; None: LEAT's, from the immunize report
-        in ``protected`` (``AttackConfig()`` defaults when there is none). A learned
-        start there is read again from the file the report names, if its digest still matches.
-      start: the baseline's start, over ``attack``'s or the report's: ``random``, ``zero``
-        or a ``LearnedStart`` (``start_file.load_start``); None: theirs.
-      seed: the baseline's random starts (with each image's relative path), the
-        stand-in weights and sampled attributes; None: the immunize report's seed, else 0.
-      threshold: the disruption threshold on MSE (0.05).
-      identity_threshold: a pair is identity-disrupted when the ArcFace cosine of its outputs is below it
-        (``identity.IDENTITY_THRESHOLD``, 0.3: why there).
-      arcface: ArcFace weights of the identity check when no SimSwap pipeline has a folder: a converted
-        ``simswap_id`` folder, or ``"stand-in"`` (needs ``stand_in_weights``); None: no identity check.
-      figure_rows: images shown in the figure (0: no figure).
-      max_size: largest accepted image side.
-      devices: the baseline runs on the first N local devices (None: all).
-      extra_pipelines: ``module:function`` entries (``LEAT_EXTRA_DEEPFAKES``).
-      quiet: no progress lines.
-      countermeasure: applied to every protected image as it is read (e.g.
-        ``jpeg75``; ``pipeline.countermeasures``): the disruption after an upload.
-    """
-
-    clean: str
-    protected: str
-    out: str
-    pipelines: tuple[PipelineSpec, ...] = ()
-    sections: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
-    stand_in_weights: bool = False
-    baseline: bool = False
-    attack: AttackConfig | None = None
-    start: Any = None
-    seed: int | None = None
-    threshold: float = metrics.THRESHOLD
-    identity_threshold: float = identity.IDENTITY_THRESHOLD
-    arcface: str | None = None
-    figure_rows: int = 4
-    max_size: int = 2048
-    devices: int | None = None
-    extra_pipelines: tuple[str, ...] = ()
-    quiet: bool = False
-    countermeasure: str | None = None
-
-    def __post_init__(self):
-        if self.countermeasure is not None:
-            countermeasures.check(self.countermeasure)
-        if type(self.figure_rows) is not int or self.figure_rows < 0:
-            raise SetupError(f"figure_rows must be a non-negative integer, got {self.figure_rows!r}")
-        if not isinstance(self.threshold, (int, float)) or not self.threshold >= 0:
-            raise SetupError(f"threshold must be a non-negative number, got {self.threshold!r}")
-        t = self.identity_threshold
-        if type(t) not in (int, float) or not -1 <= t <= 1:
-            raise SetupError(f"identity_threshold must be a cosine in [-1, 1], got {t!r}")
-        if self.arcface is not None and not isinstance(self.arcface, str):
-            raise SetupError(f'arcface must be a folder or "stand-in", got {self.arcface!r}')
-        if self.seed is not None and (type(self.seed) is not int or not 0 <= self.seed < 2**32):
-            raise SetupError(f"seed must be an integer in 0..2**32-1, got {self.seed!r}")
-        if not (self.start is None or self.start in STARTS or isinstance(self.start, LearnedStart)):
-            raise SetupError(f"start must be random, zero or a learned start's file, got {self.start!r}")
-        if self.devices is not None and (type(self.devices) is not int or self.devices < 1):
-            raise SetupError(f"devices must be a positive integer, got {self.devices!r}")
-        for name in ("stand_in_weights", "baseline", "quiet"):
-            if type(getattr(self, name)) is not bool:
-                raise SetupError(f"{name} must be true or false, got {getattr(self, name)!r}")
-
-
-def parse_pipelines(text: str) -> tuple[PipelineSpec, ...]:
-    """``name=DIR,name,...`` -> specs."""
-    out = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        name, sep, folder = (s.strip() for s in part.partition("="))
-        if sep and not folder:
-            raise SetupError(f"--pipelines: {name}= names no folder")
-        out.append(PipelineSpec(name, folder or None))
-    return tuple(out)
-
-
-_TOP = {"baseline", "seed", "threshold", "figure_rows", "max_size", "stand_in_weights", "devices", "countermeasure",
-        "identity_threshold", "arcface"}
-
-
-def read_toml(path) -> dict[str, Any]:
-    """The ``--config`` file -> settings for ``build``::
-
-        threshold = 0.05
-        identity_threshold = 0.3
-        arcface = "weights/simswap_id"   # relative to the file, or "stand-in"
-        [attack]            # the baseline's AttackConfig fields
-        iterations = 50
-        [pipelines]         # name = folder (relative to the file) or "stand-in"
-        simswap = "ckpt/simswap"
-        [simswap]           # attributes: see leat_jax.pipeline.attributes
-        known = 2
-        unknown = 2
-    """
-    path = Path(path)
-    data = load_toml(path)
-    out: dict[str, Any] = {"sections": {}}
-    attack_keys = {f.name for f in dataclasses.fields(AttackConfig)}
-    for key, value in data.items():
-        if key == "attack":
-            if not isinstance(value, dict) or set(value) - attack_keys:
-                raise SetupError(f"{path}: [attack] takes {', '.join(sorted(attack_keys))}")
-            out["attack"] = dict(value)
-            if isinstance(value.get("start"), str) and value["start"] not in STARTS:
-                out["attack"]["start"] = str(path.parent / value["start"])  # relative to the TOML file
-        elif key == "pipelines":
-            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-                raise SetupError(f'{path}: [pipelines] must map names to folders or "stand-in"')
-            out["pipelines"] = tuple(
-                PipelineSpec(n, None if d == "stand-in" else str(path.parent / d)) for n, d in value.items())
-        elif isinstance(value, dict):
-            out["sections"][key] = dict(value)
-        elif key == "arcface" and isinstance(value, str) and value != identity.STAND_IN:
-            out[key] = str(path.parent / value)
-        elif key in _TOP:
-            out[key] = value
-        else:
-            raise SetupError(f"{path}: unknown setting {key!r}; known: attack, pipelines, [NAME] tables, "
-                             f"{', '.join(sorted(_TOP))}")
-    return out
-
-
-# --samples: the cheapest settings that still split known / unknown (README: minutes per pipeline on a CPU)
-SAMPLES_SECTIONS = {
-    "styleclip": {"known": 1, "unknown": 1},
-    "diffae": {"known": ["Smiling:0.3"], "unknown": ["Young:-0.3"], "inversion_steps": 2, "render_steps": 2},
-    "icface": {"known": 1, "unknown": 1},
-}
-
-
-SAMPLES_OUT = "evaluation"  # --samples: the report's default folder, inside the demo's output
-
-
-def build_samples(protected, out=None, toml: Mapping[str, Any] | None = None, **flags) -> EvaluateConfig:
-    """``--samples``: the bundled sample faces against ``protected`` (what ``immunize --samples`` wrote).
-
-    Args:
-      protected: the demo's output folder.
-      out: where the report goes (None: ``protected/evaluation``).
-      toml: ``read_toml``'s settings: they update every pipeline on stand-in weights at ``SAMPLES_SECTIONS``.
-      flags: as ``build``'s.
-    Returns:
-      the config.
-    """
-    toml = dict(toml or {})
-    sections = {n: dict(v) for n, v in SAMPLES_SECTIONS.items()}
-    for name, table in toml.pop("sections", {}).items():
-        sections[name] = {**sections.get(name, {}), **table}
-    settings = {"pipelines": tuple(PipelineSpec(n) for n in deepfakes.NAMES), "stand_in_weights": True,
-                **toml, "sections": sections}
-    out = Path(protected) / SAMPLES_OUT if out is None else out
-    return build(SAMPLES, protected, out, settings, **flags)
-
-
-def build(clean, protected, out, toml: Mapping[str, Any] | None = None, **flags) -> EvaluateConfig:
-    """Defaults < ``toml`` < ``flags`` (None: not given)."""
-    values = {**dict(toml or {}), **{k: v for k, v in flags.items() if v is not None}}
-    attack = values.pop("attack", None)
-    if isinstance(values.get("start"), str) and values["start"] not in STARTS:
-        values["start"] = load_start(values["start"])  # checked against eps once the attack is known
-    if attack is not None:
-        if isinstance(attack.get("start"), str) and attack["start"] not in STARTS:
-            attack = {**attack, "start": load_start(attack["start"], attack.get("eps", AttackConfig.eps))}
-        try:
-            values["attack"] = AttackConfig(**attack)
-        except (TypeError, ValueError) as e:
-            raise SetupError(f"attack settings: {e}") from None
-    return EvaluateConfig(clean=str(clean), protected=str(protected), out=str(out), **values)
-
 
 
 # ---------------------------------------------------------------- checks that need no weights
@@ -644,116 +459,7 @@ def _attacks(cfg, leat: _Leat, loaded: list[_Loaded], pairs, out: Path, mesh, sh
     return attacks, cache, used
 
 
-# ---------------------------------------------------------------- the report
-
-
-def _nan_as_null(obj):
-    """NaN and infinities (a pipeline gone numerically wrong) as null, so the JSON stays valid."""
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _nan_as_null(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_nan_as_null(v) for v in obj]
-    return obj
-
-
-def _fmt(v, pct=False):
-    if v is None:
-        return "-"
-    return f"{100 * v:.1f}%" if pct else f"{v:.4g}"
-
-
-def _pipeline_splits(data: dict):
-    """(attack, pipeline, split, summary) for every non-empty known / unknown summary, in report order."""
-    for attack, res in data["attacks"].items():
-        for name, splits in res["pipelines"].items():
-            for split in ("known", "unknown"):
-                if splits.get(split):
-                    yield attack, name, split, splits[split]
-
-
-def _pipeline_table(data: dict) -> list[str]:
-    lines = ["| attack | pipeline | attributes | pairs | mean MSE | DSR | image DSR (all attributes) | "
-             "masked MSE | masked DSR |", "|---|---|---|---|---|---|---|---|---|"]
-    for attack, name, split, s in _pipeline_splits(data):
-        lines.append(f"| {attack} | {name} | {split} | {s['pairs']} | {_fmt(s['mean_mse'])} | "
-                     f"{_fmt(s['dsr'], True)} | {_fmt(s['image_dsr'], True)} | "
-                     f"{_fmt(s['mean_masked_mse'])} | {_fmt(s['masked_dsr'], True)} |")
-    return lines
-
-
-def _overall_table(data: dict) -> list[str]:
-    lines = ["| attack | attributes | Avg-DSR | E-DSR | Avg masked DSR | E masked DSR |", "|---|---|---|---|---|---|"]
-    for attack, res in data["attacks"].items():
-        for split in ("known", "unknown", "all"):
-            o = res["overall"].get(split)
-            if o:
-                lines.append(f"| {attack} | {split} | {_fmt(o['avg_dsr'], True)} | {_fmt(o['e_dsr'], True)} | "
-                             f"{_fmt(o['avg_masked_dsr'], True)} | {_fmt(o['e_masked_dsr'], True)} |")
-    return lines
-
-
-def _identity_table(data: dict) -> list[str]:
-    lines = ["| attack | pipeline | attributes | pairs | DSR (pixels) | mean identity cosine | identity DSR | "
-             "clean outputs with a face | no face | other face | face DSR |", "|---" * 11 + "|"]
-    for attack, name, split, s in _pipeline_splits(data):
-        lines.append(f"| {attack} | {name} | {split} | {s['pairs']} | {_fmt(s['dsr'], True)} | "
-                     f"{_fmt(s['mean_identity_cosine'])} | {_fmt(s['identity_dsr'], True)} | "
-                     f"{s['clean_faces']} | {_fmt(s['no_face_rate'], True)} | "
-                     f"{_fmt(s['other_face_rate'], True)} | {_fmt(s['face_dsr'], True)} |")
-    weights = data.get("identity_weights")
-    return lines + ["", f"Identity: SimSwap ArcFace ({weights or 'not run: no weights'}); identity-disrupted when "
-                    f"the cosine of the outputs' embeddings < {data['identity_threshold']}. Face: MTCNN, largest "
-                    f"box; other face when IoU < {identity.IOU_THRESHOLD}; rates over the pairs whose clean output "
-                    "shows a face."]
-
-
-def _cost_table(data: dict) -> list[str]:
-    lines = ["| attack | PSNR (dB) | SSIM | max L-inf | attack, seconds per image | "
-             "this evaluation, seconds per image |", "|---|---|---|---|---|---|"]
-    for attack, res in data["attacks"].items():
-        im = res["imperceptibility"]
-        lines.append(f"| {attack} | {_fmt(im['psnr'])} | {_fmt(im['ssim'])} | {_fmt(im['linf'])} | "
-                     f"{_fmt(res.get('attack_seconds_per_image'))} | {_fmt(res.get('evaluation_seconds_per_image'))} |")
-    return lines + ["", "Attack seconds: LEAT's from the immunize report in the protected folder (- when there is "
-                    "none), the baseline's measured here; evaluation seconds: every pipeline's passes on the clean "
-                    "and attacked image (clean outputs computed once, on the first attack)."]
-
-
-def markdown(data: dict) -> str:
-    """The JSON report (``run``'s) as Markdown tables."""
-    lines = ["# leat-jax evaluation", ""]
-    if data.get("warning"):
-        lines += [f"**{data['warning']}**", ""]
-    lines += [f"{data['images']} image pairs; disrupted when the output MSE (in [-1, 1]) > {data['threshold']}. "
-              "Definitions: see `definitions` in the JSON report.", ""]
-    lines += [*_pipeline_table(data), "", *_overall_table(data), "", *_identity_table(data), "",
-              *_cost_table(data), "", "Attributes:", ""]
-    for name, a in data["attributes"].items():
-        lines.append(f"- {name}: known {', '.join(a['known']) or '-'}; unknown {', '.join(a['unknown']) or '-'}")
-    return "\n".join(lines) + "\n"
-
-
-DEFINITIONS = {
-    "mse": "mean((out(x_adv, c) - out(x, c))**2) over pixels and channels, outputs in [-1, 1]",
-    "disrupted": "mse > threshold (Ruiz et al. 2020: 0.05)",
-    "masked_mse": "CMUA-Watermark: mask = sum_channels |out(x, c) - resize(x)| > 0.5; "
-                  "sum((adv - clean)**2 * mask) / (sum(mask) * 3); empty mask: NaN, not disrupted",
-    "dsr": "per pipeline and split: fraction of (image, attribute) pairs disrupted",
-    "image_dsr": "per pipeline and split: fraction of images disrupted for every attribute of the split",
-    "avg_dsr": "mean over pipelines of dsr",
-    "e_dsr": "fraction of images disrupted for every attribute of the split on every pipeline",
-    "psnr": "of x_adv against x on [0, 1] (data range 1), mean over images with a change",
-    "ssim": "Wang et al. 2004, Gaussian 11x11 window, sigma 1.5, on [0, 1], valid positions, mean over "
-            "channels, positions and images",
-    "attack_seconds_per_image": "the attack's cost: wall time of the attack divided by the images (first call "
-                                "includes compilation); LEAT's from the immunize report (run seconds / images "
-                                "protected), null without one",
-    "evaluation_seconds_per_image": "this evaluation's cost for the attack: wall time of every pipeline's passes "
-                                    "divided by the images; the clean outputs are computed once, on the first attack",
-    **identity.DEFINITIONS,
-}
+# ---------------------------------------------------------------- the report and the figure
 
 
 def _report(cfg, leat: _Leat, loaded: list[_Loaded], pairs, skipped, attacks, baseline_used, warning) -> dict:
@@ -784,55 +490,6 @@ def _report(cfg, leat: _Leat, loaded: list[_Loaded], pairs, skipped, attacks, ba
     }
 
 
-# ---------------------------------------------------------------- the figure
-
-
-def _to8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint((np.asarray(x, np.float64) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def difference_tile(clean_out: np.ndarray, protected_out: np.ndarray) -> tuple[np.ndarray, str]:
-    """|protected - clean| (mean over channels), amplified so its largest value is white.
-
-    Args:
-      clean_out, protected_out: (h, w, 3) outputs in [-1, 1].
-    Returns:
-      the (h, w, 3) tile in [-1, 1] (black: no change) and its label (the scale, or "identical").
-    """
-    d = np.abs(np.asarray(protected_out, np.float64) - np.asarray(clean_out, np.float64)).mean(axis=-1)
-    top = float(d.max())
-    if not np.isfinite(top) or top == 0.0:
-        return np.full(d.shape + (3,), -1.0), "identical" if top == 0.0 else "non-finite"
-    scale = 1.0 / top
-    return np.repeat((2.0 * d * scale - 1.0)[..., None], 3, axis=-1), f"x{scale:.3g}"
-
-
-def figure(rows, titles: list[str], warning: str | None):
-    """rows: [(rel, [(tile (h, w, 3) in [-1, 1], label or None)])], titles: one per column -> PIL image."""
-    pad, head, label = 6, 40, 14
-    cols = len(titles)
-    sheet = Image.new("RGB", (pad + cols * (TILE + pad), head + len(rows) * (TILE + label + pad) + pad), "white")
-    draw = ImageDraw.Draw(sheet)
-    for c, t in enumerate(titles):
-        draw.text((pad + c * (TILE + pad), head - 14), t[:22], fill=(0, 0, 0))
-    if warning:
-        draw.text((pad, 4), "STAND-IN WEIGHTS: these outputs mean nothing about real protection", fill=(200, 0, 0))
-    y = head
-    for rel, tiles in rows:
-        for c, (t, text) in enumerate(tiles):
-            im = Image.fromarray(_to8(t))
-            im = im.resize((TILE, max(1, round(TILE * im.height / im.width))) if im.width >= im.height
-                           else (max(1, round(TILE * im.width / im.height)), TILE), Image.BILINEAR)
-            sheet.paste(im, (pad + c * (TILE + pad), y))
-            if text:  # on a black box: readable on any tile
-                at = (pad + c * (TILE + pad) + 3, y + 3)
-                draw.rectangle(draw.textbbox(at, text), fill=(0, 0, 0))
-                draw.text(at, text, fill=(255, 255, 0))
-        draw.text((pad, y + TILE + 1), rel[:60], fill=(80, 80, 80))
-        y += TILE + label + pad
-    return sheet
-
-
 def _figure_content(loaded: list[_Loaded], pairs, cache: Mapping, shown: Mapping):
     """(column titles, rows) of the figure: inputs, per pipeline its outputs (stand-in: and their difference)."""
     titles = ["clean input", "protected"]
@@ -856,7 +513,7 @@ def _figure_content(loaded: list[_Loaded], pairs, cache: Mapping, shown: Mapping
 
 def _write(cfg, out: Path, data: dict, figure_content) -> None:
     """The JSON and Markdown reports, and the figure (``figure_content``: titles and rows, or None)."""
-    (out / REPORT_JSON).write_text(json.dumps(_nan_as_null(data), indent=2, allow_nan=False) + "\n")
+    (out / REPORT_JSON).write_text(json.dumps(nan_as_null(data), indent=2, allow_nan=False) + "\n")
     (out / REPORT_MD).write_text(markdown(data))
     if figure_content is not None:
         tmp = out / f".{FIGURE}.{os.getpid()}.part"
