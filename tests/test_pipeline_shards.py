@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from leat_jax import cli
 from leat_jax.pipeline import sinks, sources
 from tests.engine_toys import mixed_set
-from tests.test_pipeline_immunize import STEP8, immunize, outputs, report, toy_victims  # noqa: F401
+from tests.test_pipeline_immunize import ATTACK, STEP8, immunize, outputs, report, toy_victims  # noqa: F401
 
 pytest.importorskip("pyarrow")
 
@@ -53,6 +54,13 @@ def test_tar_and_parquet_shards_give_the_files_of_a_folder_run(tmp_path, capsys)
     for name, part in (("s0.tar", files[:2]), ("s1.parquet", files[2:])):  # one shard file as SRC
         rc, err = immunize(capsys, shards_in / name, tmp_path / name)
         assert rc == 0 and shard_files(tmp_path / name, name) == {k: got[k] for k, _ in part}, err
+    shown = tmp_path / "shown"  # not --quiet: a line per shard
+    shown.mkdir()
+    for name in ("s0.tar", "s1.parquet"):
+        (shown / name).write_bytes((shards_in / name).read_bytes())
+    assert cli.main(["immunize", str(shown), str(tmp_path / "shown_out"), *ATTACK]) == 0
+    err = capsys.readouterr().err
+    assert "shard 1/2 s0.tar: 2 protected, 0 failed" in err and "shard 2/2 s1.parquet: 3 protected, 0 failed" in err
 
 
 def test_unusable_shards_are_one_line_errors_and_the_rest_is_done(tmp_path, capsys):

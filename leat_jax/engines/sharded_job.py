@@ -108,14 +108,18 @@ def stages(cfg: ImmunizeConfig, found: list, engine, stream, start) -> immunize.
             f"victims: {', '.join(loaded.names)}; {runner.what}; eps {cfg.attack.eps}, "
             f"{cfg.attack.iterations} iterations")
         rows = [shard_stages.shard_row(s, out[s.rel]) for s in todo]
-        for r in runner.rows(rows) if rows else ():
-            for record in json.loads(r["record"]):
+        for k, r in enumerate(runner.rows(rows) if rows else (), 1):
+            records = json.loads(r["record"])
+            for record in records:
                 if record["status"] == "failed":
                     counts.failed += 1
                     unread += [record] if record["path"] in out else []
                     print(f"leat-jax: error: {record['error']}", file=stream, flush=True)
                 else:
                     counts.protected += 1
+            failed = sum(record["status"] == "failed" for record in records)
+            say(f"leat-jax: shard {k}/{len(rows)} {shard_stages.shard_of(r['item']).rel}: "
+                f"{len(records) - failed} protected, {failed} failed ({time.monotonic() - start:.0f} s)")
     summary = finish(cfg, found, out, counts, (settings, settings_hash, warning, runner.stats, unread), say, start)
     if loaded.stand_in:
         print("leat-jax: reminder: stand-in weights; this output protects against nothing.", file=stream, flush=True)
