@@ -80,6 +80,17 @@ def test_jpeg_gradient_path_stays_near_the_exact_value():
     assert np.abs(np.asarray(soft) - _pillow_jpeg(u8, 75)).mean() <= 1.0
 
 
+@pytest.mark.parametrize("gradient, slope", [("square", lambda d: 2 * np.abs(d)), ("cubic", lambda d: 3 * d**2),
+                                             ("identity", lambda d: np.ones_like(d))])
+def test_quantisation_rounds_forward_and_has_its_surrogate_slope(gradient, slope):
+    table = jnp.full((8, 8), 4.0)
+    d = np.linspace(-0.45, 0.45, 64, dtype=np.float32).reshape(8, 8)  # offsets from the grid, in steps
+    coefficients = jnp.asarray((np.arange(64).reshape(8, 8) - 30 + d) * 4.0)
+    out, vjp = jax.vjp(lambda c: jpeg.quantise(c, table, gradient), coefficients)
+    np.testing.assert_array_equal(np.asarray(out), (np.arange(64).reshape(8, 8) - 30) * 4.0)
+    np.testing.assert_allclose(np.asarray(vjp(jnp.ones((8, 8)))[0]), slope(d), rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("quality", [1, 10, 25, 50, 75, 95, 100])
 def test_quant_tables_are_the_ones_pillow_writes(quality):
     buf = io.BytesIO()
@@ -132,8 +143,8 @@ def test_gradients_are_finite_and_nonzero(kind):
     x = _to_unit(_synthetic("ramp"))[:19, :22] * 0.9  # smooth: blur and JPEG keep most of it
     g = _loss_gradient(jax.random.key(2), x, chain)
     assert g.shape == x.shape and bool(jnp.all(jnp.isfinite(g)))
-    # d sum(T(x)**2) / dx is 2x for the identity; every kind keeps a share of it (JPEG's cubic surrogate has a
-    # mean slope of 1/4 per rounded coefficient)
+    # d sum(T(x)**2) / dx is 2x for the identity; every kind keeps a share of it (JPEG's surrogate has a mean
+    # slope of 1/2 per rounded coefficient)
     assert float(jnp.mean(jnp.abs(g))) > 0.1 * float(jnp.mean(jnp.abs(2 * x)))
 
 

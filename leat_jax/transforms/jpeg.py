@@ -9,8 +9,9 @@ whole MCUs across, chroma rows replicated after downsampling); 8x8 DCT; IJG tabl
 
 The gradient comes from the same steps in floating point (Reich et al., "Differentiable JPEG: The Devil is in the
 Details", WACV 2024, "STE" variant: exact value forward, surrogate backward): the quantisation rounding has the
-slope of Shin and Song's cubic ``r + (x - r)**3`` (or 1, ``gradient="identity"``); the other roundings pass
-gradients straight through. The quality only sets the tables: it may be traced (one per image) but gets no gradient.
+slope of ``r + (x - r) * |x - r|`` (default, "square"), of Shin and Song's cubic ``r + (x - r)**3`` ("cubic") or 1
+("identity"); the other roundings pass gradients straight through. The quality only sets the tables: it may
+be traced (one per image) but gets no gradient.
 """
 
 import functools
@@ -71,12 +72,17 @@ def quantise(coefficients, table, gradient: str):
     """Quantises and dequantises DCT coefficients: exact rounding forward, surrogate gradient backward."""
     x = coefficients / table
     r = jax.lax.stop_gradient(jnp.round(x))
-    if gradient == "cubic":
-        soft = r + (x - r) ** 3  # Shin and Song's approximation; its slope is 3 (x - r)**2
+    d = x - r
+    if gradient == "square":
+        # slope 2 |d|: zero on the grid, 1 at a rounding boundary. Attacking through q75, it kept more than the
+        # cubic (slope 3 d**2) and far more than 1 (benchmarks/RESULTS.md, "The rounding's surrogate")
+        soft = r + d * jnp.abs(d)
+    elif gradient == "cubic":
+        soft = r + d**3  # Shin and Song's approximation
     elif gradient == "identity":
         soft = x
     else:
-        raise ValueError(f"jpeg: unknown gradient {gradient!r} (cubic or identity)")
+        raise ValueError(f"jpeg: unknown gradient {gradient!r} (square, cubic or identity)")
     return straight_through(r, soft) * table
 
 
@@ -126,7 +132,7 @@ def float_block_codec(plane, table, gradient: str):
     Args:
         plane: (H, W) samples 0..255.
         table: (8, 8) quantisation table.
-        gradient: the quantisation rounding's surrogate, "cubic" or "identity".
+        gradient: the quantisation rounding's surrogate, "square", "cubic" or "identity".
     Returns:
         The decoded plane, rounded and clamped to 0..255 (within a level or two of ``exact_block_codec``).
     """
@@ -199,7 +205,7 @@ def codec(levels, tables, block_codec, rgb_to_ycc, ycc_to_rgb):
     return ycc_to_rgb(jnp.stack(planes, axis=-1))
 
 
-def jpeg(image, quality, gradient: str = "cubic"):
+def jpeg(image, quality, gradient: str = "square"):
     """JPEG round trip at ``quality`` of one image, as Pillow's ``save(format="JPEG", quality=q)`` and reopen.
 
     The value is libjpeg-turbo's integer arithmetic; the gradient is that of the same steps in floating point
@@ -208,7 +214,8 @@ def jpeg(image, quality, gradient: str = "cubic"):
     Args:
         image: (H, W, 3) RGB or (H, W, 1) greyscale float array in [-1, 1]; any H, W.
         quality: 1..100 (rounded to an integer; may be traced).
-        gradient: surrogate of the quantisation rounding's gradient, "cubic" (Shin and Song) or "identity".
+        gradient: surrogate of the quantisation rounding's gradient, "square" (slope 2 |x - r|), "cubic" (Shin and
+            Song, slope 3 (x - r)**2) or "identity".
     Returns:
         The decoded image, same shape, on the 256 levels of 8 bits in [-1, 1].
     """
