@@ -48,6 +48,7 @@ ARMS = {
     "default-step0.02": ["--robust", "--step", "0.02"],
     "default-adam-cosine": ["--robust", "--update", "adam", "--step-schedule", "cosine"],
     "default-2draws": ["--robust", "--eot-samples", "2"],
+    "q75-95": ["--transforms", "jpeg:quality=75-95,round8"],  # the shipped chain without its lowest qualities
     # each victim's gradient over its L1 norm (the sign step's own measure) instead of its L2 norm
     "plain-l1": ["--ensemble", "normalized_l1"],
     "q75-l1": ["--transforms", "jpeg:quality=75", "--ensemble", "normalized_l1"],
