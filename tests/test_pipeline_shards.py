@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import sys
 
 import numpy as np
 import pytest
@@ -79,3 +80,17 @@ def test_unusable_shards_are_one_line_errors_and_the_rest_is_done(tmp_path, caps
     assert rc == 2 and err.strip().splitlines() == ["leat-jax: error: --engine inprocess: --faces detect works on "
                                                    "folders and list files, not on tar or Parquet shards; use "
                                                    "--faces aligned"]
+
+
+def test_without_fsspec_or_pyarrow_shards_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    shards_in = tmp_path / "shards"
+    shards_in.mkdir()
+    (shards_in / "s0.tar").write_bytes(sinks.encode_shard("tar", [("x.png", b"")]))
+    monkeypatch.setitem(sys.modules, "fsspec", None)  # a core install, without leat-jax[storage]
+    rc, err = immunize(capsys, shards_in, tmp_path / "out")
+    assert rc == 2 and err.strip().splitlines() == [f"leat-jax: error: {shards_in}: tar and Parquet shards and URLs "
+                                                   "need fsspec (pip install 'leat-jax[storage]')"]
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(sources.SourceError, match=r"^a.parquet: Parquet shards need pyarrow \(pip install"):
+        sources.members(sources.Shard("a.parquet", "a.parquet", "parquet", "1:1"), b"PAR1")
