@@ -82,6 +82,20 @@ def test_unusable_shards_are_one_line_errors_and_the_rest_is_done(tmp_path, caps
                                                    "--faces aligned"]
 
 
+def test_a_dst_that_cannot_take_the_shards_is_a_one_line_error(tmp_path, capsys):
+    shards_in = tmp_path / "shards"
+    shards_in.mkdir()
+    (shards_in / "s0.tar").write_bytes(sinks.encode_shard("tar", [("x.png", b"")]))
+    (tmp_path / "file").write_text("x")
+    cases = [(shards_in, tmp_path / "file", "cannot write there"),
+             (shards_in, tmp_path / "file" / "d", "cannot write there")]
+    for src, dst, reason in cases:
+        rc, err = immunize(capsys, src, dst)
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and reason in lines[0], (src, dst, err)
+    assert (shards_in / "s0.tar").read_bytes() == sinks.encode_shard("tar", [("x.png", b"")])
+
+
 def test_without_fsspec_or_pyarrow_shards_are_one_line_errors(tmp_path, capsys, monkeypatch):
     shards_in = tmp_path / "shards"
     shards_in.mkdir()

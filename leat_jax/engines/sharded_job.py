@@ -65,10 +65,10 @@ def run(cfg: ImmunizeConfig, engine: Callable[[ImmunizeConfig, job.Context], Con
         raise SetupError(str(e)) from None
     if not found:
         raise SetupError(f"{cfg.src}: no .tar or .parquet shards")
-    lock = sinks.output_lock(cfg.dst)  # no second run writes these shards at the same time
     try:
+        lock = sinks.output_lock(cfg.dst)  # no second run writes these shards at the same time
         lock.acquire()
-    except OSError as e:
+    except OSError as e:  # DST a file, or not writable
         raise SetupError(f"{cfg.dst}: cannot write there ({e.strerror or e})") from None
     try:
         return stages(cfg, found, engine, stream, start)
