@@ -62,6 +62,11 @@ def test_tar_and_parquet_shards_give_the_files_of_a_folder_run(tmp_path, capsys)
     assert cli.main(["immunize", str(shown), str(tmp_path / "shown_out"), *ATTACK]) == 0
     err = capsys.readouterr().err
     assert "shard 1/2 s0.tar: 2 protected, 0 failed" in err and "shard 2/2 s1.parquet: 3 protected, 0 failed" in err
+    inner = tmp_path / "outer" / "in"  # SRC inside DST: its shards are inputs
+    inner.mkdir(parents=True)
+    (inner / "s0.tar").write_bytes((shards_in / "s0.tar").read_bytes())
+    rc, err = immunize(capsys, inner, tmp_path / "outer")
+    assert rc == 0 and shard_files(tmp_path / "outer", "s0.tar") == {k: got[k] for k, _ in files[:2]}, err
 
 
 def test_unusable_shards_are_one_line_errors_and_the_rest_is_done(tmp_path, capsys):
@@ -82,13 +87,16 @@ def test_unusable_shards_are_one_line_errors_and_the_rest_is_done(tmp_path, caps
                                                    "--faces aligned"]
 
 
+
 def test_a_dst_that_cannot_take_the_shards_is_a_one_line_error(tmp_path, capsys):
     shards_in = tmp_path / "shards"
     shards_in.mkdir()
     (shards_in / "s0.tar").write_bytes(sinks.encode_shard("tar", [("x.png", b"")]))
     (tmp_path / "file").write_text("x")
     cases = [(shards_in, tmp_path / "file", "cannot write there"),
-             (shards_in, tmp_path / "file" / "d", "cannot write there")]
+             (shards_in, tmp_path / "file" / "d", "cannot write there"),
+             (shards_in, shards_in, "its output would overwrite it"),
+             (shards_in / "s0.tar", shards_in, "its output would overwrite it")]
     for src, dst, reason in cases:
         rc, err = immunize(capsys, src, dst)
         lines = err.strip().splitlines()

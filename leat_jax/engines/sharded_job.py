@@ -59,12 +59,7 @@ def run(cfg: ImmunizeConfig, engine: Callable[[ImmunizeConfig, job.Context], Con
     if cfg.distributed is not None:
         raise SetupError("--distributed works on folders and list files; run tar or Parquet shards in one process "
                          "or with --engine ray")
-    try:
-        found = [s for s in sources.list_shards(cfg.src) if not inside(s.url, cfg.dst)]
-    except sources.SourceError as e:
-        raise SetupError(str(e)) from None
-    if not found:
-        raise SetupError(f"{cfg.src}: no .tar or .parquet shards")
+    found = input_shards(cfg.src, cfg.dst)
     try:
         lock = sinks.output_lock(cfg.dst)  # no second run writes these shards at the same time
         lock.acquire()
@@ -74,6 +69,32 @@ def run(cfg: ImmunizeConfig, engine: Callable[[ImmunizeConfig, job.Context], Con
         return stages(cfg, found, engine, stream, start)
     finally:
         lock.release()
+
+
+def input_shards(src: str, dst: str) -> list[sources.Shard]:
+    """The shards of SRC to protect into DST: ``SetupError`` (one line) when there are none or DST would overwrite one.
+
+    With DST inside SRC the shards under DST are outputs, not inputs; with
+    SRC inside DST they are all inputs.
+    """
+    try:
+        listed = sources.list_shards(src)
+    except sources.SourceError as e:
+        raise SetupError(str(e)) from None
+    for s in listed:
+        if same_place(s.url, f"{dst.rstrip('/')}/{s.rel}"):
+            raise SetupError(f"{s.url}: its output would overwrite it (DST {dst} is where SRC's shards are); "
+                             "give another DST")
+    found = listed if inside(src, dst) else [s for s in listed if not inside(s.url, dst)]
+    if not found:
+        raise SetupError(f"{src}: no .tar or .parquet shards")
+    return found
+
+
+def same_place(url: str, other: str) -> bool:
+    """Whether two URLs or paths name the same file."""
+    (fs, path), (other_fs, other_path) = sources.filesystem(url), sources.filesystem(other)
+    return fs.protocol == other_fs.protocol and path.rstrip("/") == other_path.rstrip("/")
 
 
 def inside(url: str, dst: str) -> bool:
