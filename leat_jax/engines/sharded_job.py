@@ -170,12 +170,17 @@ def finish(cfg, found, out, counts: job.Counts, about, say, start) -> immunize.S
 
 
 @contextlib.contextmanager
-def local(cfg: ImmunizeConfig, ctx: job.Context) -> Iterator[Runner]:
-    """The in-process engine's runner: every local device, the victims' weights loaded and prepared once."""
+def local(cfg: ImmunizeConfig, ctx: job.Context, show: Callable[[str], None] | None = None) -> Iterator[Runner]:
+    """The in-process engine's runner: every local device, the victims' weights loaded and prepared once.
+
+    ``show``: where the attack's lines go (each compilation, out-of-memory
+    retries), as the folder job shows them; default stderr.
+    """
+    show = show or (lambda text: print(text, file=sys.stderr, flush=True))
     loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
     mesh = immunize.mesh_of(cfg)
     compile_cache.use(compile_cache.resolve(cfg.compile_cache))
-    stage = immunize.attack_stage(cfg, ctx, loaded, mesh, None, lambda text: None)
+    stage = immunize.attack_stage(cfg, ctx, loaded, mesh, None, show)
     platform = mesh.devices.flat[0].platform
     stats = {"devices": int(mesh.devices.size), "platform": platform, "engine": "inprocess"}
     yield Runner(f"{mesh.devices.size} {platform} device(s), batch {stage.batch}", stats,
