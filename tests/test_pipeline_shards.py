@@ -46,7 +46,11 @@ def test_tar_and_parquet_shards_give_the_files_of_a_folder_run(tmp_path, capsys)
         assert 0 < change.max() <= STEP8, key  # changed, within eps in 8-bit levels
     run = report(tmp_path / "out")
     assert run["totals"]["done"] == 5 and run["run"]["per_process"][0]["engine"] == "inprocess"
+    killed = [tmp_path / "out" / f"{name}.{'ab' * 16}.part" for name in ("s0.tar", "s1.parquet" + sinks.MARKER)]
+    for path in [*killed, tmp_path / "out" / f"notes.{'ab' * 16}.part"]:  # a killed run's half-written files
+        path.write_bytes(b"half")
     rc, _ = immunize(capsys, shards_in, tmp_path / "out")  # done markers match: nothing is attacked again
+    assert not any(p.exists() for p in killed) and (tmp_path / "out" / f"notes.{'ab' * 16}.part").exists()
     assert rc == 0 and report(tmp_path / "out")["run"]["already_done"] == 5
     assert report(tmp_path / "out")["run"]["protected"] == 0
     for _ in range(2):  # DST inside SRC: its shards are outputs, not inputs, on the rerun too

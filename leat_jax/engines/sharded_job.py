@@ -66,6 +66,7 @@ def run(cfg: ImmunizeConfig, engine: Callable[[ImmunizeConfig, job.Context], Con
     except OSError as e:  # DST a file, or not writable
         raise SetupError(f"{cfg.dst}: cannot write there ({e.strerror or e})") from None
     try:
+        sinks.clear_partial(cfg.dst, [s.rel for s in found])
         return stages(cfg, found, engine, stream, start)
     finally:
         lock.release()
