@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from leat_jax import cli
+from leat_jax.pipeline import immunize as immunize_job
 from leat_jax.pipeline import sinks, sources
 from tests.engine_toys import mixed_set
 from tests.test_pipeline_immunize import ATTACK, STEP8, immunize, outputs, report, toy_victims  # noqa: F401
@@ -59,6 +60,9 @@ def test_tar_and_parquet_shards_give_the_files_of_a_folder_run(tmp_path, capsys)
     for name, part in (("s0.tar", files[:2]), ("s1.parquet", files[2:])):  # one shard file as SRC
         rc, err = immunize(capsys, shards_in / name, tmp_path / name)
         assert rc == 0 and shard_files(tmp_path / name, name) == {k: got[k] for k, _ in part}, err
+    rc, err = immunize(capsys, shards_in / "s0.tar", tmp_path / "jpeg", "--format", "jpeg")
+    assert rc == 0 and f"\n{immunize_job.JPEG_WARNING}\n" in err  # as the folder job warns
+    assert sorted(shard_files(tmp_path / "jpeg", "s0.tar")) == [k.replace(".png", ".jpg") for k, _ in files[:2]]
     shown = tmp_path / "shown"  # not --quiet: a line per shard
     shown.mkdir()
     for name in ("s0.tar", "s1.parquet"):

@@ -111,8 +111,9 @@ def stages(cfg: ImmunizeConfig, found: list, engine, stream, start) -> immunize.
     loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims, weights=False)
     settings, settings_hash = job.settings(cfg, loaded)
     warning = immunize.STAND_IN_WARNING.format(names=", ".join(loaded.stand_in)) if loaded.stand_in else None
-    if warning:
-        print(warning, file=stream, flush=True)
+    for line in (warning, immunize.JPEG_WARNING if cfg.format == "jpeg" else None):  # as the folder job warns
+        if line:
+            print(line, file=stream, flush=True)
     dst = cfg.dst.rstrip("/")
     ctx = job.Context(Path(dst), Path("."), settings_hash, 0, cfg.attack.eps, cfg.format, cfg.jpeg_quality,
                       cfg.max_size, tuple(loaded.names), {})
