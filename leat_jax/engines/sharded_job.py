@@ -118,13 +118,8 @@ def stages(cfg: ImmunizeConfig, found: list, engine, stream, start) -> immunize.
     ctx = job.Context(Path(dst), Path("."), settings_hash, 0, cfg.attack.eps, cfg.format, cfg.jpeg_quality,
                       cfg.max_size, tuple(loaded.names), {})
     out = {s.rel: f"{dst}/{s.rel}" for s in found}
-    counts, todo = job.Counts(), []
-    for s in found:
-        marker = None if cfg.force else sinks.committed(out[s.rel], settings_hash, s.version)
-        if marker is None:
-            todo.append(s)
-        else:
-            counts.skipped += sum(r["status"] == "done" for r in marker["records"])
+    counts = job.Counts()
+    todo = to_do(found, out, settings_hash, cfg.force, counts)
     unread = []  # records of shards that could not be read: no marker holds them
     with engine(cfg, ctx) as runner:
         say(f"leat-jax: {len(found)} shards ({len(found) - len(todo)} done before) from {cfg.src} -> {dst}; "
@@ -133,20 +128,42 @@ def stages(cfg: ImmunizeConfig, found: list, engine, stream, start) -> immunize.
         rows = [shard_stages.shard_row(s, out[s.rel]) for s in todo]
         for k, r in enumerate(runner.rows(rows) if rows else (), 1):
             records = json.loads(r["record"])
-            for record in records:
-                if record["status"] == "failed":
-                    counts.failed += 1
-                    unread += [record] if record["path"] in out else []
-                    print(f"leat-jax: error: {record['error']}", file=stream, flush=True)
-                else:
-                    counts.protected += 1
-            failed = sum(record["status"] == "failed" for record in records)
+            failed = count(records, counts, out, unread, stream)
             say(f"leat-jax: shard {k}/{len(rows)} {shard_stages.shard_of(r['item']).rel}: "
                 f"{len(records) - failed} protected, {failed} failed ({time.monotonic() - start:.0f} s)")
     summary = finish(cfg, found, out, counts, (settings, settings_hash, warning, runner.stats, unread), say, start)
     if loaded.stand_in:
         print("leat-jax: reminder: stand-in weights; this output protects against nothing.", file=stream, flush=True)
     return summary
+
+
+def to_do(found: list, out: dict, settings_hash: str, force: bool, counts: job.Counts) -> list:
+    """The shards without a matching done marker (all with ``force``); the others' images count as skipped."""
+    todo = []
+    for s in found:
+        marker = None if force else sinks.committed(out[s.rel], settings_hash, s.version)
+        if marker is None:
+            todo.append(s)
+        else:
+            counts.skipped += sum(r["status"] == "done" for r in marker["records"])
+    return todo
+
+
+def count(records: list[dict], counts: job.Counts, out: dict, unread: list, stream) -> int:
+    """Count a finished shard's records, each failure shown on its line; a shard's unread record to ``unread``.
+
+    Returns:
+      How many of ``records`` failed.
+    """
+    failed = 0
+    for record in records:
+        if record["status"] == "failed":
+            failed += 1
+            unread += [record] if record["path"] in out else []
+            print(f"leat-jax: error: {record['error']}", file=stream, flush=True)
+    counts.failed += failed
+    counts.protected += len(records) - failed
+    return failed
 
 
 def finish(cfg, found, out, counts: job.Counts, about, say, start) -> immunize.Summary:
