@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import io
+import json
 import sys
+import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from leat_jax import cli
+from leat_jax.engines import shard_stages
 from leat_jax.pipeline import immunize as immunize_job
-from leat_jax.pipeline import sinks, sources
+from leat_jax.pipeline import job, sinks, sources
 from tests.engine_toys import mixed_set
 from tests.test_pipeline_immunize import ATTACK, STEP8, immunize, outputs, report, toy_victims  # noqa: F401
 
@@ -125,3 +129,37 @@ def test_without_fsspec_or_pyarrow_shards_are_one_line_errors(tmp_path, capsys, 
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     with pytest.raises(sources.SourceError, match=r"^a.parquet: Parquet shards need pyarrow \(pip install"):
         sources.members(sources.Shard("a.parquet", "a.parquet", "parquet", "1:1"), b"PAR1")
+
+
+class PassThrough:
+    """An attack stage that hands each image back unchanged (no victims, no compilation)."""
+
+    batch = 4
+
+    def launch(self, chunk):
+        return [chunk]
+
+    def collect(self, part):
+        return [(p, p.x, {"toy": 0.0}) for p in part]
+
+
+def test_the_in_process_engine_holds_a_shard_once_not_beside_pickled_copies(tmp_path):
+    n, side = 16, 256
+    files = []
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((side, side, 3), i * 9, np.uint8)).save(buf, "PNG")
+        files.append((f"k{i}.png", buf.getvalue()))
+    (tmp_path / "s.tar").write_bytes(sinks.encode_shard("tar", files))
+    shard = sources.list_shards(str(tmp_path / "s.tar"))[0]
+    ctx = job.Context(tmp_path / "out", Path("."), "h", 0, 0.05, "png", 95, 4096, ("toy",), {})
+    row = shard_stages.shard_row(shard, str(tmp_path / "out" / "s.tar"))
+    tracemalloc.start()
+    try:
+        records = json.loads(shard_stages.run_shard(row, ctx, PassThrough())["record"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [r["status"] for r in records] == ["done"] * n
+    inputs = n * side * side * 3 * 4  # the float32 model inputs
+    assert peak < 3 * inputs, peak / inputs  # pickled between the stages, the peak was 5.6x
