@@ -75,6 +75,8 @@ def test_tar_and_parquet_shards_give_the_files_of_a_folder_run(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "shard 1/2 s0.tar: 2 protected, 0 failed" in err and "shard 2/2 s1.parquet: 3 protected, 0 failed" in err
     assert "leat-jax: compiling the attack for 24x24 images" in err  # as the folder job says it
+    bars = [line.split("]")[1].split()[0] for line in err.splitlines() if line.startswith("[")]
+    assert {"2/2", "3/3"} <= set(bars) and set(bars) <= {"0/2", "1/2", "2/2", "0/3", "1/3", "2/3", "3/3"}, err
     inner = tmp_path / "outer" / "in"  # SRC inside DST: its shards are inputs
     inner.mkdir(parents=True)
     (inner / "s0.tar").write_bytes((shards_in / "s0.tar").read_bytes())

@@ -15,6 +15,7 @@ import json
 import pickle
 import posixpath
 from pathlib import Path
+from typing import Callable
 
 from leat_jax.pipeline import images, job, reading, sinks, sources, writing
 from leat_jax.pipeline.images import OUTPUT_FORMATS
@@ -95,7 +96,7 @@ def commit_entries(shard: sources.Shard, out: str, entries: list, ctx: job.Conte
     return records
 
 
-def attack_entries(stage, entries: dict[int, list]) -> None:
+def attack_entries(stage, entries: dict[int, list], done: Callable[[int], None] | None = None) -> None:
     """Replace each ``job.Prepared`` of ``entries`` by (prepared, protected image, distances), by image size.
 
     As in the in-process engine, ``job.IN_FLIGHT`` batches are dispatched
@@ -105,7 +106,9 @@ def attack_entries(stage, entries: dict[int, list]) -> None:
     Args:
       stage: the attack stage (``aligned.AlignedAttack``).
       entries: by row, that row's entries (``job.Prepared`` or failed records); changed in place.
+      done: told how many images each collected batch finished (a progress bar's ``update``).
     """
+    done = done or (lambda n: None)
     by_size: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for i, row_entries in entries.items():
         for j, e in enumerate(row_entries):
@@ -116,22 +119,36 @@ def attack_entries(stage, entries: dict[int, list]) -> None:
         for start in range(0, len(chunk), stage.batch):
             pending.extend(stage.launch(chunk[start:start + stage.batch]))
             while len(pending) > job.IN_FLIGHT:
-                results += stage.collect(pending.popleft())
+                results += collected(stage, pending.popleft(), done)
         while pending:
-            results += stage.collect(pending.popleft())
+            results += collected(stage, pending.popleft(), done)
         for (i, j), result in zip(members, results):
             entries[i][j] = result
 
 
-def run_shard(r: dict, ctx: job.Context, stage) -> dict:
+def collected(stage, launched, done: Callable[[int], None]) -> list:
+    """The results of one launched batch, their count told to ``done``."""
+    results = stage.collect(launched)
+    done(len(results))
+    return results
+
+
+def run_shard(r: dict, ctx: job.Context, stage, bars=None) -> dict:
     """Every stage of one shard in this process (the in-process engine): its row of records.
 
     The entries go from stage to stage as they are: no pickled copy of the
-    shard's images beside them, as a Ray row needs.
+    shard's images beside them, as a Ray row needs. ``bars``: the shard's
+    progress bar (``sharded_job.ShardBars``): ``open(images to attack)``
+    gives its update, ``close()`` ends it after the attack.
     """
     shard = shard_of(r["item"])
     entries = read_entries(shard, ctx)
     if isinstance(entries, dict):
         return {**r, "kind": RECORD, "record": json.dumps([entries])}
-    attack_entries(stage, {0: entries})
+    done = bars.open(sum(isinstance(e, job.Prepared) for e in entries)) if bars is not None else None
+    try:
+        attack_entries(stage, {0: entries}, done)
+    finally:
+        if bars is not None:
+            bars.close()
     return {**r, "kind": RECORD, "record": json.dumps(commit_entries(shard, r["out"], entries, ctx)), "payload": b""}

@@ -21,6 +21,7 @@ from leat_jax.engines import shard_stages
 from leat_jax.errors import SetupError
 from leat_jax.pipeline import compile_cache, faults, immunize, inputs, job, report, sinks, sources, victimset
 from leat_jax.pipeline.config import ImmunizeConfig
+from leat_jax.pipeline.progress import Progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,27 +190,51 @@ def finish(cfg, found, out, counts: job.Counts, about, say, start) -> immunize.S
 
 
 @contextlib.contextmanager
-def local(cfg: ImmunizeConfig, ctx: job.Context, show: Callable[[str], None] | None = None) -> Iterator[Runner]:
+def local(cfg: ImmunizeConfig, ctx: job.Context, stream=None) -> Iterator[Runner]:
     """The in-process engine's runner: every local device, the victims' weights loaded and prepared once.
 
-    ``show``: where the attack's lines go (each compilation, out-of-memory
-    retries), as the folder job shows them; default stderr.
+    On ``stream`` (default stderr), as the folder job shows them: a progress
+    bar per shard (images attacked, rate, ETA; none when quiet) and the
+    attack's lines (each compilation, out-of-memory retries) through it.
     """
-    show = show or (lambda text: print(text, file=sys.stderr, flush=True))
+    bars = ShardBars(stream if stream is not None else sys.stderr, cfg.quiet)
     loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
     mesh = immunize.mesh_of(cfg)
     compile_cache.use(compile_cache.resolve(cfg.compile_cache))
-    stage = immunize.attack_stage(cfg, ctx, loaded, mesh, None, show)
+    stage = immunize.attack_stage(cfg, ctx, loaded, mesh, None, bars.show)
     platform = mesh.devices.flat[0].platform
     stats = {"devices": int(mesh.devices.size), "platform": platform, "engine": "inprocess"}
     yield Runner(f"{mesh.devices.size} {platform} device(s), batch {stage.batch}", stats,
-                 lambda rows: (one_shard(r, ctx, stage) for r in rows))
+                 lambda rows: (one_shard(r, ctx, stage, bars) for r in rows))
 
 
-def one_shard(r: dict, ctx: job.Context, stage) -> dict:
+class ShardBars:
+    """The in-process engine's progress bar of the shard being attacked, and lines shown without tearing it."""
+
+    def __init__(self, stream, quiet: bool):
+        self.stream, self.quiet, self.bar = stream, quiet, None
+
+    def open(self, total: int) -> Callable[[int], None]:
+        """A bar for a shard of ``total`` images to attack; its ``update`` (images done)."""
+        self.bar = Progress(total, stream=self.stream, quiet=self.quiet)
+        return self.bar.update
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def show(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.message(text)
+        else:
+            print(text, file=self.stream, flush=True)
+
+
+def one_shard(r: dict, ctx: job.Context, stage, bars=None) -> dict:
     """Read, attack and commit one shard here; one line for a failure that stops the job (``faults.JobFailed``)."""
     try:
-        return shard_stages.run_shard(r, ctx, stage)
+        return shard_stages.run_shard(r, ctx, stage, bars)
     except OSError as e:  # DST became unwritable mid-run
         raise faults.JobFailed(f"{e.filename or r['out']}: {e.strerror or e}; the job stopped, committed shards are "
                                "kept") from None
