@@ -1,6 +1,7 @@
 """The in-process engine on tar and Parquet shards on a local disk (``engines.sharded_job.local``), end to end."""
 from __future__ import annotations
 
+import errno
 import io
 import json
 import sys
@@ -14,7 +15,7 @@ from PIL import Image
 from leat_jax import cli
 from leat_jax.engines import shard_stages
 from leat_jax.pipeline import immunize as immunize_job
-from leat_jax.pipeline import job, sinks, sources
+from leat_jax.pipeline import inputs, job, sinks, sources
 from tests.engine_toys import mixed_set
 from tests.test_pipeline_immunize import ATTACK, STEP8, immunize, outputs, report, toy_victims  # noqa: F401
 
@@ -84,7 +85,7 @@ def test_tar_and_parquet_shards_give_the_files_of_a_folder_run(tmp_path, capsys)
     assert rc == 0 and shard_files(tmp_path / "outer", "s0.tar") == {k: got[k] for k, _ in files[:2]}, err
 
 
-def test_unusable_shards_are_one_line_errors_and_the_rest_is_done(tmp_path, capsys):
+def test_unusable_shards_are_one_line_errors_and_the_rest_is_done(tmp_path, capsys, monkeypatch):
     src = mixed_set(tmp_path / "src", 1)
     shards_in = tmp_path / "shards"
     shards_in.mkdir()
@@ -96,6 +97,20 @@ def test_unusable_shards_are_one_line_errors_and_the_rest_is_done(tmp_path, caps
     assert rc == 1 and len(errors) == 3 and errors[0].startswith("leat-jax: error: a.tar/y.png: ")
     assert "b.tar: not a readable tar shard" in errors[1] and "2 image(s) failed" in errors[2]
     assert list(shard_files(tmp_path / "out", "a.tar")) == ["x.png"]
+    put = sinks.put
+
+    def full_at_the_report(url, data):
+        if url.endswith(inputs.REPORT):
+            raise OSError(errno.ENOSPC, "No space left on device", url)
+        put(url, data)
+
+    with monkeypatch.context() as m:
+        m.setattr(sinks, "put", full_at_the_report)
+        rc, err = immunize(capsys, shards_in, tmp_path / "full")
+    assert rc == 3 and err.strip().splitlines()[-1] == (
+        f"leat-jax: error: {tmp_path / 'full' / inputs.REPORT}: No space left on device; the report was not written, "
+        "committed shards are kept; run the same command again to write it")
+    assert list(shard_files(tmp_path / "full", "a.tar")) == ["x.png"]
     rc, err = immunize(capsys, shards_in, tmp_path / "out", "--faces", "detect")
     assert rc == 2 and err.strip().splitlines() == ["leat-jax: error: --engine inprocess: --faces detect works on "
                                                    "folders and list files, not on tar or Parquet shards; use "

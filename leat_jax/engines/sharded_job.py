@@ -132,7 +132,11 @@ def stages(cfg: ImmunizeConfig, found: list, engine, stream, start) -> immunize.
             failed = count(records, counts, out, unread, stream)
             say(f"leat-jax: shard {k}/{len(rows)} {shard_stages.shard_of(r['item']).rel}: "
                 f"{len(records) - failed} protected, {failed} failed ({time.monotonic() - start:.0f} s)")
-    summary = finish(cfg, found, out, counts, (settings, settings_hash, warning, runner.stats, unread), say, start)
+    try:
+        summary = finish(cfg, found, out, counts, (settings, settings_hash, warning, runner.stats, unread), say, start)
+    except OSError as e:  # DST became unwritable after the last shard
+        raise faults.JobFailed(f"{e.filename or dst}: {e.strerror or e}; the report was not written, committed shards "
+                               "are kept; run the same command again to write it") from None
     if loaded.stand_in:
         print("leat-jax: reminder: stand-in weights; this output protects against nothing.", file=stream, flush=True)
     return summary
