@@ -1,14 +1,21 @@
 """The in-process engine on tar and Parquet shards on a local disk (``engines.sharded_job.local``), end to end."""
 from __future__ import annotations
 
+import errno
 import io
+import json
+import sys
+import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from leat_jax import cli
-from leat_jax.pipeline import sinks, sources
+from leat_jax.engines import shard_stages
+from leat_jax.pipeline import immunize as immunize_job
+from leat_jax.pipeline import inputs, job, sinks, sources
 from tests.engine_toys import mixed_set
 from tests.test_pipeline_immunize import ATTACK, STEP8, immunize, outputs, report, toy_victims  # noqa: F401
 
@@ -45,7 +52,11 @@ def test_tar_and_parquet_shards_give_the_files_of_a_folder_run(tmp_path, capsys)
         assert 0 < change.max() <= STEP8, key  # changed, within eps in 8-bit levels
     run = report(tmp_path / "out")
     assert run["totals"]["done"] == 5 and run["run"]["per_process"][0]["engine"] == "inprocess"
+    killed = [tmp_path / "out" / f"{name}.{'ab' * 16}.part" for name in ("s0.tar", "s1.parquet" + sinks.MARKER)]
+    for path in [*killed, tmp_path / "out" / f"notes.{'ab' * 16}.part"]:  # a killed run's half-written files
+        path.write_bytes(b"half")
     rc, _ = immunize(capsys, shards_in, tmp_path / "out")  # done markers match: nothing is attacked again
+    assert not any(p.exists() for p in killed) and (tmp_path / "out" / f"notes.{'ab' * 16}.part").exists()
     assert rc == 0 and report(tmp_path / "out")["run"]["already_done"] == 5
     assert report(tmp_path / "out")["run"]["protected"] == 0
     for _ in range(2):  # DST inside SRC: its shards are outputs, not inputs, on the rerun too
@@ -54,6 +65,9 @@ def test_tar_and_parquet_shards_give_the_files_of_a_folder_run(tmp_path, capsys)
     for name, part in (("s0.tar", files[:2]), ("s1.parquet", files[2:])):  # one shard file as SRC
         rc, err = immunize(capsys, shards_in / name, tmp_path / name)
         assert rc == 0 and shard_files(tmp_path / name, name) == {k: got[k] for k, _ in part}, err
+    rc, err = immunize(capsys, shards_in / "s0.tar", tmp_path / "jpeg", "--format", "jpeg")
+    assert rc == 0 and f"\n{immunize_job.JPEG_WARNING}\n" in err  # as the folder job warns
+    assert sorted(shard_files(tmp_path / "jpeg", "s0.tar")) == [k.replace(".png", ".jpg") for k, _ in files[:2]]
     shown = tmp_path / "shown"  # not --quiet: a line per shard
     shown.mkdir()
     for name in ("s0.tar", "s1.parquet"):
@@ -61,9 +75,17 @@ def test_tar_and_parquet_shards_give_the_files_of_a_folder_run(tmp_path, capsys)
     assert cli.main(["immunize", str(shown), str(tmp_path / "shown_out"), *ATTACK]) == 0
     err = capsys.readouterr().err
     assert "shard 1/2 s0.tar: 2 protected, 0 failed" in err and "shard 2/2 s1.parquet: 3 protected, 0 failed" in err
+    assert "leat-jax: compiling the attack for 24x24 images" in err  # as the folder job says it
+    bars = [line.split("]")[1].split()[0] for line in err.splitlines() if line.startswith("[")]
+    assert {"2/2", "3/3"} <= set(bars) and set(bars) <= {"0/2", "1/2", "2/2", "0/3", "1/3", "2/3", "3/3"}, err
+    inner = tmp_path / "outer" / "in"  # SRC inside DST: its shards are inputs
+    inner.mkdir(parents=True)
+    (inner / "s0.tar").write_bytes((shards_in / "s0.tar").read_bytes())
+    rc, err = immunize(capsys, inner, tmp_path / "outer")
+    assert rc == 0 and shard_files(tmp_path / "outer", "s0.tar") == {k: got[k] for k, _ in files[:2]}, err
 
 
-def test_unusable_shards_are_one_line_errors_and_the_rest_is_done(tmp_path, capsys):
+def test_unusable_shards_are_one_line_errors_and_the_rest_is_done(tmp_path, capsys, monkeypatch):
     src = mixed_set(tmp_path / "src", 1)
     shards_in = tmp_path / "shards"
     shards_in.mkdir()
@@ -75,7 +97,86 @@ def test_unusable_shards_are_one_line_errors_and_the_rest_is_done(tmp_path, caps
     assert rc == 1 and len(errors) == 3 and errors[0].startswith("leat-jax: error: a.tar/y.png: ")
     assert "b.tar: not a readable tar shard" in errors[1] and "2 image(s) failed" in errors[2]
     assert list(shard_files(tmp_path / "out", "a.tar")) == ["x.png"]
+    put = sinks.put
+
+    def full_at_the_report(url, data):
+        if url.endswith(inputs.REPORT):
+            raise OSError(errno.ENOSPC, "No space left on device", url)
+        put(url, data)
+
+    with monkeypatch.context() as m:
+        m.setattr(sinks, "put", full_at_the_report)
+        rc, err = immunize(capsys, shards_in, tmp_path / "full")
+    assert rc == 3 and err.strip().splitlines()[-1] == (
+        f"leat-jax: error: {tmp_path / 'full' / inputs.REPORT}: No space left on device; the report was not written, "
+        "committed shards are kept; run the same command again to write it")
+    assert list(shard_files(tmp_path / "full", "a.tar")) == ["x.png"]
     rc, err = immunize(capsys, shards_in, tmp_path / "out", "--faces", "detect")
     assert rc == 2 and err.strip().splitlines() == ["leat-jax: error: --engine inprocess: --faces detect works on "
                                                    "folders and list files, not on tar or Parquet shards; use "
                                                    "--faces aligned"]
+
+
+
+def test_a_dst_that_cannot_take_the_shards_is_a_one_line_error(tmp_path, capsys):
+    shards_in = tmp_path / "shards"
+    shards_in.mkdir()
+    (shards_in / "s0.tar").write_bytes(sinks.encode_shard("tar", [("x.png", b"")]))
+    (tmp_path / "file").write_text("x")
+    cases = [(shards_in, tmp_path / "file", "cannot write there"),
+             (shards_in, tmp_path / "file" / "d", "cannot write there"),
+             (shards_in, shards_in, "its output would overwrite it"),
+             (shards_in / "s0.tar", shards_in, "its output would overwrite it")]
+    for src, dst, reason in cases:
+        rc, err = immunize(capsys, src, dst)
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and reason in lines[0], (src, dst, err)
+    assert (shards_in / "s0.tar").read_bytes() == sinks.encode_shard("tar", [("x.png", b"")])
+
+
+def test_without_fsspec_or_pyarrow_shards_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    shards_in = tmp_path / "shards"
+    shards_in.mkdir()
+    (shards_in / "s0.tar").write_bytes(sinks.encode_shard("tar", [("x.png", b"")]))
+    monkeypatch.setitem(sys.modules, "fsspec", None)  # a core install, without leat-jax[storage]
+    rc, err = immunize(capsys, shards_in, tmp_path / "out")
+    assert rc == 2 and err.strip().splitlines() == [f"leat-jax: error: {shards_in}: tar and Parquet shards and URLs "
+                                                   "need fsspec (pip install 'leat-jax[storage]')"]
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(sources.SourceError, match=r"^a.parquet: Parquet shards need pyarrow \(pip install"):
+        sources.members(sources.Shard("a.parquet", "a.parquet", "parquet", "1:1"), b"PAR1")
+
+
+class PassThrough:
+    """An attack stage that hands each image back unchanged (no victims, no compilation)."""
+
+    batch = 4
+
+    def launch(self, chunk):
+        return [chunk]
+
+    def collect(self, part):
+        return [(p, p.x, {"toy": 0.0}) for p in part]
+
+
+def test_the_in_process_engine_holds_a_shard_once_not_beside_pickled_copies(tmp_path):
+    n, side = 16, 256
+    files = []
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((side, side, 3), i * 9, np.uint8)).save(buf, "PNG")
+        files.append((f"k{i}.png", buf.getvalue()))
+    (tmp_path / "s.tar").write_bytes(sinks.encode_shard("tar", files))
+    shard = sources.list_shards(str(tmp_path / "s.tar"))[0]
+    ctx = job.Context(tmp_path / "out", Path("."), "h", 0, 0.05, "png", 95, 4096, ("toy",), {})
+    row = shard_stages.shard_row(shard, str(tmp_path / "out" / "s.tar"))
+    tracemalloc.start()
+    try:
+        records = json.loads(shard_stages.run_shard(row, ctx, PassThrough())["record"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [r["status"] for r in records] == ["done"] * n
+    inputs = n * side * side * 3 * 4  # the float32 model inputs
+    assert peak < 3 * inputs, peak / inputs  # pickled between the stages, the peak was 5.6x

@@ -65,6 +65,14 @@ def test_plain_settings_hash_is_unchanged_and_transforms_enter_it():
     assert AttackConfig(transforms="none").transforms == ()
 
 
+def test_a_jpeg_chain_does_not_match_manifests_of_the_cubic_surrogate():
+    # digests of manifests written while JPEG's rounding had the cubic surrogate (the default until "square")
+    cubic_era = {"robust": "b8cb4a88f2198922", "jpeg:quality=75": "a13060de0a28f837"}
+    for text, old in cubic_era.items():
+        assert AttackConfig(transforms=text).digest() != old, text
+    assert AttackConfig(transforms="resize,round8").digest() == "701569b4a718f666"  # no JPEG: its manifests hold
+
+
 def test_transform_draws_depend_only_on_seed_image_and_iteration():
     cfg = AttackConfig(transforms="noise:std=2-4,jitter", eot_samples=2)
     x = jnp.asarray(_images(1)[0])

@@ -10,6 +10,7 @@ from typing import Any
 from leat_jax import transforms as transforms_mod
 from leat_jax.attack.losses import LOSSES
 from leat_jax.attack.start import LearnedStart
+from leat_jax.transforms.jpeg import GRADIENT as JPEG_GRADIENT
 
 ENSEMBLES = ("normalized", "normalized_l1", "sum", "mean_loss")
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -219,6 +220,8 @@ class AttackConfig:
             d["zero_start"] = "keyed"
         if self.start is not None:
             d.pop("random_start")  # a learned start overrides it
+        if any(t.name == "jpeg" for t in self.transforms):
+            d["jpeg_gradient"] = JPEG_GRADIENT  # the surrogate sets the steps: manifests of another must not match
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

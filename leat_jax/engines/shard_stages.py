@@ -15,6 +15,7 @@ import json
 import pickle
 import posixpath
 from pathlib import Path
+from typing import Callable
 
 from leat_jax.pipeline import images, job, reading, sinks, sources, writing
 from leat_jax.pipeline.images import OUTPUT_FORMATS
@@ -39,18 +40,24 @@ def output_name(key: str, fmt: str) -> str:
 
 def read_shard(r: dict, ctx: job.Context) -> dict:
     """Read one shard and decode its images; a row of entries (``job.Prepared`` or a failed record)."""
-    shard = shard_of(r["item"])
+    entries = read_entries(shard_of(r["item"]), ctx)
+    if isinstance(entries, dict):
+        return {**r, "kind": RECORD, "record": json.dumps([entries])}
+    return {**r, "kind": PREPARED, "payload": pickle.dumps(entries, protocol=pickle.HIGHEST_PROTOCOL)}
+
+
+def read_entries(shard: sources.Shard, ctx: job.Context) -> list | dict:
+    """A shard's entries (``job.Prepared`` or a failed record each); the one failed record of an unreadable shard."""
     try:
         found = sources.members(shard, sources.read_bytes(shard.url))
     except sources.SourceError as e:
-        record = {"path": shard.rel, "status": "failed", "process": ctx.process_index, "error": str(e)}
-        return {**r, "kind": RECORD, "record": json.dumps([record])}
+        return {"path": shard.rel, "status": "failed", "process": ctx.process_index, "error": str(e)}
     entries = []
     for key, blob, problem in found:
         item = Item(key, Path(shard.rel, key), output_name(key, ctx.format))
         got = job.Failure(item, problem) if problem else reading.decoded(ctx, item, blob, job.sha256(blob))
         entries.append(writing.failed_record(ctx, item, got.error) if isinstance(got, job.Failure) else got)
-    return {**r, "kind": PREPARED, "payload": pickle.dumps(entries, protocol=pickle.HIGHEST_PROTOCOL)}
+    return entries
 
 
 def encoded(ctx: job.Context, entry) -> tuple[bytes | None, dict]:
@@ -72,19 +79,24 @@ def write_shard(r: dict, ctx: job.Context) -> dict:
     """Encode a shard's attacked images and commit the output shard with its records (marker last)."""
     if r["kind"] != ATTACKED:
         return r
-    shard = shard_of(r["item"])
+    records = commit_entries(shard_of(r["item"]), r["out"], pickle.loads(r["payload"]), ctx)
+    return {**r, "kind": RECORD, "record": json.dumps(records), "payload": b""}
+
+
+def commit_entries(shard: sources.Shard, out: str, entries: list, ctx: job.Context) -> list[dict]:
+    """Encode a shard's entries after the attack and commit them at ``out`` (marker last); their records."""
     files, records = [], []
-    for entry in pickle.loads(r["payload"]):
+    for entry in entries:
         data, record = encoded(ctx, entry)
         records.append(record)
         if data is not None:  # tar members take the output's suffix; Parquet keeps the key
             files.append((record["output"] if shard.kind == "tar" else record["path"], data))
     marker = {"settings": ctx.settings_hash, "version": shard.version, "source": shard.url, "records": records}
-    sinks.commit(r["out"], sinks.encode_shard(shard.kind, files), marker)
-    return {**r, "kind": RECORD, "record": json.dumps(records), "payload": b""}
+    sinks.commit(out, sinks.encode_shard(shard.kind, files), marker)
+    return records
 
 
-def attack_entries(stage, entries: dict[int, list]) -> None:
+def attack_entries(stage, entries: dict[int, list], done: Callable[[int], None] | None = None) -> None:
     """Replace each ``job.Prepared`` of ``entries`` by (prepared, protected image, distances), by image size.
 
     As in the in-process engine, ``job.IN_FLIGHT`` batches are dispatched
@@ -94,7 +106,9 @@ def attack_entries(stage, entries: dict[int, list]) -> None:
     Args:
       stage: the attack stage (``aligned.AlignedAttack``).
       entries: by row, that row's entries (``job.Prepared`` or failed records); changed in place.
+      done: told how many images each collected batch finished (a progress bar's ``update``).
     """
+    done = done or (lambda n: None)
     by_size: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for i, row_entries in entries.items():
         for j, e in enumerate(row_entries):
@@ -105,19 +119,36 @@ def attack_entries(stage, entries: dict[int, list]) -> None:
         for start in range(0, len(chunk), stage.batch):
             pending.extend(stage.launch(chunk[start:start + stage.batch]))
             while len(pending) > job.IN_FLIGHT:
-                results += stage.collect(pending.popleft())
+                results += collected(stage, pending.popleft(), done)
         while pending:
-            results += stage.collect(pending.popleft())
+            results += collected(stage, pending.popleft(), done)
         for (i, j), result in zip(members, results):
             entries[i][j] = result
 
 
-def run_shard(r: dict, ctx: job.Context, stage) -> dict:
-    """Every stage of one shard in this process (the in-process engine): its row of records."""
-    r = read_shard(r, ctx)
-    if r["kind"] != PREPARED:
-        return r
-    entries = {0: pickle.loads(r["payload"])}
-    attack_entries(stage, entries)
-    return write_shard({**r, "kind": ATTACKED, "payload": pickle.dumps(entries[0], protocol=pickle.HIGHEST_PROTOCOL)},
-                       ctx)
+def collected(stage, launched, done: Callable[[int], None]) -> list:
+    """The results of one launched batch, their count told to ``done``."""
+    results = stage.collect(launched)
+    done(len(results))
+    return results
+
+
+def run_shard(r: dict, ctx: job.Context, stage, bars=None) -> dict:
+    """Every stage of one shard in this process (the in-process engine): its row of records.
+
+    The entries go from stage to stage as they are: no pickled copy of the
+    shard's images beside them, as a Ray row needs. ``bars``: the shard's
+    progress bar (``sharded_job.ShardBars``): ``open(images to attack)``
+    gives its update, ``close()`` ends it after the attack.
+    """
+    shard = shard_of(r["item"])
+    entries = read_entries(shard, ctx)
+    if isinstance(entries, dict):
+        return {**r, "kind": RECORD, "record": json.dumps([entries])}
+    done = bars.open(sum(isinstance(e, job.Prepared) for e in entries)) if bars is not None else None
+    try:
+        attack_entries(stage, {0: entries}, done)
+    finally:
+        if bars is not None:
+            bars.close()
+    return {**r, "kind": RECORD, "record": json.dumps(commit_entries(shard, r["out"], entries, ctx)), "payload": b""}

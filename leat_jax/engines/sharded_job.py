@@ -21,6 +21,7 @@ from leat_jax.engines import shard_stages
 from leat_jax.errors import SetupError
 from leat_jax.pipeline import compile_cache, faults, immunize, inputs, job, report, sinks, sources, victimset
 from leat_jax.pipeline.config import ImmunizeConfig
+from leat_jax.pipeline.progress import Progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,21 +60,43 @@ def run(cfg: ImmunizeConfig, engine: Callable[[ImmunizeConfig, job.Context], Con
     if cfg.distributed is not None:
         raise SetupError("--distributed works on folders and list files; run tar or Parquet shards in one process "
                          "or with --engine ray")
+    found = input_shards(cfg.src, cfg.dst)
     try:
-        found = [s for s in sources.list_shards(cfg.src) if not inside(s.url, cfg.dst)]
-    except sources.SourceError as e:
-        raise SetupError(str(e)) from None
-    if not found:
-        raise SetupError(f"{cfg.src}: no .tar or .parquet shards")
-    lock = sinks.output_lock(cfg.dst)  # no second run writes these shards at the same time
-    try:
+        lock = sinks.output_lock(cfg.dst)  # no second run writes these shards at the same time
         lock.acquire()
-    except OSError as e:
+    except OSError as e:  # DST a file, or not writable
         raise SetupError(f"{cfg.dst}: cannot write there ({e.strerror or e})") from None
     try:
+        sinks.clear_partial(cfg.dst, [s.rel for s in found])
         return stages(cfg, found, engine, stream, start)
     finally:
         lock.release()
+
+
+def input_shards(src: str, dst: str) -> list[sources.Shard]:
+    """The shards of SRC to protect into DST: ``SetupError`` (one line) when there are none or DST would overwrite one.
+
+    With DST inside SRC the shards under DST are outputs, not inputs; with
+    SRC inside DST they are all inputs.
+    """
+    try:
+        listed = sources.list_shards(src)
+    except sources.SourceError as e:
+        raise SetupError(str(e)) from None
+    for s in listed:
+        if same_place(s.url, f"{dst.rstrip('/')}/{s.rel}"):
+            raise SetupError(f"{s.url}: its output would overwrite it (DST {dst} is where SRC's shards are); "
+                             "give another DST")
+    found = listed if inside(src, dst) else [s for s in listed if not inside(s.url, dst)]
+    if not found:
+        raise SetupError(f"{src}: no .tar or .parquet shards")
+    return found
+
+
+def same_place(url: str, other: str) -> bool:
+    """Whether two URLs or paths name the same file."""
+    (fs, path), (other_fs, other_path) = sources.filesystem(url), sources.filesystem(other)
+    return fs.protocol == other_fs.protocol and path.rstrip("/") == other_path.rstrip("/")
 
 
 def inside(url: str, dst: str) -> bool:
@@ -89,19 +112,15 @@ def stages(cfg: ImmunizeConfig, found: list, engine, stream, start) -> immunize.
     loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims, weights=False)
     settings, settings_hash = job.settings(cfg, loaded)
     warning = immunize.STAND_IN_WARNING.format(names=", ".join(loaded.stand_in)) if loaded.stand_in else None
-    if warning:
-        print(warning, file=stream, flush=True)
+    for line in (warning, immunize.JPEG_WARNING if cfg.format == "jpeg" else None):  # as the folder job warns
+        if line:
+            print(line, file=stream, flush=True)
     dst = cfg.dst.rstrip("/")
     ctx = job.Context(Path(dst), Path("."), settings_hash, 0, cfg.attack.eps, cfg.format, cfg.jpeg_quality,
                       cfg.max_size, tuple(loaded.names), {})
     out = {s.rel: f"{dst}/{s.rel}" for s in found}
-    counts, todo = job.Counts(), []
-    for s in found:
-        marker = None if cfg.force else sinks.committed(out[s.rel], settings_hash, s.version)
-        if marker is None:
-            todo.append(s)
-        else:
-            counts.skipped += sum(r["status"] == "done" for r in marker["records"])
+    counts = job.Counts()
+    todo = to_do(found, out, settings_hash, cfg.force, counts)
     unread = []  # records of shards that could not be read: no marker holds them
     with engine(cfg, ctx) as runner:
         say(f"leat-jax: {len(found)} shards ({len(found) - len(todo)} done before) from {cfg.src} -> {dst}; "
@@ -110,20 +129,46 @@ def stages(cfg: ImmunizeConfig, found: list, engine, stream, start) -> immunize.
         rows = [shard_stages.shard_row(s, out[s.rel]) for s in todo]
         for k, r in enumerate(runner.rows(rows) if rows else (), 1):
             records = json.loads(r["record"])
-            for record in records:
-                if record["status"] == "failed":
-                    counts.failed += 1
-                    unread += [record] if record["path"] in out else []
-                    print(f"leat-jax: error: {record['error']}", file=stream, flush=True)
-                else:
-                    counts.protected += 1
-            failed = sum(record["status"] == "failed" for record in records)
+            failed = count(records, counts, out, unread, stream)
             say(f"leat-jax: shard {k}/{len(rows)} {shard_stages.shard_of(r['item']).rel}: "
                 f"{len(records) - failed} protected, {failed} failed ({time.monotonic() - start:.0f} s)")
-    summary = finish(cfg, found, out, counts, (settings, settings_hash, warning, runner.stats, unread), say, start)
+    try:
+        summary = finish(cfg, found, out, counts, (settings, settings_hash, warning, runner.stats, unread), say, start)
+    except OSError as e:  # DST became unwritable after the last shard
+        raise faults.JobFailed(f"{e.filename or dst}: {e.strerror or e}; the report was not written, committed shards "
+                               "are kept; run the same command again to write it") from None
     if loaded.stand_in:
         print("leat-jax: reminder: stand-in weights; this output protects against nothing.", file=stream, flush=True)
     return summary
+
+
+def to_do(found: list, out: dict, settings_hash: str, force: bool, counts: job.Counts) -> list:
+    """The shards without a matching done marker (all with ``force``); the others' images count as skipped."""
+    todo = []
+    for s in found:
+        marker = None if force else sinks.committed(out[s.rel], settings_hash, s.version)
+        if marker is None:
+            todo.append(s)
+        else:
+            counts.skipped += sum(r["status"] == "done" for r in marker["records"])
+    return todo
+
+
+def count(records: list[dict], counts: job.Counts, out: dict, unread: list, stream) -> int:
+    """Count a finished shard's records, each failure shown on its line; a shard's unread record to ``unread``.
+
+    Returns:
+      How many of ``records`` failed.
+    """
+    failed = 0
+    for record in records:
+        if record["status"] == "failed":
+            failed += 1
+            unread += [record] if record["path"] in out else []
+            print(f"leat-jax: error: {record['error']}", file=stream, flush=True)
+    counts.failed += failed
+    counts.protected += len(records) - failed
+    return failed
 
 
 def finish(cfg, found, out, counts: job.Counts, about, say, start) -> immunize.Summary:
@@ -149,22 +194,51 @@ def finish(cfg, found, out, counts: job.Counts, about, say, start) -> immunize.S
 
 
 @contextlib.contextmanager
-def local(cfg: ImmunizeConfig, ctx: job.Context) -> Iterator[Runner]:
-    """The in-process engine's runner: every local device, the victims' weights loaded and prepared once."""
+def local(cfg: ImmunizeConfig, ctx: job.Context, stream=None) -> Iterator[Runner]:
+    """The in-process engine's runner: every local device, the victims' weights loaded and prepared once.
+
+    On ``stream`` (default stderr), as the folder job shows them: a progress
+    bar per shard (images attacked, rate, ETA; none when quiet) and the
+    attack's lines (each compilation, out-of-memory retries) through it.
+    """
+    bars = ShardBars(stream if stream is not None else sys.stderr, cfg.quiet)
     loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
     mesh = immunize.mesh_of(cfg)
     compile_cache.use(compile_cache.resolve(cfg.compile_cache))
-    stage = immunize.attack_stage(cfg, ctx, loaded, mesh, None, lambda text: None)
+    stage = immunize.attack_stage(cfg, ctx, loaded, mesh, None, bars.show)
     platform = mesh.devices.flat[0].platform
     stats = {"devices": int(mesh.devices.size), "platform": platform, "engine": "inprocess"}
     yield Runner(f"{mesh.devices.size} {platform} device(s), batch {stage.batch}", stats,
-                 lambda rows: (one_shard(r, ctx, stage) for r in rows))
+                 lambda rows: (one_shard(r, ctx, stage, bars) for r in rows))
 
 
-def one_shard(r: dict, ctx: job.Context, stage) -> dict:
+class ShardBars:
+    """The in-process engine's progress bar of the shard being attacked, and lines shown without tearing it."""
+
+    def __init__(self, stream, quiet: bool):
+        self.stream, self.quiet, self.bar = stream, quiet, None
+
+    def open(self, total: int) -> Callable[[int], None]:
+        """A bar for a shard of ``total`` images to attack; its ``update`` (images done)."""
+        self.bar = Progress(total, stream=self.stream, quiet=self.quiet)
+        return self.bar.update
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def show(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.message(text)
+        else:
+            print(text, file=self.stream, flush=True)
+
+
+def one_shard(r: dict, ctx: job.Context, stage, bars=None) -> dict:
     """Read, attack and commit one shard here; one line for a failure that stops the job (``faults.JobFailed``)."""
     try:
-        return shard_stages.run_shard(r, ctx, stage)
+        return shard_stages.run_shard(r, ctx, stage, bars)
     except OSError as e:  # DST became unwritable mid-run
         raise faults.JobFailed(f"{e.filename or r['out']}: {e.strerror or e}; the job stopped, committed shards are "
                                "kept") from None

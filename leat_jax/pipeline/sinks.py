@@ -7,24 +7,28 @@ local disk under a temporary name, then renamed; on an object store one
 put, which is whole or absent), then a small done marker written last,
 which holds the shard's records. A rerun skips a shard whose marker is there
 with the same settings and input version; a shard without one (half-written
-by a killed worker) is written again. ``output_lock`` keeps two runs from
-writing into the same DST at once.
+by a killed worker) is written again, and ``clear_partial`` removes the
+temporary files a killed run left on a local disk. ``output_lock`` keeps two
+runs from writing into the same DST at once.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+import re
 import tarfile
 import uuid
 from pathlib import Path
 
-from leat_jax.pipeline.inputs import STATE_DIR
+from leat_jax.pipeline.inputs import REPORT, SETTINGS, STATE_DIR
 from leat_jax.pipeline.lock import Lock, ObjectLock
 from leat_jax.pipeline.sources import IMAGE_COLUMN, KEY_COLUMN, filesystem, is_local
 
 # The done marker of output shard X is X + MARKER.
 MARKER = ".leat-done.json"
+# What ``put`` writes first on a local disk: X, a random hex name, .part.
+PARTIAL = re.compile(r"(.+)\.[0-9a-f]{32}\.part")
 
 
 def encode_shard(kind: str, files: list[tuple[str, bytes]]) -> bytes:
@@ -59,6 +63,28 @@ def put(url: str, data: bytes) -> None:
         os.replace(tmp, path)
     else:
         fs.pipe_file(path, data)
+
+
+def clear_partial(dst: str, rels: list[str]) -> None:
+    """Remove what a killed run's ``put`` left on a local DST: the ``.part`` files of the shards ``rels``, their
+    markers, the report and settings. Call holding the output lock; an object store has none (a put is whole).
+    """
+    fs, root = filesystem(dst)
+    if not is_local(fs):
+        return
+    by_folder: dict[str, set[str]] = {}
+    for rel in [*rels, *(r + MARKER for r in rels), REPORT, SETTINGS]:
+        path = os.path.join(root, rel)
+        by_folder.setdefault(os.path.dirname(path), set()).add(os.path.basename(path))
+    for folder, names in by_folder.items():
+        try:
+            entries = os.listdir(folder)
+        except OSError:  # not written yet
+            continue
+        for name in entries:
+            found = PARTIAL.fullmatch(name)
+            if found and found[1] in names:
+                os.unlink(os.path.join(folder, name))
 
 
 def commit(url: str, data: bytes, marker: dict) -> None:

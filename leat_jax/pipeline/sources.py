@@ -23,6 +23,8 @@ from leat_jax.pipeline.inputs import is_image_name
 KINDS = {".tar": "tar", ".parquet": "parquet"}
 # Parquet columns: the image's key and its encoded bytes.
 KEY_COLUMN, IMAGE_COLUMN = "key", "image"
+# What installs the optional packages shards need.
+STORAGE_EXTRA = "pip install 'leat-jax[storage]'"
 
 
 class SourceError(ValueError):
@@ -47,9 +49,11 @@ class Shard:
 
 
 def filesystem(url: str):
-    """(fsspec filesystem, path within it) of ``url`` or a local path."""
-    import fsspec  # an optional extra: only sharded sources need it
-
+    """(fsspec filesystem, path within it) of ``url`` or a local path; ``SourceError`` without fsspec."""
+    try:
+        import fsspec  # an optional extra: only sharded sources need it
+    except ImportError:
+        raise SourceError(f"{url}: tar and Parquet shards and URLs need fsspec ({STORAGE_EXTRA})") from None
     return fsspec.core.url_to_fs(url)
 
 
@@ -142,8 +146,11 @@ def _tar_members(shard: Shard, data: bytes):
 
 
 def _parquet_members(shard: Shard, data: bytes):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise SourceError(f"{shard.url}: Parquet shards need pyarrow ({STORAGE_EXTRA})") from None
 
     try:
         table = pq.read_table(io.BytesIO(data))
