@@ -132,6 +132,11 @@ def test_a_dst_that_cannot_take_the_shards_is_a_one_line_error(tmp_path, capsys)
         lines = err.strip().splitlines()
         assert rc == 2 and len(lines) == 1 and reason in lines[0], (src, dst, err)
     assert (shards_in / "s0.tar").read_bytes() == sinks.encode_shard("tar", [("x.png", b"")])
+    (shards_in / "photo.jpg").write_bytes(b"")  # a photo folder with an archive: the photos would be skipped
+    rc, err = immunize(capsys, shards_in, tmp_path / "mixed")
+    assert rc == 2 and err.strip().splitlines() == [
+        f"leat-jax: error: {shards_in}: images (photo.jpg) beside .tar or .parquet shards at its top; a sharded job "
+        "reads only the shards: move the images into a folder of their own or into a shard"]
 
 
 def test_without_fsspec_or_pyarrow_shards_are_one_line_errors(tmp_path, capsys, monkeypatch):

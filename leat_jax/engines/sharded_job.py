@@ -83,6 +83,10 @@ def input_shards(src: str, dst: str) -> list[sources.Shard]:
         listed = sources.list_shards(src)
     except sources.SourceError as e:
         raise SetupError(str(e)) from None
+    loose = loose_image(src)
+    if loose:  # a photo folder with a stray archive: its photos would be skipped without a word
+        raise SetupError(f"{src}: images ({loose}) beside .tar or .parquet shards at its top; a sharded job reads "
+                         "only the shards: move the images into a folder of their own or into a shard")
     for s in listed:
         if same_place(s.url, f"{dst.rstrip('/')}/{s.rel}"):
             raise SetupError(f"{s.url}: its output would overwrite it (DST {dst} is where SRC's shards are); "
@@ -91,6 +95,14 @@ def input_shards(src: str, dst: str) -> list[sources.Shard]:
     if not found:
         raise SetupError(f"{src}: no .tar or .parquet shards")
     return found
+
+
+def loose_image(src: str) -> str | None:
+    """The name of an image file at the top of SRC when SRC is a local folder; None otherwise."""
+    folder = Path(src)
+    if "://" in src or not folder.is_dir():
+        return None
+    return next((p.name for p in sorted(folder.iterdir()) if inputs.is_image_name(p.name) and p.is_file()), None)
 
 
 def same_place(url: str, other: str) -> bool:
