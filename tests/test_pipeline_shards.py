@@ -111,6 +111,9 @@ def test_unusable_shards_are_one_line_errors_and_the_rest_is_done(tmp_path, caps
         f"leat-jax: error: {tmp_path / 'full' / inputs.REPORT}: No space left on device; the report was not written, "
         "committed shards are kept; run the same command again to write it")
     assert list(shard_files(tmp_path / "full", "a.tar")) == ["x.png"]
+    rc, err = immunize(capsys, shards_in, tmp_path / "out", "--verify")
+    assert rc == 2 and err.strip().splitlines()[0].startswith("leat-jax: error: --verify works on folders and list "
+                                                              "files; a sharded job checks each shard's done marker")
     rc, err = immunize(capsys, shards_in, tmp_path / "out", "--faces", "detect")
     assert rc == 2 and err.strip().splitlines() == ["leat-jax: error: --engine inprocess: --faces detect works on "
                                                    "folders and list files, not on tar or Parquet shards; use "

@@ -60,6 +60,9 @@ def run(cfg: ImmunizeConfig, engine: Callable[[ImmunizeConfig, job.Context], Con
     if cfg.distributed is not None:
         raise SetupError("--distributed works on folders and list files; run tar or Parquet shards in one process "
                          "or with --engine ray")
+    if cfg.verify:
+        raise SetupError("--verify works on folders and list files; a sharded job checks each shard's done marker "
+                         "against the settings and the input shard's version (size and ETag or modification time)")
     found = input_shards(cfg.src, cfg.dst)
     try:
         lock = sinks.output_lock(cfg.dst)  # no second run writes these shards at the same time
