@@ -161,6 +161,11 @@ def test_toml_arcface_folder_is_relative_to_the_file(tmp_path):
     cfg.write_text('arcface = "stand-in"\n')
     built = evaluate_config.build("c", "p", "o", evaluate_config.read_toml(cfg))
     assert built.arcface == identity.STAND_IN and built.identity_threshold == identity.IDENTITY_THRESHOLD
+    cfg.write_text('[attack]\nstart = "u.npz"\niterations = 3\n')  # the baseline's table, read as immunize reads it
+    assert evaluate_config.read_toml(cfg)["attack"] == {"start": str(tmp_path / "u.npz"), "iterations": 3}
+    cfg.write_text('[attack]\nsteps = 3\n')
+    with pytest.raises(SetupError, match=r"eval.toml: unknown \[attack\] settings \['steps'\]; known: "):
+        evaluate_config.read_toml(cfg)
 
 
 def test_identity_flags_override_the_toml_and_bad_ones_are_one_line(folders, tmp_path, capsys):

@@ -164,6 +164,21 @@ def load_toml(path) -> dict[str, Any]:
         raise SetupError(f"{path}: not valid TOML ({e})") from None
 
 
+def attack_table(path: Path, value) -> dict[str, Any]:
+    """A TOML file's ``[attack]`` table as AttackConfig fields; a learned start's path made relative to the file.
+
+    Raises:
+      SetupError: (one line) not a table, or a key AttackConfig does not have.
+    """
+    if not isinstance(value, dict) or set(value) - _ATTACK_KEYS:
+        bad = sorted(set(value) - _ATTACK_KEYS) if isinstance(value, dict) else value
+        raise SetupError(f"{path}: unknown [attack] settings {bad}; known: {', '.join(sorted(_ATTACK_KEYS))}")
+    out = dict(value)
+    if isinstance(value.get("start"), str) and value["start"] not in STARTS:
+        out["start"] = str(path.parent / value["start"])  # relative to the TOML file
+    return out
+
+
 def read_toml(path) -> dict[str, Any]:
     """A TOML settings file -> overrides for ``build`` (one-line ``SetupError`` when wrong)."""
     path = Path(path)
@@ -171,12 +186,7 @@ def read_toml(path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
         if key == "attack":
-            if not isinstance(value, dict) or set(value) - _ATTACK_KEYS:
-                bad = sorted(set(value) - _ATTACK_KEYS) if isinstance(value, dict) else value
-                raise SetupError(f"{path}: unknown [attack] settings {bad}; known: {', '.join(sorted(_ATTACK_KEYS))}")
-            out["attack"] = dict(value)
-            if isinstance(value.get("start"), str) and value["start"] not in STARTS:
-                out["attack"]["start"] = str(path.parent / value["start"])  # relative to the TOML file
+            out["attack"] = attack_table(path, value)
         elif key == "victims":
             if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
                 raise SetupError(f'{path}: [victims] must map names to checkpoint folders or "stand-in"')

@@ -18,7 +18,7 @@ from leat_jax.attack.config import STARTS
 from leat_jax.attack.start import LearnedStart
 from leat_jax.errors import SetupError
 from leat_jax.pipeline import countermeasures, identity, metrics
-from leat_jax.pipeline.config import load_toml
+from leat_jax.pipeline.config import attack_table, load_toml
 from leat_jax.pipeline.immunize import SAMPLES
 from leat_jax.pipeline.start_file import load_start
 
@@ -138,14 +138,9 @@ def read_toml(path) -> dict[str, Any]:
     path = Path(path)
     data = load_toml(path)
     out: dict[str, Any] = {"sections": {}}
-    attack_keys = {f.name for f in dataclasses.fields(AttackConfig)}
     for key, value in data.items():
         if key == "attack":
-            if not isinstance(value, dict) or set(value) - attack_keys:
-                raise SetupError(f"{path}: [attack] takes {', '.join(sorted(attack_keys))}")
-            out["attack"] = dict(value)
-            if isinstance(value.get("start"), str) and value["start"] not in STARTS:
-                out["attack"]["start"] = str(path.parent / value["start"])  # relative to the TOML file
+            out["attack"] = attack_table(path, value)
         elif key == "pipelines":
             if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
                 raise SetupError(f'{path}: [pipelines] must map names to folders or "stand-in"')
