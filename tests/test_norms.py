@@ -46,8 +46,8 @@ def test_module_matches_flax_groupnorm_and_keeps_its_parameter_names():
         jnp.shape, nnx.to_pure_dict(nnx.state(flax)))
     rng = np.random.default_rng(1)
     for m in (ours, flax):
-        m.scale.value = jnp.linspace(0.5, 2.0, 64)
-        m.bias.value = jnp.linspace(-1.0, 1.0, 64)
+        m.scale[...] = jnp.linspace(0.5, 2.0, 64)
+        m.bias[...] = jnp.linspace(-1.0, 1.0, 64)
     x = jnp.asarray(rng.normal(size=(2, 6, 6, 64)) * 3 + 2, jnp.float32)
     np.testing.assert_allclose(ours(x), flax(x), rtol=1e-5, atol=1e-5)
     g = lambda m: jax.grad(lambda a: jnp.sum(jnp.sin(m(a))))(x)  # noqa: E731
