@@ -58,6 +58,7 @@ def test_tar_and_parquet_shards_give_the_files_of_a_folder_run(tmp_path, capsys)
     rc, _ = immunize(capsys, shards_in, tmp_path / "out")  # done markers match: nothing is attacked again
     assert not any(p.exists() for p in killed) and (tmp_path / "out" / f"notes.{'ab' * 16}.part").exists()
     assert rc == 0 and report(tmp_path / "out")["run"]["already_done"] == 5
+    assert report(tmp_path / "out")["run"]["per_process"][0]["devices"] == 0  # no engine started for nothing to do
     assert report(tmp_path / "out")["run"]["protected"] == 0
     for _ in range(2):  # DST inside SRC: its shards are outputs, not inputs, on the rerun too
         assert immunize(capsys, shards_in, shards_in / "out")[0] == 0

@@ -137,7 +137,7 @@ def stages(cfg: ImmunizeConfig, found: list, engine, stream, start) -> immunize.
     counts = job.Counts()
     todo = to_do(found, out, settings_hash, cfg.force, counts)
     unread = []  # records of shards that could not be read: no marker holds them
-    with engine(cfg, ctx) as runner:
+    with engine(cfg, ctx) if todo else idle(cfg) as runner:
         say(f"leat-jax: {len(found)} shards ({len(found) - len(todo)} done before) from {cfg.src} -> {dst}; "
             f"victims: {', '.join(loaded.names)}; {runner.what}; eps {cfg.attack.eps}, "
             f"{cfg.attack.iterations} iterations")
@@ -206,6 +206,13 @@ def finish(cfg, found, out, counts: job.Counts, about, say, start) -> immunize.S
     say(immunize.closing_line(counts, seconds, f"{dst}/{inputs.REPORT}", None))
     return immunize.Summary(total, counts.protected, counts.skipped, counts.failed, seconds, None, None,
                             tuple(settings["stand_in_weights"]))
+
+
+@contextlib.contextmanager
+def idle(cfg: ImmunizeConfig) -> Iterator[Runner]:
+    """No engine at all: every shard was done before, so no weights are loaded and no cluster is started."""
+    yield Runner("every shard done before, no engine started", {"devices": 0, "platform": None, "engine": cfg.engine},
+                 lambda rows: ())
 
 
 @contextlib.contextmanager
