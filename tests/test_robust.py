@@ -19,6 +19,7 @@ from leat_jax.attack import AttackConfig, clean_latents, ensemble_direction, ima
 from leat_jax.attack.pgd import eot_key, transformed_views
 from leat_jax.errors import SetupError
 from leat_jax.pipeline import countermeasures, robustness
+from leat_jax.transforms import jpeg
 from tests.golden_harness import REPO
 from tests.pipeline_toys import ENV
 from tests.pipeline_toys import victims as toy_victims
@@ -71,6 +72,25 @@ def test_a_jpeg_chain_does_not_match_manifests_of_the_cubic_surrogate():
     for text, old in cubic_era.items():
         assert AttackConfig(transforms=text).digest() != old, text
     assert AttackConfig(transforms="resize,round8").digest() == "701569b4a718f666"  # no JPEG: its manifests hold
+
+
+def test_settings_hashes_of_earlier_outputs_hold_and_the_jpeg_surrogate_enters_them():
+    # measured on main before the JPEG surrogate became a transform parameter (commit ba3bd1b), so that outputs
+    # made earlier keep their hashes: plain LEAT and --robust (the default surrogate)
+    assert AttackConfig().digest() == "d2d436f2d765c000"
+    assert AttackConfig(transforms="robust").digest() == "fe5dbf0aa3cb8ed9"
+    assert AttackConfig(transforms=f"jpeg:quality=50-95,gradient={jpeg.GRADIENT},round8").digest() == "fe5dbf0aa3cb8ed9"
+    assert AttackConfig(transforms="resize,jpeg:quality=50-95,jitter,round8").digest() == "ac6567d6e4ca55de"
+    robust = AttackConfig(transforms="robust").digest()
+    others = {g: AttackConfig(transforms=f"jpeg:gradient={g},round8").digest() for g in jpeg.GRADIENTS}
+    assert others[jpeg.GRADIENT] == robust and len(set(others.values())) == 3
+    # two JPEGs: which one has which surrogate counts
+    pairs = [AttackConfig(transforms=f"jpeg:gradient={a},jpeg:gradient={b}") for a, b in
+             (("cubic", "square"), ("square", "cubic"), ("cubic", "cubic"), ("square", "square"))]
+    assert len({c.digest() for c in pairs}) == 4
+    assert [c.transforms[0].word("gradient") for c in pairs[:2]] == ["cubic", "square"]
+    assert AttackConfig(**pairs[0].to_dict()) == pairs[0] and AttackConfig(**pairs[0].to_dict()).digest() == \
+        pairs[0].digest()
 
 
 def test_transform_draws_depend_only_on_seed_image_and_iteration():
@@ -147,6 +167,7 @@ def test_robust_mode_keeps_more_distortion_after_real_jpeg(toys, attacked):
     ("jpeg:quality=0-200", "quality"),
     ("sharpen", "unknown transform 'sharpen'"),
     ("resize:factor=1.5", "factor"),
+    ("jpeg:quality=75,gradient=cubix", "jpeg: bad parameter 'gradient=cubix' (gradient must be one of square, cubic"),
 ])
 def test_bad_transform_specs_are_one_line_exit_2(tmp_path, capsys, spec, message):
     (tmp_path / "src").mkdir()

@@ -91,6 +91,35 @@ def test_quantisation_rounds_forward_and_has_its_surrogate_slope(gradient, slope
     np.testing.assert_allclose(np.asarray(vjp(jnp.ones((8, 8)))[0]), slope(d), rtol=1e-4, atol=1e-6)
 
 
+def test_chain_passes_the_jpeg_transforms_surrogate_value_unchanged():
+    """``jpeg:gradient=...`` reaches ``jpeg.jpeg``: the value is libjpeg's whatever the surrogate, the gradients of
+    the three differ, and a non-default one's is what ``jpeg.jpeg`` gives with it."""
+    x = _to_unit(_synthetic("ramp"))[:16, :16] * 0.9
+    cotangent = jax.random.normal(jax.random.key(1), x.shape)
+
+    @jax.jit
+    def through_chains(image):  # (value, gradient) per surrogate, one compilation
+        out = {}
+        for gradient in jpeg.GRADIENTS:
+            chain = transforms.parse(f"jpeg:quality=75,gradient={gradient}")
+            value, vjp = jax.vjp(lambda im: transforms.apply_chain(chain, jax.random.key(0), im), image)
+            out[gradient] = (value, vjp(cotangent)[0])
+        out["direct cubic"] = jax.vjp(lambda im: jpeg.jpeg(im, 75.0, "cubic"), image)[1](cotangent)[0]
+        return out
+
+    results = through_chains(x)
+    value = np.asarray(results["square"][0])
+    u8 = np.round((np.asarray(x) + 1.0) * 127.5).astype(np.uint8)
+    np.testing.assert_array_equal(np.round((value + 1.0) * 127.5), _pillow_jpeg(u8, 75))
+    for gradient in jpeg.GRADIENTS:
+        np.testing.assert_array_equal(np.asarray(results[gradient][0]), value)
+    np.testing.assert_allclose(results["cubic"][1], results["direct cubic"], rtol=1e-5, atol=1e-6)
+    # the rounding's slopes 2|d|, 3d**2 and 1 leave clearly different input gradients
+    grads = {g: np.asarray(results[g][1]) for g in jpeg.GRADIENTS}
+    for a, b in (("square", "cubic"), ("square", "identity"), ("cubic", "identity")):
+        assert np.abs(grads[a] - grads[b]).mean() > 0.05 * np.abs(grads[b]).mean(), (a, b)
+
+
 @pytest.mark.parametrize("quality", [1, 10, 25, 50, 75, 95, 100])
 def test_quant_tables_are_the_ones_pillow_writes(quality):
     buf = io.BytesIO()
@@ -180,6 +209,30 @@ def test_parse_and_to_text_round_trip():
     assert transforms.ROBUST_DEFAULT[0].range("quality") == (50.0, 95.0)
 
 
+def test_the_jpeg_surrogate_is_a_word_parameter_written_only_off_its_default():
+    cubic = transforms.parse("round8,jpeg:gradient=cubic,quality=75")
+    assert cubic[1].word("gradient") == "cubic" and cubic[1].range("quality") == (75.0, 75.0)
+    assert transforms.to_text(cubic) == "round8,jpeg:quality=75,gradient=cubic"
+    assert transforms.parse(transforms.to_text(cubic)) == cubic
+    # the default is jpeg.GRADIENT, left out of the text: chains written before the parameter read the same
+    default = transforms.Transform("jpeg")
+    assert default.word("gradient") == jpeg.GRADIENT
+    for text in ("jpeg", f"jpeg:gradient={jpeg.GRADIENT}", f"jpeg:quality=50-95,gradient={jpeg.GRADIENT}"):
+        assert transforms.parse(text) == (default,) and hash(transforms.parse(text)) == hash((default,))
+        assert transforms.to_text(transforms.parse(text)) == "jpeg:quality=50-95"
+    assert transforms.to_text(transforms.ROBUST_DEFAULT) == "jpeg:quality=50-95,round8"
+    others = [transforms.Transform("jpeg", words=(("gradient", g),)) for g in jpeg.GRADIENTS]
+    assert len(set(others)) == 3 and others[0] == default
+    identity = transforms.Transform("jpeg", words=[["gradient", "identity"]])
+    assert identity == transforms.parse("jpeg,gradient=identity")[0]
+    with pytest.raises(transforms.TransformSpecError, match="gradient=x is not one of square, cubic or identity"):
+        transforms.Transform("jpeg", words=(("gradient", "x"),))
+    with pytest.raises(transforms.TransformSpecError, match="gradient takes a word .*, not a range"):
+        transforms.Transform("jpeg", (("gradient", 1, 1),))
+    with pytest.raises(transforms.TransformSpecError, match="quality takes a number or a range LO-HI, not a word"):
+        transforms.Transform("jpeg", words=(("quality", "75"),))
+
+
 @pytest.mark.parametrize("spec, words", [
     ("jpg", "unknown transform 'jpg'"),
     ("jpeg:q=50", "unknown parameter 'q'"),
@@ -193,6 +246,14 @@ def test_parse_and_to_text_round_trip():
     ("jpeg,,round8", "empty item"),
     ("quality=50", "before any transform kind"),
     ("jitter:shift=1,shift=2", "given twice"),
+    ("jpeg:gradient=cubix", "bad parameter 'gradient=cubix' (gradient must be one of square, cubic or identity)"),
+    ("jpeg:gradient=3", "'gradient=3' (gradient must be one of square, cubic or identity, not a number)"),
+    ("jpeg:gradient=square-cubic", "'gradient=square-cubic' (gradient must be one of square, cubic or identity, "
+                                   "not a range)"),
+    ("jpeg:quality=high", "bad parameter 'quality=high' (expected a number or a range LO-HI within [1, 100])"),
+    ("jpeg:quality=75,gradient=cubic,gradient=square", "'gradient' given twice"),
+    ("blur:gradient=cubic", "unknown parameter 'gradient' (known: sigma)"),
+    ("jpg:gradient=cubic", "unknown transform 'jpg'"),
 ])
 def test_bad_specs_give_one_line_errors(spec, words):
     with pytest.raises(transforms.TransformSpecError) as caught:

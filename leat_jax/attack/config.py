@@ -10,7 +10,6 @@ from typing import Any
 from leat_jax import transforms as transforms_mod
 from leat_jax.attack.losses import LOSSES
 from leat_jax.attack.start import LearnedStart
-from leat_jax.transforms.jpeg import GRADIENT as JPEG_GRADIENT
 
 ENSEMBLES = ("normalized", "normalized_l1", "sum", "mean_loss")
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -70,7 +69,8 @@ class AttackConfig:
         (losses, norms and the perturbation stay float32).
       transforms: expectation over transformation (EOT): a chain of
         ``leat_jax.transforms.Transform`` (or its text, e.g.
-        ``"jpeg:quality=50-95,round8"``; ``robust`` for the default set,
+        ``"jpeg:quality=50-95,round8"``, ``gradient=cubic`` after the quality
+        for JPEG's rounding surrogate; ``robust`` for the default set,
         ``transforms.ROBUST_DEFAULT``; see ``chain_of``) drawn afresh every iteration, per
         image, from (seed, image id, iteration); the loss then reads
         ``E_k(T(x + eta))`` against the clean ``E_k(x)``. Empty: plain LEAT.
@@ -220,8 +220,11 @@ class AttackConfig:
             d["zero_start"] = "keyed"
         if self.start is not None:
             d.pop("random_start")  # a learned start overrides it
-        if any(t.name == "jpeg" for t in self.transforms):
-            d["jpeg_gradient"] = JPEG_GRADIENT  # the surrogate sets the steps: manifests of another must not match
+        gradients = [t.word("gradient") for t in self.transforms if t.name == "jpeg"]
+        if gradients:
+            # the surrogate sets the steps: manifests of another must not match. One name when every JPEG of the
+            # chain has the same (as before the chain could choose it: old digests stay), else each in order.
+            d["jpeg_gradient"] = gradients[0] if len(set(gradients)) == 1 else gradients
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

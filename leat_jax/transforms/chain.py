@@ -13,10 +13,11 @@ def uniform(key, transform, parameter: str, shape=()):
 
 
 def apply_jpeg(transform, key, image):
-    """JPEG at an integer quality drawn uniformly from the range, both ends included."""
+    """JPEG at an integer quality drawn uniformly from the range, both ends included; the quantisation
+    rounding's gradient is the transform's ``gradient`` surrogate."""
     lo, hi = transform.range("quality")
     quality = jax.random.randint(key, (), int(lo), int(hi) + 1).astype(jnp.float32)
-    return jpeg.jpeg(image, quality)
+    return jpeg.jpeg(image, quality, transform.word("gradient"))
 
 
 def apply_resize(transform, key, image):

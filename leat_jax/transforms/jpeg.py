@@ -48,7 +48,9 @@ def dct_matrix():
 
 
 DCT = dct_matrix()
-# The quantisation rounding's surrogate ``jpeg`` takes by default (robust mode's); attack digests name it.
+# The quantisation rounding's surrogates, and the one ``jpeg`` (and the spec's ``jpeg`` kind) takes by default
+# (robust mode's); attack digests name the one used.
+GRADIENTS = ("square", "cubic", "identity")
 GRADIENT = "square"
 
 
@@ -84,7 +86,7 @@ def quantise(coefficients, table, gradient: str):
     elif gradient == "identity":
         soft = x
     else:
-        raise ValueError(f"jpeg: unknown gradient {gradient!r} (square, cubic or identity)")
+        raise ValueError(f"jpeg: unknown gradient {gradient!r} (one of {', '.join(GRADIENTS)})")
     return straight_through(r, soft) * table
 
 
