@@ -48,6 +48,9 @@ ARMS = {
     "default-step0.02": ["--robust", "--step", "0.02"],
     "default-adam-cosine": ["--robust", "--update", "adam", "--step-schedule", "cosine"],
     "default-2draws": ["--robust", "--eot-samples", "2"],
+    # the shipped chain with Shin and Song's cubic surrogate (the default before square; RESULTS, "The rounding's
+    # surrogate")
+    "default-cubic": ["--transforms", "jpeg:quality=50-95,gradient=cubic,round8"],
     "q75-95": ["--transforms", "jpeg:quality=75-95,round8"],  # the shipped chain without its lowest qualities
     # each victim's gradient over its L1 norm (the sign step's own measure) instead of its L2 norm
     "plain-l1": ["--ensemble", "normalized_l1"],

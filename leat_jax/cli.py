@@ -132,13 +132,16 @@ def _add_immunize_attack(p) -> None:
 
 def _add_robust(g, d) -> None:
     """--robust or --transforms (one of them) and the EOT draws, into the attack group ``g``."""
+    from leat_jax.transforms.jpeg import GRADIENT, GRADIENTS  # JPEG's surrogates, named by the transforms
+
     m = g.add_mutually_exclusive_group()
     m.add_argument("--robust", action="store_const", const="robust", dest="transforms",
                    help="protection that survives uploads: every step attacks a random JPEG re-encoding (quality "
                         "50-95) and 8-bit rounding of the image (expectation over transformation)")
     m.add_argument("--transforms", metavar="SPEC",
                    help="the transforms of --robust, chosen: e.g. resize:factor=0.5-1.0,jpeg:quality=50-95,jitter,"
-                        "round8 (leat_jax.transforms; 'none': plain LEAT)")
+                        f"round8 (leat_jax.transforms; 'none': plain LEAT); jpeg's gradient={'|'.join(GRADIENTS)} "
+                        f"picks its rounding's surrogate slope (default {GRADIENT})")
     g.add_argument("--eot-samples", type=_positive_int, metavar="N",
                    help=f"transform draws per step, gradients averaged (default {d.eot_samples})")
     g.add_argument("--eot-untransformed", action="store_true", default=None,

@@ -12,6 +12,7 @@ Precedence: the defaults here (the attack's from ``AttackConfig``), then
     eps = 0.05
     iterations = 50
     transforms = "robust"     # EOT (--robust), or a spec: "jpeg:quality=50-95,round8"; "none": plain
+                              # (jpeg:...,gradient=cubic: JPEG's rounding surrogate, square|cubic|identity)
     eot_samples = 1
     update = "sign"           # or "mifgsm", "adam"
     losses = { simswap_id = "cosine" }     # per victim: mse (default), cosine, l1
