@@ -68,7 +68,7 @@ class Transform:
     words: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
-        check_kind(self.name)
+        _check_kind(self.name)
         object.__setattr__(self, "ranges", _canonical_ranges(self.name, self.ranges))
         object.__setattr__(self, "words", _canonical_words(self.name, self.words))
 
@@ -81,7 +81,7 @@ class Transform:
         return next(word for name, word in self.words if name == parameter)
 
 
-def check_kind(kind: str) -> None:
+def _check_kind(kind: str) -> None:
     """Raises ``TransformSpecError`` unless ``kind`` is one of ``PARAMETERS``."""
     if kind not in PARAMETERS:
         raise TransformSpecError(f"unknown transform {kind!r} (known: {', '.join(PARAMETERS)})")
@@ -93,6 +93,7 @@ def _known(kind: str) -> str:
 
 
 def _word_names(kind: str) -> tuple[str, ...]:
+    """The names of a kind's word parameters (none for most kinds)."""
     return tuple(p[0] for p in WORD_PARAMETERS.get(kind, ()))
 
 
@@ -137,6 +138,7 @@ def _canonical_words(kind, words):
 
 
 def _allowed_words(kind: str, parameter: str) -> tuple[str, ...]:
+    """The words one word parameter accepts."""
     return next(words for name, _, words in WORD_PARAMETERS[kind] if name == parameter)
 
 
@@ -189,7 +191,7 @@ def parse(text: str) -> tuple[Transform, ...]:
             raise TransformSpecError(f"empty item in transform spec {text!r}")
         if ":" in part or "=" not in part:
             kind, _, part = part.partition(":")
-            check_kind(kind.strip())
+            _check_kind(kind.strip())
             items.append((kind.strip(), [], []))
             if not part.strip():
                 continue
