@@ -430,23 +430,14 @@ def _error(message: str) -> None:
 
 
 def _immunize(args, parser) -> int:
+    from leat_jax import engines
     from leat_jax.errors import SetupError
-    from leat_jax.pipeline import immunize, sources
     from leat_jax.pipeline.faults import JobFailed
 
     src, dst = _immunize_paths(args, parser)
     try:
         cfg = _immunize_config(args, src, dst)
-        if cfg.engine == "ray":
-            from leat_jax.engines import ray_engine
-
-            summary = ray_engine.run(cfg)
-        elif cfg.src is not None and sources.is_sharded(cfg.src):  # tar or Parquet shards, in this process
-            from leat_jax.engines import sharded_job
-
-            summary = sharded_job.run(cfg, sharded_job.local)
-        else:
-            summary = immunize.run(cfg)
+        summary = engines.run(cfg)  # the engine cfg names, on a folder or on shards
     except SetupError as e:
         _error(str(e))
         return EXIT_SETUP

@@ -12,12 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leat_jax import cli
+from leat_jax import cli, engines
 from leat_jax.engines import shard_stages
+from leat_jax.errors import SetupError
+from leat_jax.pipeline import config, inputs, job, sinks, sources
 from leat_jax.pipeline import immunize as immunize_job
-from leat_jax.pipeline import inputs, job, sinks, sources
+from leat_jax.pipeline.victimset import VictimSpec
 from tests.engine_toys import mixed_set
-from tests.test_pipeline_immunize import ATTACK, STEP8, immunize, outputs, report, toy_victims  # noqa: F401
+from tests.pipeline_toys import ENV
+from tests.test_pipeline_immunize import ATTACK, EPS, STEP8, immunize, outputs, report, toy_victims  # noqa: F401
 
 pytest.importorskip("pyarrow")
 
@@ -84,6 +87,35 @@ def test_tar_and_parquet_shards_give_the_files_of_a_folder_run(tmp_path, capsys)
     (inner / "s0.tar").write_bytes((shards_in / "s0.tar").read_bytes())
     rc, err = immunize(capsys, inner, tmp_path / "outer")
     assert rc == 0 and shard_files(tmp_path / "outer", "s0.tar") == {k: got[k] for k, _ in files[:2]}, err
+
+
+def settings_of(src, dst, **more) -> config.ImmunizeConfig:
+    """The settings ``ATTACK`` gives, from Python."""
+    return config.build(str(src), str(dst), victims=(VictimSpec("toy_a"), VictimSpec("toy_b")), stand_in_weights=True,
+                        iterations=3, eps=EPS, step=0.02, extra_victims=(ENV["LEAT_EXTRA_VICTIMS"],), **more)
+
+
+def test_the_python_entry_runs_shards_and_folders_and_the_folder_job_refuses_shards(tmp_path, capsys):
+    src = mixed_set(tmp_path / "src", 3)
+    files = [(p.relative_to(src).as_posix(), p.read_bytes()) for p in sorted(src.rglob("*.png"))]
+    shards_in = tmp_path / "shards"
+    shards_in.mkdir()
+    (shards_in / "s0.tar").write_bytes(sinks.encode_shard("tar", files))
+    for sharded in (shards_in, shards_in / "s0.tar"):  # a folder of shards, one shard file
+        with pytest.raises(SetupError) as e:
+            immunize_job.run(settings_of(sharded, tmp_path / "refused", quiet=True))
+        assert str(e.value) == (f"{sharded}: tar or Parquet shards; this is the folder job, run shards with "
+                                "leat_jax.engines.run(cfg) (as the CLI does)")
+    assert not (tmp_path / "refused").exists()  # refused before anything is written
+    folder = engines.run(settings_of(src, tmp_path / "folder", quiet=True))  # the folder job, by the same entry
+    capsys.readouterr()
+    stream = io.StringIO()
+    summary = engines.run(settings_of(shards_in, tmp_path / "out"), stream)
+    assert (summary.protected, summary.failed, summary.exit_code) == (3, 0, 0) and folder.protected == 3
+    assert shard_files(tmp_path / "out", "s0.tar") == outputs(tmp_path / "folder")
+    shown = stream.getvalue()
+    assert "leat-jax: 1 shards (0 done before)" in shown and "shard 1/1 s0.tar: 3 protected, 0 failed" in shown
+    assert "[" in shown and capsys.readouterr().err == ""  # the progress bars went to the stream too
 
 
 def test_unusable_shards_are_one_line_errors_and_the_rest_is_done(tmp_path, capsys, monkeypatch):
