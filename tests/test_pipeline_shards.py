@@ -5,17 +5,19 @@ import errno
 import io
 import json
 import sys
+import threading
 import tracemalloc
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from leat_jax import cli, engines
+from leat_jax import cli, engines, parallel
 from leat_jax.engines import shard_stages
 from leat_jax.errors import SetupError
-from leat_jax.pipeline import config, inputs, job, sinks, sources
+from leat_jax.pipeline import compile_cache, config, inputs, job, reading, sinks, sources
 from leat_jax.pipeline import immunize as immunize_job
 from leat_jax.pipeline.victimset import VictimSpec
 from tests.engine_toys import mixed_set
@@ -116,6 +118,93 @@ def test_the_python_entry_runs_shards_and_folders_and_the_folder_job_refuses_sha
     shown = stream.getvalue()
     assert "leat-jax: 1 shards (0 done before)" in shown and "shard 1/1 s0.tar: 3 protected, 0 failed" in shown
     assert "[" in shown and capsys.readouterr().err == ""  # the progress bars went to the stream too
+
+
+def shard_set(tmp_path, n: int, split: int) -> tuple[Path, list[tuple[str, bytes]]]:
+    """A folder with ``s0.tar`` (the first ``split`` of ``mixed_set``'s ``n`` images) and ``s1.parquet`` (the rest)."""
+    src = mixed_set(tmp_path / "src", n)
+    files = [(p.relative_to(src).as_posix(), p.read_bytes()) for p in sorted(src.rglob("*.png"))]
+    shards_in = tmp_path / "shards"
+    shards_in.mkdir()
+    (shards_in / "s0.tar").write_bytes(sinks.encode_shard("tar", files[:split]))
+    if split < n:
+        (shards_in / "s1.parquet").write_bytes(sinks.encode_shard("parquet", files[split:]))
+    return shards_in, files
+
+
+def test_the_contact_sheet_shows_the_first_protected_images_of_the_shards(tmp_path, capsys):
+    shards_in, files = shard_set(tmp_path, 3, 1)  # a/img1 24x24 in s0.tar; b/img0 16x20, b/img2 in s1.parquet
+    out, sheet_path = tmp_path / "out", tmp_path / "out" / inputs.CONTACT_SHEET
+    assert immunize(capsys, shards_in, out, "--contact-sheet", "2")[0] == 0
+    produced = shard_files(out, "s0.tar", "s1.parquet")
+    sheet = np.asarray(Image.open(sheet_path).convert("RGB")).astype(np.int64)
+    row, column, head = 192 + 14 + 8, 192 + 8, 44  # report.contact_sheet's layout: tiles of 192 px, 8 px apart
+    assert sheet.shape == (head + 2 * row + 8, 8 + 3 * column, 3)
+    for k, (key, data) in enumerate(files[:2]):  # one from each shard, in shard order, at their own size
+        h, w = levels(data).shape[:2]
+        y = head + k * row
+        assert np.array_equal(sheet[y:y + h, 8:8 + w], levels(data)), key  # the original
+        assert np.array_equal(sheet[y:y + h, 8 + column:8 + column + w], levels(produced[key])), key  # protected
+        assert not np.array_equal(levels(data), levels(produced[key]))
+    killed = out / f"{inputs.CONTACT_SHEET}.{'ab' * 16}.part"  # a killed run's half-written sheet
+    killed.write_bytes(b"half")
+    assert immunize(capsys, shards_in, out, "--contact-sheet", "1")[0] == 0  # every shard done: no engine
+    assert not killed.exists() and Image.open(sheet_path).size == (8 + 3 * column, head + row + 8)
+    assert immunize(capsys, shards_in, tmp_path / "none", "--contact-sheet", "0")[0] == 0
+    assert not (tmp_path / "none" / inputs.CONTACT_SHEET).exists() and (tmp_path / "none" / "s0.tar").exists()
+
+
+def test_workers_threads_decode_and_encode_a_shards_images_in_order(tmp_path, capsys, monkeypatch):
+    shards_in, files = shard_set(tmp_path, 3, 3)
+    real_decoded, real_encoded = reading.decoded, shard_stages.encoded
+    decoding, encoding, both = [], [], threading.Barrier(2, timeout=30)
+
+    def decoded(*args):
+        decoding.append(threading.current_thread().name)
+        if both is not None and len(decoding) <= 2:
+            both.wait()  # the first two decode at once, or the barrier breaks and the image fails
+        return real_decoded(*args)
+
+    def encoded(*args):
+        encoding.append(threading.current_thread().name)
+        return real_encoded(*args)
+
+    monkeypatch.setattr(reading, "decoded", decoded)
+    monkeypatch.setattr(shard_stages, "encoded", encoded)
+    assert immunize(capsys, shards_in, tmp_path / "two", "--workers", "2")[0] == 0
+    assert len(decoding) == len(encoding) == 3
+    assert set(decoding) == {"leat-shard-io_0", "leat-shard-io_1"} and set(encoding) <= set(decoding)
+    decoding.clear(), encoding.clear()
+    both = None
+    assert immunize(capsys, shards_in, tmp_path / "one", "--workers", "1")[0] == 0
+    assert set(decoding) == set(encoding) == {"leat-shard-io_0"}
+    assert shard_files(tmp_path / "two", "s0.tar") == shard_files(tmp_path / "one", "s0.tar")  # order kept
+    assert report(tmp_path / "two")["images"] == report(tmp_path / "one")["images"]
+    rc, err = immunize(capsys, shards_in, tmp_path / "ray", "--engine", "ray", "--workers", "2")
+    assert rc == 2 and err.strip().splitlines() == ["leat-jax: error: --workers: the Ray engine reads and writes in "
+                                                   "Ray tasks, as many at once as the cluster has CPUs; leave "
+                                                   "--workers out"]
+
+
+def test_the_report_has_the_compile_cache_and_out_of_memory_figures(tmp_path, capsys, monkeypatch):
+    shards_in, _ = shard_set(tmp_path, 3, 3)  # two images of 24x24: a batch of 2
+    real, sizes = parallel.sharded_attack, []
+
+    def small_device(victims, config, mesh, params, x, *rest):
+        sizes.append(x.shape[0])
+        jax.monitoring.record_event(compile_cache.HIT)  # as a program found in the persistent cache says
+        if x.shape[0] >= 2:
+            raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.5GiB")
+        return real(victims, config, mesh, params, x, *rest)
+
+    monkeypatch.setattr(parallel, "sharded_attack", small_device)
+    cache = tmp_path / "cache"
+    rc, err = immunize(capsys, shards_in, tmp_path / "out", "--batch-size", "2", "--compile-cache", str(cache))
+    assert rc == 0, err
+    run = report(tmp_path / "out")["run"]["per_process"][0]
+    assert sizes == [2, 1, 1, 1] and run["out_of_memory"] == [{"batch": 2, "retried_at": 1}] and run["batch"] == 1
+    assert run["compile_cache"]["folder"] == str(cache) and run["compile_cache"]["hits"] == len(sizes)
+    assert run["image_sizes"] == 2 and report(tmp_path / "out")["totals"]["done"] == 3
 
 
 def test_unusable_shards_are_one_line_errors_and_the_rest_is_done(tmp_path, capsys, monkeypatch):

@@ -9,6 +9,7 @@ after any crash. ``local`` is the in-process engine's runner: the stages of
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import dataclasses
 import json
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable, ContextManager, Iterable, Iterator
 
-from leat_jax.engines import shard_stages
+from leat_jax.engines import shard_sheet, shard_stages
 from leat_jax.errors import SetupError
 from leat_jax.pipeline import compile_cache, faults, immunize, inputs, job, report, sinks, sources, victimset
 from leat_jax.pipeline.config import ImmunizeConfig
@@ -30,7 +31,10 @@ class Runner:
 
     Attributes:
       what: the engine and its devices, for the opening line.
-      stats: its figures for the report's run (devices, platform, engine...).
+      stats: its figures for the report's run (devices, platform, engine...);
+        the engine adds those it has at the end (the in-process one: the
+        compile cache's hits and misses, batch, out-of-memory retries) as it
+        closes.
       rows: shard rows (``shard_stages.shard_row``) -> a row per shard, in
         any order, with its records as JSON text under ``record``.
     """
@@ -70,7 +74,7 @@ def run(cfg: ImmunizeConfig, engine: Callable[[ImmunizeConfig, job.Context], Con
     except OSError as e:  # DST a file, or not writable
         raise SetupError(f"{cfg.dst}: cannot write there ({e.strerror or e})") from None
     try:
-        sinks.clear_partial(cfg.dst, [s.rel for s in found])
+        sinks.clear_partial(cfg.dst, [s.rel for s in found] + [inputs.CONTACT_SHEET])
         return stages(cfg, found, engine, stream, start)
     finally:
         lock.release()
@@ -189,10 +193,10 @@ def count(records: list[dict], counts: job.Counts, out: dict, unread: list, stre
 def finish(cfg, found, out, counts: job.Counts, about, say, start) -> immunize.Summary:
     """The report, built from the committed shards' markers; the summary."""
     settings, settings_hash, warning, engine_stats, unread = about
-    rows, total = [], 0
+    rows, total, markers = [], 0, {}
     for s in found:
-        marker = sinks.committed(out[s.rel], settings_hash, s.version) or {"records": []}
-        records = {r["path"]: r for r in marker["records"]}
+        markers[s.rel] = sinks.committed(out[s.rel], settings_hash, s.version) or {"records": []}
+        records = {r["path"]: r for r in markers[s.rel]["records"]}
         total += len(records)
         rows.append(([inputs.Item(rel, Path(rel), rec.get("output") or rel) for rel, rec in records.items()], records))
     rows.append(([inputs.Item(r["path"], Path(r["path"]), r["path"]) for r in unread], {r["path"]: r for r in unread}))
@@ -203,9 +207,17 @@ def finish(cfg, found, out, counts: job.Counts, about, say, start) -> immunize.S
     dst = cfg.dst.rstrip("/")
     sinks.put(f"{dst}/{inputs.SETTINGS}", (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())
     sinks.put(f"{dst}/{inputs.REPORT}", (json.dumps(data, indent=2) + "\n").encode())
-    say(immunize.closing_line(counts, seconds, f"{dst}/{inputs.REPORT}", None))
-    return immunize.Summary(total, counts.protected, counts.skipped, counts.failed, seconds, None, None,
+    shown = shard_sheet.pairs(found, out, markers, cfg.contact_sheet) if cfg.contact_sheet else []
+    sheet = shard_sheet.write(dst, shown, cfg.attack.eps, warning)
+    say(immunize.closing_line(counts, seconds, f"{dst}/{inputs.REPORT}", sheet))
+    return immunize.Summary(total, counts.protected, counts.skipped, counts.failed, seconds,
+                            local_path(f"{dst}/{inputs.REPORT}"), local_path(sheet),
                             tuple(settings["stand_in_weights"]))
+
+
+def local_path(url: str | None) -> Path | None:
+    """``url`` as a path when it is on the local disk (a summary's paths); None for an object store's or none."""
+    return None if url is None or "://" in url else Path(url)
 
 
 @contextlib.contextmanager
@@ -230,8 +242,15 @@ def local(cfg: ImmunizeConfig, ctx: job.Context, stream=None) -> Iterator[Runner
     stage = immunize.attack_stage(cfg, ctx, loaded, mesh, None, bars.show)
     platform = mesh.devices.flat[0].platform
     stats = {"devices": int(mesh.devices.size), "platform": platform, "engine": "inprocess"}
-    yield Runner(f"{mesh.devices.size} {platform} device(s), batch {stage.batch}", stats,
-                 lambda rows: (one_shard(r, ctx, stage, bars) for r in rows))
+    # --workers threads decode and encode a shard's images, as the folder job's read and write them
+    pool = cf.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="leat-shard-io")
+    try:
+        with compile_cache.Counter() as compiles:
+            yield Runner(f"{mesh.devices.size} {platform} device(s), batch {stage.batch}", stats,
+                         lambda rows: (one_shard(r, ctx, stage, bars, pool) for r in rows))
+        stats.update(compile_cache={"folder": immunize.jax_cache_folder(cfg), **compiles.stats()}, **stage.stats())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class ShardBars:
@@ -257,10 +276,10 @@ class ShardBars:
             print(text, file=self.stream, flush=True)
 
 
-def one_shard(r: dict, ctx: job.Context, stage, bars=None) -> dict:
+def one_shard(r: dict, ctx: job.Context, stage, bars=None, pool=None) -> dict:
     """Read, attack and commit one shard here; one line for a failure that stops the job (``faults.JobFailed``)."""
     try:
-        return shard_stages.run_shard(r, ctx, stage, bars)
+        return shard_stages.run_shard(r, ctx, stage, bars, pool)
     except OSError as e:  # DST became unwritable mid-run
         raise faults.JobFailed(f"{e.filename or r['out']}: {e.strerror or e}; the job stopped, committed shards are "
                                "kept") from None
