@@ -4,14 +4,16 @@
 done marker matches them and the input's version, hands the others to an
 engine's ``Runner`` and builds the report from the markers, so it holds
 after any crash. ``local`` is the in-process engine's runner: the stages of
-``shard_stages`` one shard at a time in this process, on every local device;
-``ray_engine.shard_runner`` runs the same functions on Ray Data.
+``shard_stages`` one shard at a time in this process, on every local device,
+the next shard read ahead; ``ray_engine.shard_runner`` runs the same
+functions on Ray Data.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -228,12 +230,14 @@ def idle(cfg: ImmunizeConfig) -> Iterator[Runner]:
 
 
 @contextlib.contextmanager
-def local(cfg: ImmunizeConfig, ctx: job.Context, stream=None) -> Iterator[Runner]:
+def local(cfg: ImmunizeConfig, ctx: job.Context, stream=None, overlap: bool = True) -> Iterator[Runner]:
     """The in-process engine's runner: every local device, the victims' weights loaded and prepared once.
 
     On ``stream`` (default stderr), as the folder job shows them: a progress
     bar per shard (images attacked, rate, ETA; none when quiet) and the
     attack's lines (each compilation, out-of-memory retries) through it.
+    ``overlap``: read and decode the next shard while this one is attacked
+    (False: one after the other, as a benchmark compares).
     """
     bars = ShardBars(stream if stream is not None else sys.stderr, cfg.quiet)
     loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
@@ -244,13 +248,38 @@ def local(cfg: ImmunizeConfig, ctx: job.Context, stream=None) -> Iterator[Runner
     stats = {"devices": int(mesh.devices.size), "platform": platform, "engine": "inprocess"}
     # --workers threads decode and encode a shard's images, as the folder job's read and write them
     pool = cf.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="leat-shard-io")
+    reader = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="leat-shard-ahead") if overlap else None
     try:
         with compile_cache.Counter() as compiles:
             yield Runner(f"{mesh.devices.size} {platform} device(s), batch {stage.batch}", stats,
-                         lambda rows: (one_shard(r, ctx, stage, bars, pool) for r in rows))
+                         lambda rows: in_turn(rows, ctx, stage, bars, pool, reader))
         stats.update(compile_cache={"folder": immunize.jax_cache_folder(cfg), **compiles.stats()}, **stage.stats())
-    finally:
+    finally:  # on Ctrl-C too: a shard read ahead is dropped (reading writes nothing), queued decodes are cancelled
+        if reader is not None:
+            reader.shutdown(wait=False, cancel_futures=True)
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def in_turn(rows: list[dict], ctx: job.Context, stage, bars=None, pool=None, reader=None) -> Iterator[dict]:
+    """Each row's shard read, attacked and committed here, in order: its row of records (``one_shard``).
+
+    With a ``reader`` (one thread) the next shard is read and decoded while
+    this one is attacked and written: at most one shard ahead, so at most
+    two shards' images are held. Its failure surfaces at its turn, as
+    without one, after the shards before it are committed.
+    """
+    def read(r: dict):
+        return shard_stages.read_entries(shard_stages.shard_of(r["item"]), ctx, pool)
+
+    ahead = reader.submit(read, rows[0]) if reader is not None and rows else None
+    for k, r in enumerate(rows):
+        if reader is None:
+            entries = functools.partial(read, r)
+        else:  # the last shard's future is dropped before the next read starts
+            got = ahead
+            entries = got.result
+            ahead = reader.submit(read, rows[k + 1]) if k + 1 < len(rows) else None
+        yield one_shard(r, entries, ctx, stage, bars, pool)
 
 
 class ShardBars:
@@ -276,10 +305,11 @@ class ShardBars:
             print(text, file=self.stream, flush=True)
 
 
-def one_shard(r: dict, ctx: job.Context, stage, bars=None, pool=None) -> dict:
-    """Read, attack and commit one shard here; one line for a failure that stops the job (``faults.JobFailed``)."""
+def one_shard(r: dict, entries: Callable[[], list | dict], ctx: job.Context, stage, bars=None, pool=None) -> dict:
+    """Read (``entries()``: ``shard_stages.read_entries``'s), attack and commit one shard here; one line for a failure
+    that stops the job (``faults.JobFailed``)."""
     try:
-        return shard_stages.run_shard(r, ctx, stage, bars, pool)
+        return shard_stages.attack_and_commit(r, entries(), ctx, stage, bars, pool)
     except OSError as e:  # DST became unwritable mid-run
         raise faults.JobFailed(f"{e.filename or r['out']}: {e.strerror or e}; the job stopped, committed shards are "
                                "kept") from None

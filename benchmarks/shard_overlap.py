@@ -1,0 +1,103 @@
+"""The in-process sharded job with and without reading the next shard while one is attacked, side by side.
+
+    flock /tmp/leat-heavy.lock python -m benchmarks.shard_overlap [--shards 4] [--images 4] [--size 512] \\
+        [--victims simswap_G] [--iterations 2] [--repeats 2]
+
+Writes ``--shards`` tar shards of random images, runs the job once to
+compile (not timed), then ``--repeats`` times each way, alternately, in
+this process: one shard after the other (``sharded_job.local(overlap=False)``)
+and the next shard read and decoded ahead. Each time is a whole job (a
+fresh DST; loading the stand-in victims included; compiled programs reused,
+persistent cache off). Also times reading and decoding every shard alone:
+overlap can hide at most that, less the first shard's. Checks that both ways
+write byte-identical shards.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import io
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from leat_jax import xla_cpu
+from leat_jax.engines import shard_stages, sharded_job
+from leat_jax.pipeline import config, job, sinks, sources
+from leat_jax.pipeline.victimset import VictimSpec
+
+
+def write_shards(folder: Path, shards: int, n: int, size: int) -> None:
+    """``shards`` tar shards of ``n`` random ``size`` px PNG images each."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for s in range(shards):
+        files = []
+        for i in range(n):
+            data = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(data, "PNG")
+            files.append((f"{s:03d}-{i:03d}.png", data.getvalue()))
+        (folder / f"shard-{s:03d}.tar").write_bytes(sinks.encode_shard("tar", files))
+
+
+def timed_job(src: Path, dst: Path, args, overlap: bool) -> float:
+    """Wall seconds of one whole sharded job."""
+    cfg = config.build(str(src), str(dst), victims=tuple(VictimSpec(v) for v in args.victims.split(",")),
+                       stand_in_weights=True, iterations=args.iterations, quiet=True, compile_cache=False)
+    start = time.monotonic()
+    summary = sharded_job.run(cfg, functools.partial(sharded_job.local, overlap=overlap), io.StringIO())
+    seconds = time.monotonic() - start
+    assert summary.protected == args.shards * args.images and not summary.failed, summary
+    return seconds
+
+
+def read_seconds(src: Path) -> list[float]:
+    """Seconds to read and decode each shard alone (no pool: as one reader thread would, less its helpers)."""
+    ctx = job.Context(Path("."), Path("."), "h", 0, 0.05, "png", 95, 4096, (), {})
+    times = []
+    for shard in sources.list_shards(str(src)):
+        start = time.monotonic()
+        shard_stages.read_entries(shard, ctx)
+        times.append(time.monotonic() - start)
+    return times
+
+
+def outputs(dst: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(dst.glob("*.tar"))}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shards", type=int, default=4)
+    p.add_argument("--images", type=int, default=4, help="images per shard")
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--victims", default="simswap_G")
+    p.add_argument("--iterations", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=2)
+    args = p.parse_args(argv)
+    xla_cpu.cpu_flags()  # before any computation, as the CLI does
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_shards(tmp / "src", args.shards, args.images, args.size)
+        timed_job(tmp / "src", tmp / "warm", args, True)  # compiles; not counted
+        times: dict[str, list[float]] = {"one after the other": [], "next shard read ahead": []}
+        for k in range(args.repeats):
+            for name, overlap in (("one after the other", False), ("next shard read ahead", True)):
+                times[name].append(timed_job(tmp / "src", tmp / f"{overlap}-{k}", args, overlap))
+        same = outputs(tmp / "False-0") == outputs(tmp / "True-0") == outputs(tmp / "warm")
+        reads = read_seconds(tmp / "src")
+    result = {"args": vars(args), "seconds": times, "read_and_decode_seconds": reads,
+              "hideable_seconds": sum(reads[1:]), "byte_identical": same,
+              "gain_seconds": float(np.mean(times["one after the other"]) - np.mean(times["next shard read ahead"]))}
+    json.dump(result, sys.stdout, indent=2)
+    print()
+    return result
+
+
+if __name__ == "__main__":
+    main()
