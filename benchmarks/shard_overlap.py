@@ -1,16 +1,18 @@
 """The in-process sharded job with and without reading the next shard while one is attacked, side by side.
 
-    flock /tmp/leat-heavy.lock python -m benchmarks.shard_overlap [--shards 4] [--images 4] [--size 512] \\
-        [--victims simswap_G] [--iterations 2] [--repeats 2]
+    flock /tmp/leat-heavy.lock python -m benchmarks.shard_overlap [--shards 4] [--images 4] [--size 1024] \\
+        [--victims simswap_G] [--iterations 1] [--repeats 3] [--read-delays 0,0.5]
 
 Writes ``--shards`` tar shards of random images, runs the job once to
-compile (not timed), then ``--repeats`` times each way, alternately, in
-this process: one shard after the other (``sharded_job.local(overlap=False)``)
-and the next shard read and decoded ahead. Each time is a whole job (a
-fresh DST; loading the stand-in victims included; compiled programs reused,
-persistent cache off). Also times reading and decoding every shard alone:
-overlap can hide at most that, less the first shard's. Checks that both ways
-write byte-identical shards.
+compile (not timed), then, for each read delay, ``--repeats`` times each
+way, alternately, in this process: one shard after the other
+(``sharded_job.local(overlap=False)``) and the next shard read and decoded
+ahead. Each time is a whole job (a fresh DST; loading the stand-in victims
+included; persistent cache off). A read delay stands for a store's latency
+(object storage, a network disk): each shard's read first sleeps that long,
+which takes no CPU. Also times reading and decoding every shard alone:
+overlap can hide at most that (and the delays), less the first shard's.
+Checks that both ways write byte-identical shards.
 """
 from __future__ import annotations
 
@@ -56,6 +58,15 @@ def timed_job(src: Path, dst: Path, args, overlap: bool) -> float:
     return seconds
 
 
+def delayed(read, delay: float):
+    """``shard_stages.read_entries`` that first waits ``delay`` seconds, as a slow store would."""
+    def read_entries(*args, **kwargs):
+        time.sleep(delay)
+        return read(*args, **kwargs)
+
+    return read_entries
+
+
 def read_seconds(src: Path) -> list[float]:
     """Seconds to read and decode each shard alone (no pool: as one reader thread would, less its helpers)."""
     ctx = job.Context(Path("."), Path("."), "h", 0, 0.05, "png", 95, 4096, (), {})
@@ -75,25 +86,33 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shards", type=int, default=4)
     p.add_argument("--images", type=int, default=4, help="images per shard")
-    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--size", type=int, default=1024)
     p.add_argument("--victims", default="simswap_G")
-    p.add_argument("--iterations", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--iterations", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--read-delays", default="0,0.5", help="seconds each shard's read waits first, comma-separated")
     args = p.parse_args(argv)
     xla_cpu.cpu_flags()  # before any computation, as the CLI does
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_shards(tmp / "src", args.shards, args.images, args.size)
         timed_job(tmp / "src", tmp / "warm", args, True)  # compiles; not counted
-        times: dict[str, list[float]] = {"one after the other": [], "next shard read ahead": []}
-        for k in range(args.repeats):
-            for name, overlap in (("one after the other", False), ("next shard read ahead", True)):
-                times[name].append(timed_job(tmp / "src", tmp / f"{overlap}-{k}", args, overlap))
-        same = outputs(tmp / "False-0") == outputs(tmp / "True-0") == outputs(tmp / "warm")
+        by_delay, read = {}, shard_stages.read_entries
+        for delay in [float(d) for d in args.read_delays.split(",")]:
+            shard_stages.read_entries = delayed(read, delay)
+            times: dict[str, list[float]] = {"one after the other": [], "next shard read ahead": []}
+            try:
+                for k in range(args.repeats):
+                    for name, overlap in (("one after the other", False), ("next shard read ahead", True)):
+                        times[name].append(timed_job(tmp / "src", tmp / f"{delay}-{overlap}-{k}", args, overlap))
+            finally:
+                shard_stages.read_entries = read
+            same = outputs(tmp / f"{delay}-False-0") == outputs(tmp / f"{delay}-True-0") == outputs(tmp / "warm")
+            gain = float(np.mean(times["one after the other"]) - np.mean(times["next shard read ahead"]))
+            by_delay[delay] = {"seconds": times, "gain_seconds": gain, "byte_identical": same}
         reads = read_seconds(tmp / "src")
-    result = {"args": vars(args), "seconds": times, "read_and_decode_seconds": reads,
-              "hideable_seconds": sum(reads[1:]), "byte_identical": same,
-              "gain_seconds": float(np.mean(times["one after the other"]) - np.mean(times["next shard read ahead"]))}
+    result = {"args": vars(args), "by_read_delay": by_delay, "read_and_decode_seconds": reads,
+              "hideable_seconds_without_delay": sum(reads[1:])}
     json.dump(result, sys.stdout, indent=2)
     print()
     return result
