@@ -1,7 +1,7 @@
 """The in-process sharded job with and without reading the next shard while one is attacked, side by side.
 
     flock /tmp/leat-heavy.lock python -m benchmarks.shard_overlap [--shards 4] [--images 4] [--size 1024] \\
-        [--victims simswap_G] [--iterations 1] [--repeats 3] [--read-delays 0,0.5]
+        [--victims simswap_G] [--iterations 1] [--repeats 3] [--read-delays 0,0.5] [--workers 4]
 
 Writes ``--shards`` tar shards of random images, runs the job once to
 compile (not timed), then, for each read delay, ``--repeats`` times each
@@ -50,7 +50,8 @@ def write_shards(folder: Path, shards: int, n: int, size: int) -> None:
 def timed_job(src: Path, dst: Path, args, overlap: bool) -> float:
     """Wall seconds of one whole sharded job."""
     cfg = config.build(str(src), str(dst), victims=tuple(VictimSpec(v) for v in args.victims.split(",")),
-                       stand_in_weights=True, iterations=args.iterations, quiet=True, compile_cache=False)
+                       stand_in_weights=True, iterations=args.iterations, quiet=True, compile_cache=False,
+                       workers=args.workers)
     start = time.monotonic()
     summary = sharded_job.run(cfg, functools.partial(sharded_job.local, overlap=overlap), io.StringIO())
     seconds = time.monotonic() - start
@@ -90,6 +91,7 @@ def main(argv=None) -> dict:
     p.add_argument("--victims", default="simswap_G")
     p.add_argument("--iterations", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workers", type=int, default=4, help="the job's --workers (decoding and encoding threads)")
     p.add_argument("--read-delays", default="0,0.5", help="seconds each shard's read waits first, comma-separated")
     args = p.parse_args(argv)
     xla_cpu.cpu_flags()  # before any computation, as the CLI does
