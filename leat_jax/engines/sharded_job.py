@@ -207,10 +207,10 @@ def finish(cfg, found, out, counts: job.Counts, about, say, start) -> immunize.S
              "failed": counts.failed, "seconds": seconds, "no_face": 0, **engine_stats, "shards": len(found)}
     data = report.build(rows, settings, [stats], cfg.src, cfg.dst, warning)
     dst = cfg.dst.rstrip("/")
+    shown = shard_sheet.pairs(found, out, markers, cfg.contact_sheet) if cfg.contact_sheet else []
+    sheet = shard_sheet.write(dst, shown, cfg.attack.eps, warning)  # first: a failure leaves no report, as said
     sinks.put(f"{dst}/{inputs.SETTINGS}", (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())
     sinks.put(f"{dst}/{inputs.REPORT}", (json.dumps(data, indent=2) + "\n").encode())
-    shown = shard_sheet.pairs(found, out, markers, cfg.contact_sheet) if cfg.contact_sheet else []
-    sheet = shard_sheet.write(dst, shown, cfg.attack.eps, warning)
     say(immunize.closing_line(counts, seconds, f"{dst}/{inputs.REPORT}", sheet))
     return immunize.Summary(total, counts.protected, counts.skipped, counts.failed, seconds,
                             local_path(f"{dst}/{inputs.REPORT}"), local_path(sheet),
