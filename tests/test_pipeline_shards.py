@@ -175,8 +175,9 @@ def test_workers_threads_decode_and_encode_a_shards_images_in_order(tmp_path, ca
     assert immunize(capsys, shards_in, tmp_path / "two", "--workers", "2")[0] == 0
     assert len(decoding) == len(encoding) == 3
     assert set(decoding) == {"leat-shard-io_0", "leat-shard-io_1"} and set(encoding) <= set(decoding)
-    decoding.clear(), encoding.clear()
-    both = None
+    decoding.clear()
+    encoding.clear()
+    both = None  # one thread: the first decode would wait for a second in vain
     assert immunize(capsys, shards_in, tmp_path / "one", "--workers", "1")[0] == 0
     assert set(decoding) == set(encoding) == {"leat-shard-io_0"}
     assert shard_files(tmp_path / "two", "s0.tar") == shard_files(tmp_path / "one", "s0.tar")  # order kept
