@@ -159,7 +159,8 @@ def _add_immunize_running(p) -> None:
                         "--devices, process count or interruption; another microbatch or platform can move "
                         "samples by a few levels (it is part of the settings hash)")
     g.add_argument("--devices", type=_positive_int, metavar="N", help="use the first N local devices (default all)")
-    g.add_argument("--workers", type=_positive_int, metavar="N", help="threads decoding and writing images (default 4)")
+    g.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="threads decoding and writing images (default 4; not with --engine ray)")
     g.add_argument("--format", choices=("png", "jpeg"), help="output format (default png, lossless; "
                    "jpeg weakens the protection)")
     g.add_argument("--jpeg-quality", type=int, metavar="N", help="quality of --format jpeg (default 95)")
@@ -433,23 +434,17 @@ def _error(message: str) -> None:
 
 
 def _immunize(args, parser) -> int:
+    from leat_jax import engines
     from leat_jax.errors import SetupError
-    from leat_jax.pipeline import immunize, sources
     from leat_jax.pipeline.faults import JobFailed
 
     src, dst = _immunize_paths(args, parser)
     try:
         cfg = _immunize_config(args, src, dst)
-        if cfg.engine == "ray":
-            from leat_jax.engines import ray_engine
-
-            summary = ray_engine.run(cfg)
-        elif cfg.src is not None and sources.is_sharded(cfg.src):  # tar or Parquet shards, in this process
-            from leat_jax.engines import sharded_job
-
-            summary = sharded_job.run(cfg, sharded_job.local)
-        else:
-            summary = immunize.run(cfg)
+        if cfg.engine == "ray" and args.workers is not None:  # refused rather than ignored
+            raise SetupError("--workers: the Ray engine reads and writes in Ray tasks, as many at once as the "
+                             "cluster has CPUs; leave --workers out")
+        summary = engines.run(cfg)  # the engine cfg names, on a folder or on shards
     except SetupError as e:
         _error(str(e))
         return EXIT_SETUP

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import pickle
 import posixpath
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Callable
 
@@ -46,18 +48,28 @@ def read_shard(r: dict, ctx: job.Context) -> dict:
     return {**r, "kind": PREPARED, "payload": pickle.dumps(entries, protocol=pickle.HIGHEST_PROTOCOL)}
 
 
-def read_entries(shard: sources.Shard, ctx: job.Context) -> list | dict:
-    """A shard's entries (``job.Prepared`` or a failed record each); the one failed record of an unreadable shard."""
+def read_entries(shard: sources.Shard, ctx: job.Context, pool: Executor | None = None) -> list | dict:
+    """A shard's entries (``job.Prepared`` or a failed record each); the one failed record of an unreadable shard.
+
+    ``pool``: threads that decode the images (in stored order all the same); None: this thread.
+    """
     try:
         found = sources.members(shard, sources.read_bytes(shard.url))
     except sources.SourceError as e:
         return {"path": shard.rel, "status": "failed", "process": ctx.process_index, "error": str(e)}
-    entries = []
-    for key, blob, problem in found:
+
+    def entry(member) -> job.Prepared | dict:
+        key, blob, problem = member
         item = Item(key, Path(shard.rel, key), output_name(key, ctx.format))
         got = job.Failure(item, problem) if problem else reading.decoded(ctx, item, blob, job.sha256(blob))
-        entries.append(writing.failed_record(ctx, item, got.error) if isinstance(got, job.Failure) else got)
-    return entries
+        return writing.failed_record(ctx, item, got.error) if isinstance(got, job.Failure) else got
+
+    return list(mapped(pool, entry, found))
+
+
+def mapped(pool: Executor | None, fn: Callable, items: list):
+    """``fn`` over ``items``, in order: on ``pool``'s threads, or in this thread without one."""
+    return pool.map(fn, items) if pool is not None else map(fn, items)
 
 
 def encoded(ctx: job.Context, entry) -> tuple[bytes | None, dict]:
@@ -83,11 +95,12 @@ def write_shard(r: dict, ctx: job.Context) -> dict:
     return {**r, "kind": RECORD, "record": json.dumps(records), "payload": b""}
 
 
-def commit_entries(shard: sources.Shard, out: str, entries: list, ctx: job.Context) -> list[dict]:
-    """Encode a shard's entries after the attack and commit them at ``out`` (marker last); their records."""
+def commit_entries(shard: sources.Shard, out: str, entries: list, ctx: job.Context,
+                   pool: Executor | None = None) -> list[dict]:
+    """Encode a shard's entries after the attack (on ``pool``'s threads, if any) and commit them at ``out`` (marker
+    last); their records."""
     files, records = [], []
-    for entry in entries:
-        data, record = encoded(ctx, entry)
+    for data, record in mapped(pool, functools.partial(encoded, ctx), entries):
         records.append(record)
         if data is not None:  # tar members take the output's suffix; Parquet keeps the key
             files.append((record["output"] if shard.kind == "tar" else record["path"], data))
@@ -133,16 +146,21 @@ def collected(stage, launched, done: Callable[[int], None]) -> list:
     return results
 
 
-def run_shard(r: dict, ctx: job.Context, stage, bars=None) -> dict:
+def run_shard(r: dict, ctx: job.Context, stage, bars=None, pool: Executor | None = None) -> dict:
     """Every stage of one shard in this process (the in-process engine): its row of records.
 
     The entries go from stage to stage as they are: no pickled copy of the
     shard's images beside them, as a Ray row needs. ``bars``: the shard's
     progress bar (``sharded_job.ShardBars``): ``open(images to attack)``
-    gives its update, ``close()`` ends it after the attack.
+    gives its update, ``close()`` ends it after the attack. ``pool``:
+    threads that decode and encode the shard's images (None: this thread).
     """
-    shard = shard_of(r["item"])
-    entries = read_entries(shard, ctx)
+    return attack_and_commit(r, read_entries(shard_of(r["item"]), ctx, pool), ctx, stage, bars, pool)
+
+
+def attack_and_commit(r: dict, entries: list | dict, ctx: job.Context, stage, bars=None,
+                      pool: Executor | None = None) -> dict:
+    """The stages of ``run_shard`` after the read, on the shard's ``entries`` (``read_entries``): its row of records."""
     if isinstance(entries, dict):
         return {**r, "kind": RECORD, "record": json.dumps([entries])}
     done = bars.open(sum(isinstance(e, job.Prepared) for e in entries)) if bars is not None else None
@@ -151,4 +169,5 @@ def run_shard(r: dict, ctx: job.Context, stage, bars=None) -> dict:
     finally:
         if bars is not None:
             bars.close()
-    return {**r, "kind": RECORD, "record": json.dumps(commit_entries(shard, r["out"], entries, ctx)), "payload": b""}
+    records = commit_entries(shard_of(r["item"]), r["out"], entries, ctx, pool)
+    return {**r, "kind": RECORD, "record": json.dumps(records), "payload": b""}

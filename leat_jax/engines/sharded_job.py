@@ -4,20 +4,23 @@
 done marker matches them and the input's version, hands the others to an
 engine's ``Runner`` and builds the report from the markers, so it holds
 after any crash. ``local`` is the in-process engine's runner: the stages of
-``shard_stages`` one shard at a time in this process, on every local device;
-``ray_engine.shard_runner`` runs the same functions on Ray Data.
+``shard_stages`` one shard at a time in this process, on every local device,
+the next shard read ahead; ``ray_engine.shard_runner`` runs the same
+functions on Ray Data.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import dataclasses
+import functools
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Callable, ContextManager, Iterable, Iterator
 
-from leat_jax.engines import shard_stages
+from leat_jax.engines import shard_sheet, shard_stages
 from leat_jax.errors import SetupError
 from leat_jax.pipeline import compile_cache, faults, immunize, inputs, job, report, sinks, sources, victimset
 from leat_jax.pipeline.config import ImmunizeConfig
@@ -30,7 +33,10 @@ class Runner:
 
     Attributes:
       what: the engine and its devices, for the opening line.
-      stats: its figures for the report's run (devices, platform, engine...).
+      stats: its figures for the report's run (devices, platform, engine...);
+        the engine adds those it has at the end (the in-process one: the
+        compile cache's hits and misses, batch, out-of-memory retries) as it
+        closes.
       rows: shard rows (``shard_stages.shard_row``) -> a row per shard, in
         any order, with its records as JSON text under ``record``.
     """
@@ -70,7 +76,7 @@ def run(cfg: ImmunizeConfig, engine: Callable[[ImmunizeConfig, job.Context], Con
     except OSError as e:  # DST a file, or not writable
         raise SetupError(f"{cfg.dst}: cannot write there ({e.strerror or e})") from None
     try:
-        sinks.clear_partial(cfg.dst, [s.rel for s in found])
+        sinks.clear_partial(cfg.dst, [s.rel for s in found] + [inputs.CONTACT_SHEET])
         return stages(cfg, found, engine, stream, start)
     finally:
         lock.release()
@@ -189,10 +195,10 @@ def count(records: list[dict], counts: job.Counts, out: dict, unread: list, stre
 def finish(cfg, found, out, counts: job.Counts, about, say, start) -> immunize.Summary:
     """The report, built from the committed shards' markers; the summary."""
     settings, settings_hash, warning, engine_stats, unread = about
-    rows, total = [], 0
+    rows, total, markers = [], 0, {}
     for s in found:
-        marker = sinks.committed(out[s.rel], settings_hash, s.version) or {"records": []}
-        records = {r["path"]: r for r in marker["records"]}
+        markers[s.rel] = sinks.committed(out[s.rel], settings_hash, s.version) or {"records": []}
+        records = {r["path"]: r for r in markers[s.rel]["records"]}
         total += len(records)
         rows.append(([inputs.Item(rel, Path(rel), rec.get("output") or rel) for rel, rec in records.items()], records))
     rows.append(([inputs.Item(r["path"], Path(r["path"]), r["path"]) for r in unread], {r["path"]: r for r in unread}))
@@ -201,11 +207,19 @@ def finish(cfg, found, out, counts: job.Counts, about, say, start) -> immunize.S
              "failed": counts.failed, "seconds": seconds, "no_face": 0, **engine_stats, "shards": len(found)}
     data = report.build(rows, settings, [stats], cfg.src, cfg.dst, warning)
     dst = cfg.dst.rstrip("/")
+    shown = shard_sheet.pairs(found, out, markers, cfg.contact_sheet) if cfg.contact_sheet else []
+    sheet = shard_sheet.write(dst, shown, cfg.attack.eps, warning)  # first: a failure leaves no report, as said
     sinks.put(f"{dst}/{inputs.SETTINGS}", (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())
     sinks.put(f"{dst}/{inputs.REPORT}", (json.dumps(data, indent=2) + "\n").encode())
-    say(immunize.closing_line(counts, seconds, f"{dst}/{inputs.REPORT}", None))
-    return immunize.Summary(total, counts.protected, counts.skipped, counts.failed, seconds, None, None,
+    say(immunize.closing_line(counts, seconds, f"{dst}/{inputs.REPORT}", sheet))
+    return immunize.Summary(total, counts.protected, counts.skipped, counts.failed, seconds,
+                            local_path(f"{dst}/{inputs.REPORT}"), local_path(sheet),
                             tuple(settings["stand_in_weights"]))
+
+
+def local_path(url: str | None) -> Path | None:
+    """``url`` as a path when it is on the local disk (a summary's paths); None for an object store's or none."""
+    return None if url is None or "://" in url else Path(url)
 
 
 @contextlib.contextmanager
@@ -216,12 +230,14 @@ def idle(cfg: ImmunizeConfig) -> Iterator[Runner]:
 
 
 @contextlib.contextmanager
-def local(cfg: ImmunizeConfig, ctx: job.Context, stream=None) -> Iterator[Runner]:
+def local(cfg: ImmunizeConfig, ctx: job.Context, stream=None, overlap: bool = True) -> Iterator[Runner]:
     """The in-process engine's runner: every local device, the victims' weights loaded and prepared once.
 
     On ``stream`` (default stderr), as the folder job shows them: a progress
     bar per shard (images attacked, rate, ETA; none when quiet) and the
     attack's lines (each compilation, out-of-memory retries) through it.
+    ``overlap``: read and decode the next shard while this one is attacked
+    (False: one after the other, as a benchmark compares).
     """
     bars = ShardBars(stream if stream is not None else sys.stderr, cfg.quiet)
     loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
@@ -230,8 +246,40 @@ def local(cfg: ImmunizeConfig, ctx: job.Context, stream=None) -> Iterator[Runner
     stage = immunize.attack_stage(cfg, ctx, loaded, mesh, None, bars.show)
     platform = mesh.devices.flat[0].platform
     stats = {"devices": int(mesh.devices.size), "platform": platform, "engine": "inprocess"}
-    yield Runner(f"{mesh.devices.size} {platform} device(s), batch {stage.batch}", stats,
-                 lambda rows: (one_shard(r, ctx, stage, bars) for r in rows))
+    # --workers threads decode and encode a shard's images, as the folder job's read and write them
+    pool = cf.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="leat-shard-io")
+    reader = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="leat-shard-ahead") if overlap else None
+    try:
+        with compile_cache.Counter() as compiles:
+            yield Runner(f"{mesh.devices.size} {platform} device(s), batch {stage.batch}", stats,
+                         lambda rows: in_turn(rows, ctx, stage, bars, pool, reader))
+        stats.update(compile_cache={"folder": immunize.jax_cache_folder(cfg), **compiles.stats()}, **stage.stats())
+    finally:  # on Ctrl-C too: a shard read ahead is dropped (reading writes nothing), queued decodes are cancelled
+        if reader is not None:
+            reader.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def in_turn(rows: list[dict], ctx: job.Context, stage, bars=None, pool=None, reader=None) -> Iterator[dict]:
+    """Each row's shard read, attacked and committed here, in order: its row of records (``one_shard``).
+
+    With a ``reader`` (one thread) the next shard is read and decoded while
+    this one is attacked and written: at most one shard ahead, so at most
+    two shards' images are held. Its failure surfaces at its turn, as
+    without one, after the shards before it are committed.
+    """
+    def read(r: dict):
+        return shard_stages.read_entries(shard_stages.shard_of(r["item"]), ctx, pool)
+
+    ahead = reader.submit(read, rows[0]) if reader is not None and rows else None
+    for k, r in enumerate(rows):
+        if reader is None:
+            entries = functools.partial(read, r)
+        else:  # the last shard's future is dropped before the next read starts
+            got = ahead
+            entries = got.result
+            ahead = reader.submit(read, rows[k + 1]) if k + 1 < len(rows) else None
+        yield one_shard(r, entries, ctx, stage, bars, pool)
 
 
 class ShardBars:
@@ -257,10 +305,11 @@ class ShardBars:
             print(text, file=self.stream, flush=True)
 
 
-def one_shard(r: dict, ctx: job.Context, stage, bars=None) -> dict:
-    """Read, attack and commit one shard here; one line for a failure that stops the job (``faults.JobFailed``)."""
+def one_shard(r: dict, entries: Callable[[], list | dict], ctx: job.Context, stage, bars=None, pool=None) -> dict:
+    """Read (``entries()``: ``shard_stages.read_entries``'s), attack and commit one shard here; one line for a failure
+    that stops the job (``faults.JobFailed``)."""
     try:
-        return shard_stages.run_shard(r, ctx, stage, bars)
+        return shard_stages.attack_and_commit(r, entries(), ctx, stage, bars, pool)
     except OSError as e:  # DST became unwritable mid-run
         raise faults.JobFailed(f"{e.filename or r['out']}: {e.strerror or e}; the job stopped, committed shards are "
                                "kept") from None

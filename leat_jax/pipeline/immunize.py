@@ -36,6 +36,7 @@ from leat_jax.pipeline import (
     reading,
     report,
     shards,
+    sources,
     victimset,
     writing,
 )
@@ -136,8 +137,10 @@ def attack_stage(cfg: ImmunizeConfig, ctx: job.Context, loaded, mesh, detector, 
 
 
 def run(cfg: ImmunizeConfig, stream=None, detector=None) -> Summary:
-    """Run the job; returns its summary.
+    """Run the folder job (SRC a folder, an image or a list file) in this process; returns its summary.
 
+    Tar or Parquet shards and the Ray engine go through ``leat_jax.engines.run``
+    (which calls this for the rest): here shards are refused in one line.
     Raises ``SetupError`` (one line) if it cannot start, ``faults.JobFailed``
     (one line) if the job itself fails on the way (disk full, output folder
     gone, out of device memory at one image per device).
@@ -146,6 +149,9 @@ def run(cfg: ImmunizeConfig, stream=None, detector=None) -> Summary:
     """
     stream = stream if stream is not None else sys.stderr
     start = time.monotonic()
+    if cfg.src is not None and sources.is_sharded(cfg.src):  # without this, "no images": the shards are not listed
+        raise SetupError(f"{cfg.src}: tar or Parquet shards; this is the folder job, run shards with "
+                         "leat_jax.engines.run(cfg) (as the CLI does)")
     process_index, process_count = join(cfg)
     src = Path(cfg.src) if cfg.src is not None else SAMPLES
     dst = Path(cfg.dst)
