@@ -251,6 +251,14 @@ def test_list_file_and_toml_config(tmp_path, capsys):
     config.write_text("colour = 'blue'\n" + config.read_text())
     rc, err = immunize(capsys, listing, tmp_path / "dst", "--config", str(config), attack=[])
     assert rc == 2 and "unknown setting 'colour'" in err and len(err.strip().splitlines()) == 1
+    # a victim's name mistyped in the file, or a stand-in without stand_in_weights: the file is named
+    victims = '[victims]\ntoy_a = "stand-in"\n'
+    for text, message in (("stand_in_weights = true\n" + victims + 'toy_bb = "stand-in"\n', "unknown victim 'toy_bb'"),
+                          (victims, "victim toy_a has no checkpoint")):
+        config.write_text(text)
+        rc, err = immunize(capsys, listing, tmp_path / "dst", "--config", str(config), attack=[])
+        assert rc == 2 and err.startswith(f"leat-jax: error: {config}: [victims]: ") and message in err, err
+        assert len(err.strip().splitlines()) == 1, err
 
 
 def test_jpeg_output_warns_and_refuses_alpha(tmp_path, capsys):

@@ -192,7 +192,8 @@ def read_toml(path) -> dict[str, Any]:
             if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
                 raise SetupError(f'{path}: [victims] must map names to checkpoint folders or "stand-in"')
             out["victims"] = tuple(
-                VictimSpec(n, None if d == "stand-in" else str(path.parent / d)) for n, d in value.items()
+                VictimSpec(n, None if d == "stand-in" else str(path.parent / d), source=str(path))
+                for n, d in value.items()
             )
         elif key in _RUN_KEYS:
             out[key] = value
