@@ -251,13 +251,15 @@ def test_list_file_and_toml_config(tmp_path, capsys):
     config.write_text("colour = 'blue'\n" + config.read_text())
     rc, err = immunize(capsys, listing, tmp_path / "dst", "--config", str(config), attack=[])
     assert rc == 2 and "unknown setting 'colour'" in err and len(err.strip().splitlines()) == 1
-    # a victim's name mistyped in the file, or a stand-in without stand_in_weights: the file is named
-    victims = '[victims]\ntoy_a = "stand-in"\n'
-    for text, message in (("stand_in_weights = true\n" + victims + 'toy_bb = "stand-in"\n', "unknown victim 'toy_bb'"),
-                          (victims, "victim toy_a has no checkpoint")):
+    # a victim's name mistyped in the file, a stand-in without stand_in_weights, a bad value: the file is named
+    victims, stand_in = '[victims]\ntoy_a = "stand-in"\n', "stand_in_weights = true\n"
+    for text, message in ((stand_in + victims + 'toy_bb = "stand-in"\n', "[victims]: unknown victim 'toy_bb'"),
+                          (victims, "[victims]: victim toy_a has no checkpoint"),
+                          (stand_in + 'format = "gif"\n' + victims, "format must be one of png, jpeg, got 'gif'"),
+                          (stand_in + victims + "[attack]\neps = -1\n", "[attack]: eps must be positive, got -1")):
         config.write_text(text)
         rc, err = immunize(capsys, listing, tmp_path / "dst", "--config", str(config), attack=[])
-        assert rc == 2 and err.startswith(f"leat-jax: error: {config}: [victims]: ") and message in err, err
+        assert rc == 2 and err.startswith(f"leat-jax: error: {config}: {message}"), err
         assert len(err.strip().splitlines()) == 1, err
 
 
