@@ -113,6 +113,19 @@ def test_a_typo_in_the_config_file_fails_before_any_network(tmp_path, capsys, no
     assert compilations == [] and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("text, message", [
+    ('threshold = "x"\n', "threshold must be a non-negative number, got 'x'"),
+    ("[attack]\neps = 0\n", "[attack]: eps must be positive, got 0"),
+])
+def test_a_bad_value_in_the_config_file_names_the_file(tmp_path, capsys, no_networks, text, message):
+    clean, prot = _folders(tmp_path, 2)
+    cfg = tmp_path / "eval.toml"
+    cfg.write_text(text)
+    rc, err = _evaluate(capsys, clean, prot, tmp_path / "out", "--pipelines", "simswap", "--stand-in-weights",
+                        "--config", cfg, "--quiet")
+    assert rc == cli.EXIT_SETUP and err == f"leat-jax: error: {cfg}: {message}\n", err
+
+
 @pytest.mark.parametrize("section, message", [
     ({"diffae": {"render_steps": 600}}, "[diffae] render_steps must be a DDIM step count"),
     ({"icface": {"known": -1}}, "[icface] known must be a non-negative integer"),
