@@ -263,6 +263,19 @@ def test_list_file_and_toml_config(tmp_path, capsys):
         assert len(err.strip().splitlines()) == 1, err
 
 
+def test_an_output_onto_its_own_input_is_refused(tmp_path, capsys):
+    """DST the folder of an image SRC (exit 2), or of a list's entries (each fails): the originals stay."""
+    src = simple_set(tmp_path / "faces", 2)
+    before = outputs(src)
+    rc, err = immunize(capsys, src / "img0.png", src)
+    assert rc == 2 and err == (f"leat-jax: error: {src / 'img0.png'}: its output {src / 'img0.png'} is this input "
+                               "itself, which would be overwritten; give another DST\n"), err
+    (tmp_path / "list.txt").write_text("faces/img0.png\nfaces/img1.png\n")
+    rc, err = immunize(capsys, tmp_path / "list.txt", tmp_path)
+    assert rc == 1 and err.count("is this input itself, which would be overwritten") == 2, err
+    assert outputs(src) == before
+
+
 def test_jpeg_output_warns_and_refuses_alpha(tmp_path, capsys):
     src = simple_set(tmp_path / "src", 2)
     Image.fromarray(noise(c=4), "RGBA").save(src / "alpha.png")
