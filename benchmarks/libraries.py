@@ -5,10 +5,11 @@
 SSIM and PSNR (``pipeline.metrics``, numpy float64) against dm-pix (JAX,
 float32, eager and jitted), and 16-bit PNG writing (``pipeline.png16``)
 against imagecodecs: agreement and best-of-n time, side by side in one run.
-dm-pix is not a dependency; install it to run this.
+No options; ``-h`` prints this.
 """
 from __future__ import annotations
 
+import argparse
 import time
 
 import dm_pix
@@ -66,6 +67,7 @@ def compare_png_writing(h: int, w: int, c: int, rng) -> None:
 
 
 def main() -> None:
+    argparse.ArgumentParser(prog="python -m benchmarks.libraries", description=__doc__.split("\n\n")[0]).parse_args()
     rng = np.random.default_rng(0)
     for size in (256, 1024):
         compare_metrics(size, rng)

@@ -94,6 +94,38 @@ def test_settings_that_do_not_fit_fail_before_any_network(tmp_path, capsys, no_n
     assert compilations
 
 
+@pytest.mark.parametrize("text, message", [
+    ("[diffae]\ninversion_step = 2\n", "[diffae] table: unknown setting 'inversion_step'; known: known, unknown, "
+     "inversion_steps, render_steps"),
+    ("[simswap]\nknwn = 1\n", "[simswap] table: unknown setting 'knwn'; known: known, unknown"),
+    ("[simswapp]\nknown = 1\n", "[simswapp] table names no pipeline; known: styleclip, simswap"),
+])
+def test_a_typo_in_the_config_file_fails_before_any_network(tmp_path, capsys, no_networks, compilations, text,
+                                                           message):
+    """A mistyped key or table would leave a default in place (DiffAE's 250 + 100 DDIM steps: hours): refused."""
+    clean, prot = _folders(tmp_path, 2)
+    cfg = tmp_path / "eval.toml"
+    cfg.write_text(text)
+    rc, err = _evaluate(capsys, clean, prot, tmp_path / "out", "--pipelines", "simswap,diffae",
+                        "--stand-in-weights", "--config", cfg, "--quiet")
+    assert rc == cli.EXIT_SETUP and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("leat-jax: error: the --config file's ") and message in err, err
+    assert compilations == [] and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ('threshold = "x"\n', "threshold must be a non-negative number, got 'x'"),
+    ("[attack]\neps = 0\n", "[attack]: eps must be positive, got 0"),
+])
+def test_a_bad_value_in_the_config_file_names_the_file(tmp_path, capsys, no_networks, text, message):
+    clean, prot = _folders(tmp_path, 2)
+    cfg = tmp_path / "eval.toml"
+    cfg.write_text(text)
+    rc, err = _evaluate(capsys, clean, prot, tmp_path / "out", "--pipelines", "simswap", "--stand-in-weights",
+                        "--config", cfg, "--quiet")
+    assert rc == cli.EXIT_SETUP and err == f"leat-jax: error: {cfg}: {message}\n", err
+
+
 @pytest.mark.parametrize("section, message", [
     ({"diffae": {"render_steps": 600}}, "[diffae] render_steps must be a DDIM step count"),
     ({"icface": {"known": -1}}, "[icface] known must be a non-negative integer"),

@@ -251,6 +251,29 @@ def test_list_file_and_toml_config(tmp_path, capsys):
     config.write_text("colour = 'blue'\n" + config.read_text())
     rc, err = immunize(capsys, listing, tmp_path / "dst", "--config", str(config), attack=[])
     assert rc == 2 and "unknown setting 'colour'" in err and len(err.strip().splitlines()) == 1
+    # a victim's name mistyped in the file, a stand-in without stand_in_weights, a bad value: the file is named
+    victims, stand_in = '[victims]\ntoy_a = "stand-in"\n', "stand_in_weights = true\n"
+    for text, message in ((stand_in + victims + 'toy_bb = "stand-in"\n', "[victims]: unknown victim 'toy_bb'"),
+                          (victims, "[victims]: victim toy_a has no checkpoint"),
+                          (stand_in + 'format = "gif"\n' + victims, "format must be one of png, jpeg, got 'gif'"),
+                          (stand_in + victims + "[attack]\neps = -1\n", "[attack]: eps must be positive, got -1")):
+        config.write_text(text)
+        rc, err = immunize(capsys, listing, tmp_path / "dst", "--config", str(config), attack=[])
+        assert rc == 2 and err.startswith(f"leat-jax: error: {config}: {message}"), err
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_an_output_onto_its_own_input_is_refused(tmp_path, capsys):
+    """DST the folder of an image SRC (exit 2), or of a list's entries (each fails): the originals stay."""
+    src = simple_set(tmp_path / "faces", 2)
+    before = outputs(src)
+    rc, err = immunize(capsys, src / "img0.png", src)
+    assert rc == 2 and err == (f"leat-jax: error: {src / 'img0.png'}: its output {src / 'img0.png'} is this input "
+                               "itself, which would be overwritten; give another DST\n"), err
+    (tmp_path / "list.txt").write_text("faces/img0.png\nfaces/img1.png\n")
+    rc, err = immunize(capsys, tmp_path / "list.txt", tmp_path)
+    assert rc == 1 and err.count("is this input itself, which would be overwritten") == 2, err
+    assert outputs(src) == before
 
 
 def test_jpeg_output_warns_and_refuses_alpha(tmp_path, capsys):

@@ -40,7 +40,7 @@ def test_every_victim_has_a_converter_a_torch_reference_and_golden_cases():
     for name in victims.NAMES:
         assert name in converters.CONVERTERS, f"no converter for victim {name}"
         assert converters.CONVERTERS[name][1] is None, f"{name}: a victim's template is its own"
-        assert sorted((GOLDEN_DIR / name).glob("case_*.npz")), f"no golden case for victim {name}"
+        assert sorted((GOLDEN_DIR / name).glob("case_*.npz")), f"no golden case of {name} in {GOLDEN_DIR / name}"
         assert importlib.util.find_spec(f"tests.golden_cases.{name}"), f"no golden file writer for {name}"
 
 
@@ -51,7 +51,7 @@ def test_every_pipeline_declares_load_attributes_and_converted_parts():
         assert fake.parts, f"pipeline {name} declares no parts"
         for sub, conv in fake.parts.items():
             assert conv in converters.CONVERTERS, f"pipeline {name}: part {sub} names no converter ({conv})"
-            assert sorted((GOLDEN_DIR / conv).glob("case_*.npz")), f"no golden case for {conv}"
+            assert sorted((GOLDEN_DIR / conv).glob("case_*.npz")), f"no golden case for {conv} in {GOLDEN_DIR / conv}"
 
 
 def test_every_converter_belongs_to_a_victim_or_a_pipeline():

@@ -277,3 +277,4 @@ def test_bad_inputs_are_one_line_errors_with_exit_2(tmp_path, capsys, toys):
         rc, err = command(capsys, *argv)
         assert rc == 2 and message in err and err.startswith("leat-jax: error: "), (argv, err)
         assert len(err.strip().splitlines()) == 1, err
+    assert "pickled" not in err and "(no .npy header)" in err, err  # the text file: numpy's fallback not shown

@@ -74,6 +74,9 @@ class Deepfake:
         the section's settings checked against the folder listing alone (no
         weights, no network; ``SetupError``), run before anything is loaded;
         the note says which defaults were taken. None: nothing to check.
+      settings: the keys its TOML table may hold; any other key (a typo would
+        silently leave a default in place) is refused before anything is
+        loaded. None: not checked.
     """
 
     name: str
@@ -86,6 +89,7 @@ class Deepfake:
     configure: Callable[[Mapping], tuple[Callable, Callable]] | None = None
     parts: Mapping[str, str] = dataclasses.field(default_factory=dict)
     check: Callable[[Mapping, str | None, Any], str | None] | None = None
+    settings: tuple[str, ...] | None = None
 
     def functions(self, section: Mapping) -> tuple[Callable, Callable]:
         """(apply, over_attributes) for this TOML section's settings."""

@@ -390,6 +390,7 @@ DEEPFAKE = Deepfake(
     configure=configure,
     parts=PARTS,
     check=check,
+    settings=("known", "unknown", "inversion_steps", "render_steps"),
 )
 
 

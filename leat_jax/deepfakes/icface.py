@@ -175,4 +175,5 @@ DEEPFAKE = Deepfake(
     attributes=attributes,
     parts=PARTS,
     check=check,
+    settings=("known", "unknown", "driving", "frame_step", "seed"),
 )

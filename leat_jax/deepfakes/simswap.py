@@ -170,6 +170,7 @@ DEEPFAKE = Deepfake(
     configure=configure,
     parts=PARTS,
     check=check,
+    settings=("known", "unknown"),
 )
 
 SOURCE = Deepfake(
@@ -182,4 +183,5 @@ SOURCE = Deepfake(
     attributes=target_attributes,
     parts=PARTS,
     check=target_check,
+    settings=("known", "unknown"),
 )

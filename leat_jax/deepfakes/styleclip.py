@@ -143,4 +143,5 @@ DEEPFAKE = Deepfake(
     attributes=attributes,
     parts=PARTS,
     check=check,
+    settings=("known", "unknown"),
 )

@@ -56,6 +56,10 @@ class EvalPipeline:
             raise SetupError(f"pipeline {fake.name}: its Deepfake declares no load or attributes function")
 
         def check(section, folder, names):
+            stray = sorted(set(section) - set(fake.settings)) if fake.settings is not None else []
+            if stray:
+                raise SetupError(f"the --config file's [{fake.name}] table: unknown setting {stray[0]!r}; "
+                                 f"known: {', '.join(fake.settings)}")
             require_parts(folder, fake.parts)
             return fake.check(section, folder, names) if fake.check is not None else None
 

@@ -192,13 +192,32 @@ def read_toml(path) -> dict[str, Any]:
             if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
                 raise SetupError(f'{path}: [victims] must map names to checkpoint folders or "stand-in"')
             out["victims"] = tuple(
-                VictimSpec(n, None if d == "stand-in" else str(path.parent / d)) for n, d in value.items()
+                VictimSpec(n, None if d == "stand-in" else str(path.parent / d), source=str(path))
+                for n, d in value.items()
             )
         elif key in _RUN_KEYS:
             out[key] = value
         else:
             raise SetupError(f"{path}: unknown setting {key!r}; known: attack, victims, {', '.join(sorted(_RUN_KEYS))}")
-    return out
+    return _checked_alone(path, out)
+
+
+def _checked_alone(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings``, read from the file at ``path``, checked on their own, so that a bad value's one-line
+    ``SetupError`` names the file (``build`` checks them again beside the flags; a start is read there).
+
+    Returns:
+      ``settings`` unchanged.
+    """
+    attack = {k: v for k, v in settings.get("attack", {}).items() if k != "start"}
+    try:
+        ImmunizeConfig(src=None, dst=str(path.parent), attack=AttackConfig(**attack),
+                       **{k: v for k, v in settings.items() if k in _RUN_KEYS})
+    except SetupError as e:
+        raise SetupError(f"{path}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise SetupError(f"{path}: [attack]: {e}") from None
+    return settings
 
 
 def build(src, dst, toml: Mapping[str, Any] | None = None, **flags) -> ImmunizeConfig:

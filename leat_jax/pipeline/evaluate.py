@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from leat_jax import __version__
+from leat_jax import __version__, deepfakes
 from leat_jax.attack import AttackConfig
 from leat_jax.attack.image_space import make_sharded_image_attack
 from leat_jax.attack.start import LearnedStart
@@ -212,6 +212,10 @@ def _checked_pipelines(cfg: EvaluateConfig, names: list[str]) -> list[_Plan]:
     if dup:
         raise SetupError(f"pipeline {dup[0]!r} is named twice")
     extra = attrs_mod.extra_pipelines(cfg.extra_pipelines)
+    stray = sorted(set(cfg.sections) - {*deepfakes.NAMES, *extra})
+    if stray:
+        raise SetupError(f"the --config file's [{stray[0]}] table names no pipeline; known: "
+                         f"{', '.join((*deepfakes.NAMES, *extra))}")
     plans = [_Plan(spec, attrs_mod.resolve(spec.name, extra), dict(cfg.sections.get(spec.name, {})))
              for spec in cfg.pipelines]
     for plan in plans:

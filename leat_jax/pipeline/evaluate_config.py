@@ -155,7 +155,21 @@ def read_toml(path) -> dict[str, Any]:
         else:
             raise SetupError(f"{path}: unknown setting {key!r}; known: attack, pipelines, [NAME] tables, "
                              f"{', '.join(sorted(_TOP))}")
-    return out
+    return _checked_alone(path, out)
+
+
+def _checked_alone(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` from the file at ``path`` checked on their own, so that a bad value's error names the file
+    (``build`` checks them again beside the flags; a start is read there, the [NAME] tables by each pipeline)."""
+    attack = {k: v for k, v in settings.get("attack", {}).items() if k != "start"}
+    try:
+        EvaluateConfig(clean="", protected="", out="", attack=AttackConfig(**attack) if attack else None,
+                       **{k: v for k, v in settings.items() if k in _TOP})
+    except SetupError as e:
+        raise SetupError(f"{path}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise SetupError(f"{path}: [attack]: {e}") from None
+    return settings
 
 
 # --samples: the cheapest settings that still split known / unknown (README: minutes per pipeline on a CPU)

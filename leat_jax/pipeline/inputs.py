@@ -230,4 +230,16 @@ def discover(src, dst, fmt: str = "png") -> list[Item]:
         found = [(src.name, src, None)]
     else:
         found = _read_list(src)
-    return _assign_outputs(found, fmt)
+    items = [_not_onto_itself(item, dst) for item in _assign_outputs(found, fmt)]
+    if is_image_name(src.name) and items[0].problem:
+        raise InputError(f"{src}: {items[0].problem}")
+    return items
+
+
+def _not_onto_itself(item: Item, dst: Path) -> Item:
+    """``item``, with a problem when its output is the input file itself (DST is the folder of an image SRC,
+    or of a list's entries): protecting it would overwrite the original."""
+    if item.problem is None and (dst / item.output).resolve() == Path(item.path).resolve():
+        return dataclasses.replace(item, problem=f"its output {dst / item.output} is this input itself, which "
+                                                 "would be overwritten; give another DST")
+    return item

@@ -26,7 +26,7 @@ def load_start(path, eps: float | None = None, jitter: float = DEFAULT_JITTER) -
     except OSError as e:
         raise SetupError(f"{file}: cannot read the start ({e.strerror or 'no such file'})") from None
     except ValueError as e:
-        raise SetupError(f"{file}: not a .npy array ({str(e).splitlines()[0]})") from None
+        raise SetupError(f"{file}: not a .npy array ({_not_npy_reason(file, e)})") from None
     if not isinstance(array, np.ndarray):
         raise SetupError(f"{file}: not a .npy array (an archive of several)")
     try:
@@ -36,6 +36,14 @@ def load_start(path, eps: float | None = None, jitter: float = DEFAULT_JITTER) -
     if eps is not None and start.bound > eps * (1 + 1e-6):
         raise SetupError(f"{file}: the start reaches {start.bound:.6g}, beyond eps = {eps:g}")
     return start
+
+
+def _not_npy_reason(file: Path, error: ValueError) -> str:
+    """Why ``np.load`` refused ``file``: numpy's reason for a file with the .npy header; for any other file
+    numpy blames pickled data (it falls back to unpickling), which misleads about a text or image file."""
+    with open(file, "rb") as f:
+        head = f.read(len(np.lib.format.MAGIC_PREFIX))
+    return str(error).splitlines()[0] if head == np.lib.format.MAGIC_PREFIX else "no .npy header"
 
 
 def record(start: LearnedStart, folder=None) -> dict | None:

@@ -30,10 +30,14 @@ STAND_IN_SEED = 0
 
 @dataclasses.dataclass(frozen=True)
 class VictimSpec:
-    """A victim to attack: its name and converted checkpoint (None: stand-in weights)."""
+    """A victim to attack: its name and converted checkpoint (None: stand-in weights).
+
+    ``source``: the settings file that named it, or None (a flag); errors about the name name that file.
+    """
 
     name: str
     checkpoint: str | None = None
+    source: str | None = dataclasses.field(default=None, compare=False)
 
     def __str__(self):
         return self.name if self.checkpoint is None else f"{self.name}={self.checkpoint}"
@@ -93,14 +97,19 @@ def extra_victims(entries: Sequence[str]) -> dict[str, Victim]:
     return load_extras(entries, EXTRA_VICTIMS_ENV, registry.NAMES, "Victim")
 
 
-def _victim(name: str, extra: Mapping[str, Victim]) -> Victim:
+def _where(spec: VictimSpec) -> str:
+    return f"{spec.source}: [victims]: " if spec.source else ""
+
+
+def _victim(spec: VictimSpec, extra: Mapping[str, Victim]) -> Victim:
+    name = spec.name
     if name in extra:
         return extra[name]
     try:
         return registry.get(name)
     except registry.UnknownVictimError:
         known = ", ".join((*registry.NAMES, *extra))
-        raise SetupError(f"unknown victim {name!r}; known: {known}") from None
+        raise SetupError(f"{_where(spec)}unknown victim {name!r}; known: {known}") from None
     except Exception as e:  # a victim module that fails to import or build
         raise SetupError(f"victim {name}: cannot be built ({type(e).__name__}: {e})") from None
 
@@ -151,11 +160,11 @@ def load(specs: Sequence[VictimSpec], stand_in_weights: bool, extra_entries: Seq
     extra = extra_victims(extra_entries)
     out_v, out_p, ids, stand_in = [], [], [], []
     for spec in specs:
-        victim = _victim(spec.name, extra)  # unknown names fail before any weight is read
+        victim = _victim(spec, extra)  # unknown names fail before any weight is read
         if spec.checkpoint is None:
             if not stand_in_weights:
                 raise SetupError(
-                    f"victim {spec.name} has no checkpoint: give {spec.name}=DIR (converted with "
+                    f"{_where(spec)}victim {spec.name} has no checkpoint: give {spec.name}=DIR (converted with "
                     "`leat-jax convert`), or --stand-in-weights for a demo that protects against nothing"
                 )
             params = _stand_in_params(victim) if weights else None
