@@ -221,6 +221,14 @@ def test_rerun_skips_done_redoes_changed_and_force_redoes_all(tmp_path, capsys):
     assert all(outputs(dst)[k] != now[k] for k in now)
 
 
+def test_the_opening_line_counts_images_in_agreement(tmp_path, capsys):
+    src = simple_set(tmp_path / "src", 2)
+    for one_or_all, dst, count in ((src / "img0.png", tmp_path / "one", "1 image"),
+                                   (src, tmp_path / "two", "2 images")):
+        assert cli.main(["immunize", str(one_or_all), str(dst), *ATTACK]) == 0  # not --quiet: the lines show
+        assert f"\nleat-jax: {count} from {one_or_all} -> {dst}; victims: toy_a, toy_b;" in capsys.readouterr().err
+
+
 def test_results_do_not_depend_on_batch_size(tmp_path, capsys):
     src = simple_set(tmp_path / "src", 5)
     assert immunize(capsys, src, tmp_path / "b1", "--batch-size", "1")[0] == 0

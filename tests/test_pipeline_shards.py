@@ -117,7 +117,7 @@ def test_the_python_entry_runs_shards_and_folders_and_the_folder_job_refuses_sha
     assert (summary.protected, summary.failed, summary.exit_code) == (3, 0, 0) and folder.protected == 3
     assert shard_files(tmp_path / "out", "s0.tar") == outputs(tmp_path / "folder")
     shown = stream.getvalue()
-    assert "leat-jax: 1 shards (0 done before)" in shown and "shard 1/1 s0.tar: 3 protected, 0 failed" in shown
+    assert "leat-jax: 1 shard (0 done before)" in shown and "shard 1/1 s0.tar: 3 protected, 0 failed" in shown
     assert "[" in shown and capsys.readouterr().err == ""  # the progress bars went to the stream too
 
 

@@ -144,7 +144,8 @@ def stages(cfg: ImmunizeConfig, found: list, engine, stream, start) -> immunize.
     todo = to_do(found, out, settings_hash, cfg.force, counts)
     unread = []  # records of shards that could not be read: no marker holds them
     with engine(cfg, ctx) if todo else idle(cfg) as runner:
-        say(f"leat-jax: {len(found)} shards ({len(found) - len(todo)} done before) from {cfg.src} -> {dst}; "
+        say(f"leat-jax: {immunize.counted(len(found), 'shard')} ({len(found) - len(todo)} done before) "
+            f"from {cfg.src} -> {dst}; "
             f"victims: {', '.join(loaded.names)}; {runner.what}; eps {cfg.attack.eps}, "
             f"{cfg.attack.iterations} iterations")
         rows = [shard_stages.shard_row(s, out[s.rel]) for s in todo]

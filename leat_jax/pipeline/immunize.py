@@ -250,10 +250,15 @@ def write_settings(ctx: job.Context, settings: dict) -> None:
         writing.write_atomic(ctx.dst / inputs.SETTINGS, text, ctx.tmp_dir, ctx.tag)
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun`` in agreement, for the job's lines: "1 image", "2 images"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def opening_line(cfg, src, dst, total, process_index, process_count, loaded, mesh, stage) -> str:
     share = f" for process {process_index} of {process_count}" if process_count > 1 else ""
     return (
-        f"leat-jax: {total} images{share} from {src} -> {dst}; victims: {', '.join(loaded.names)}; "
+        f"leat-jax: {counted(total, 'image')}{share} from {src} -> {dst}; victims: {', '.join(loaded.names)}; "
         f"{mesh.devices.size} {mesh.devices.flat[0].platform} device(s), batch {stage.batch}; "
         f"eps {cfg.attack.eps}, {cfg.attack.iterations} iterations"
         + ("; faces: detected in each photo, photos spread over the devices" if cfg.faces == "detect" else "")
