@@ -21,7 +21,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from leat_jax import cli
-from leat_jax.pipeline import images, inputs, png16
+from leat_jax.pipeline import images, inputs, png16, victimset
 from tests.pipeline_toys import ENV
 from tests.test_pipeline_images import tiff16_bytes
 
@@ -227,6 +227,34 @@ def test_the_opening_line_counts_images_in_agreement(tmp_path, capsys):
                                    (src, tmp_path / "two", "2 images")):
         assert cli.main(["immunize", str(one_or_all), str(dst), *ATTACK]) == 0  # not --quiet: the lines show
         assert f"\nleat-jax: {count} from {one_or_all} -> {dst}; victims: toy_a, toy_b;" in capsys.readouterr().err
+
+
+def test_a_rerun_with_everything_done_builds_no_weights_and_loses_nothing(tmp_path, capsys, monkeypatch):
+    src, dst = simple_set(tmp_path / "src", 3), tmp_path / "dst"
+    assert immunize(capsys, src, dst)[0] == 0
+    first, before = outputs(dst), report(dst)
+    manifest = (dst / inputs.STATE_DIR / "manifest-0.jsonl").read_bytes()
+    load = victimset.load
+
+    def identities_only(*args, weights=True, **kwargs):
+        if weights:
+            raise AssertionError("the victims' weights were built")
+        return load(*args, weights=weights, **kwargs)
+
+    monkeypatch.setattr(victimset, "load", identities_only)
+    assert cli.main(["immunize", str(src), str(dst), *ATTACK]) == 0  # not --quiet: the summary shows
+    err = capsys.readouterr().err
+    assert "leat-jax: 0 protected, 3 already done, 0 failed in " in err and "compiling" not in err, err
+    assert outputs(dst) == first and (dst / inputs.STATE_DIR / "manifest-0.jsonl").read_bytes() == manifest
+    after = report(dst)
+    for key in ("settings", "totals", "mean_distance", "images", "failures", "missing", "warning"):
+        assert after[key] == before[key], key
+    assert (after["run"]["protected"], after["run"]["already_done"], after["run"]["failed"]) == (0, 3, 0)
+    for key in ("devices", "platform", "batch", "out_of_memory"):
+        assert after["run"]["per_process"][0][key] == before["run"]["per_process"][0][key], key
+    Image.fromarray(noise()).save(src / "img1.png")  # something to do again: the weights are built
+    with pytest.raises(AssertionError, match="weights were built"):
+        immunize(capsys, src, dst)
 
 
 def test_results_do_not_depend_on_batch_size(tmp_path, capsys):
