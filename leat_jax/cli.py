@@ -167,7 +167,9 @@ def _add_immunize_running(p) -> None:
     g.add_argument("--force", action="store_true", default=None, help="redo images already done")
     g.add_argument("--verify", action="store_true", default=None,
                    help="check images already done by hashing input and output (default: size and time)")
-    g.add_argument("--quiet", action="store_true", default=None, help="no progress bar or summary")
+    g.add_argument("--quiet", action="store_true", default=None,
+                   help="no progress bar, no lines about compilations or retries, no summary "
+                        "(errors and the stand-in and JPEG warnings still show)")
     g.add_argument("--contact-sheet", type=int, metavar="N", help="images on the contact sheet (default 4; 0: none)")
     g.add_argument("--compile-cache", metavar="DIR",
                    help="JAX's persistent compilation cache, so a restart does not compile again "

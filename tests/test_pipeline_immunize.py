@@ -22,6 +22,7 @@ from PIL import Image, ImageOps
 
 from leat_jax import cli
 from leat_jax.pipeline import images, inputs, png16, victimset
+from leat_jax.pipeline import immunize as immunize_job
 from tests.pipeline_toys import ENV
 from tests.test_pipeline_images import tiff16_bytes
 
@@ -255,6 +256,18 @@ def test_a_rerun_with_everything_done_builds_no_weights_and_loses_nothing(tmp_pa
     Image.fromarray(noise()).save(src / "img1.png")  # something to do again: the weights are built
     with pytest.raises(AssertionError, match="weights were built"):
         immunize(capsys, src, dst)
+
+
+def test_quiet_shows_errors_and_warnings_only(tmp_path, capsys):
+    src = simple_set(tmp_path / "src", 2)
+    (src / "bad.png").write_text("not an image")
+    rc, err = immunize(capsys, src, tmp_path / "dst", "--format", "jpeg")  # --quiet
+    lines = err.splitlines()
+    assert rc == 1 and len(lines) == 5, err  # no opening line, compilations, progress or summary
+    assert lines[0].startswith("WARNING: stand-in weights") and lines[1] == immunize_job.JPEG_WARNING
+    assert lines[2].startswith(f"leat-jax: error: {src / 'bad.png'}: not an image"), err
+    assert lines[3:] == ["leat-jax: reminder: stand-in weights; this output protects against nothing.",
+                         "leat-jax: error: 1 image(s) failed (listed above and in the report); the rest are done"]
 
 
 def test_results_do_not_depend_on_batch_size(tmp_path, capsys):

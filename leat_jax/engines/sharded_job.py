@@ -300,6 +300,9 @@ class ShardBars:
             self.bar = None
 
     def show(self, text: str) -> None:
+        """One of the attack's lines (compilations, retries): progress, so none when quiet."""
+        if self.quiet:
+            return
         if self.bar is not None:
             self.bar.message(text)
         else:

@@ -223,7 +223,7 @@ def run_stages(cfg, base: job.Context, items, about, loaded, mesh, detector, str
             print(line, file=stream, flush=True)
     ctx = dataclasses.replace(base, previous=resume)
     progress = Progress(resume.total, stream=stream, quiet=cfg.quiet)
-    stage = attack_stage(cfg, ctx, loaded, mesh, detector, progress.message)
+    stage = attack_stage(cfg, ctx, loaded, mesh, detector, progress.note)
     say(opening_line(cfg, src, base.dst, resume.total, index, process_count, loaded, mesh, stage))
     write_settings(ctx, settings)
     recorder = job.Recorder(ctx, progress, resume)
