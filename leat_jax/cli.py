@@ -22,6 +22,8 @@ EXIT_FAILED_IMAGES = 1
 EXIT_SETUP = 2
 EXIT_JOB_FAILED = 3
 EXIT_INTERRUPTED = 130
+# Why immunize's workers setting does not apply to the Ray engine (refused rather than ignored).
+RAY_WORKERS = "the Ray engine reads and writes in Ray tasks, as many at once as the cluster has CPUs"
 
 
 def _positive_int(text: str) -> int:
@@ -444,8 +446,7 @@ def _immunize(args, parser) -> int:
     try:
         cfg = _immunize_config(args, src, dst)
         if cfg.engine == "ray" and args.workers is not None:  # refused rather than ignored
-            raise SetupError("--workers: the Ray engine reads and writes in Ray tasks, as many at once as the "
-                             "cluster has CPUs; leave --workers out")
+            raise SetupError(f"--workers: {RAY_WORKERS}; leave --workers out")
         summary = engines.run(cfg)  # the engine cfg names, on a folder or on shards
     except SetupError as e:
         _error(str(e))
@@ -478,6 +479,7 @@ def _immunize_paths(args, parser) -> tuple[str | None, str]:
 
 def _immunize_config(args, src, dst):
     """The immunize settings: defaults < --config < flags (``SetupError`` on a bad one)."""
+    from leat_jax.errors import SetupError
     from leat_jax.parallel import DistributedConfig
     from leat_jax.pipeline import config as settings
     from leat_jax.pipeline.victimset import EXTRA_VICTIMS_ENV, parse
@@ -488,7 +490,7 @@ def _immunize_config(args, src, dst):
                     losses=settings.parse_pairs(args.loss, "--loss") if args.loss else None,
                     victim_weights=settings.parse_pairs(args.victim_weights, "--victim-weights", float)
                     if args.victim_weights else None)
-    return settings.build(
+    cfg = settings.build(
         src, dst, toml,
         victims=parse(args.victims) if args.victims else None,
         eps=args.eps, step=args.step, iterations=args.iterations, ensemble=args.ensemble,
@@ -506,6 +508,9 @@ def _immunize_config(args, src, dst):
         extra_victims=extra or None, **research,
         engine=args.engine, ray_address=args.ray_address, ray_actors=args.ray_actors,
     )
+    if cfg.engine == "ray" and "workers" in toml:  # refused rather than ignored, as --workers is
+        raise SetupError(f"{args.config}: workers: {RAY_WORKERS}; leave workers out of the file")
+    return cfg
 
 
 def _convert(args, parser) -> int:

@@ -65,6 +65,23 @@ def test_usage_errors_exit_2(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_workers_with_the_ray_engine_is_refused_from_a_flag_or_a_file(tmp_path, capsys):
+    src, dst, config = str(tmp_path / "missing"), str(tmp_path / "out"), tmp_path / "run.toml"
+    flag = "leat-jax: error: --workers: the Ray engine reads and writes in Ray tasks"
+    in_file = f"leat-jax: error: {config}: workers: the Ray engine reads and writes in Ray tasks"
+    for toml, extra, message in (
+        ("", ["--engine", "ray", "--workers", "2"], flag),
+        ("workers = 8\n", ["--engine", "ray"], in_file),
+        ('workers = 8\nengine = "ray"\n', [], in_file),
+        ("workers = 8\n", [], f"leat-jax: error: {src}: no such file or folder"),  # the in-process engine takes it
+    ):
+        config.write_text(toml)
+        rc = cli.main(["immunize", src, dst, "--stand-in-weights", "--config", str(config), *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith(message) and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, ("echo should-never-run",))
