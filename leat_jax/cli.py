@@ -7,7 +7,8 @@ protection survives JPEG, resizing, blur) and ``convert`` (official
 PyTorch checkpoint -> converted Flax weights). Expected failures
 end with a one-line message and a non-zero exit code, never a traceback:
 1 when some images failed, 2 when the job could not start, 3 when the job
-itself failed on the way (disk full, output folder gone), 130 on Ctrl-C.
+itself failed on the way (disk full, output folder gone), 130 on Ctrl-C;
+``convert``: 2 on bad input, 1 when its output cannot be written.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ EXIT_FAILED_IMAGES = 1
 EXIT_SETUP = 2
 EXIT_JOB_FAILED = 3
 EXIT_INTERRUPTED = 130
+EXIT_FAILED_WRITE = 1  # convert: its output could not be written (bad input exits EXIT_SETUP)
 # Why immunize's workers setting does not apply to the Ray engine (refused rather than ignored).
 RAY_WORKERS = "the Ray engine reads and writes in Ray tasks, as many at once as the cluster has CPUs"
 
@@ -203,7 +205,9 @@ def _add_convert(sub) -> None:
     p = sub.add_parser(
         "convert",
         help="convert an official PyTorch checkpoint into a leat-jax weights folder",
-        description="Convert the official checkpoint SRC of network MODEL into the folder DST (replaced if present).",
+        description="Convert the official checkpoint SRC of network MODEL into the folder DST (replaced if present). "
+                    "Exit code 0: done; 2: bad input (an unknown MODEL; SRC missing, unreadable, refused or not "
+                    "fitting MODEL); 1: DST could not be written.",
     )
     p.add_argument("model", metavar="MODEL", help=f"a victim ({victim_names}), a network of an evaluation "
                    f"pipeline ({pipeline_names}: each one's PARTS in leat_jax/deepfakes/NAME.py names them, "
@@ -526,14 +530,22 @@ def _convert(args, parser) -> int:
 
     try:
         meta = converters.convert(args.model, args.src, args.dst)
-    except (ConversionError, torch_io.CheckpointReadError, CheckpointError) as e:
+    except (ConversionError, torch_io.CheckpointReadError, CheckpointError) as e:  # bad input: model, file, keys
         _error(str(e).splitlines()[0] if str(e) else type(e).__name__)
-        return 1
+        return EXIT_SETUP
     except OSError as e:
         _error(f"{e.filename or args.src}: {e.strerror or e}")
-        return 1
+        return EXIT_FAILED_WRITE if writing_to(e.filename, args.dst) else EXIT_SETUP
     print(json.dumps(meta, indent=2, sort_keys=True))
     return 0
+
+
+def writing_to(filename, dst: str) -> bool:
+    """Whether an error's file is convert's output (DST, or its ``.partial`` folder beside it): the work failed,
+    not the input."""
+    if filename is None:
+        return False
+    return os.path.abspath(os.fsdecode(filename)).startswith(os.path.abspath(dst))
 
 
 def main(argv=None) -> int:
