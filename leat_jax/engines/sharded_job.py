@@ -236,7 +236,7 @@ def local(cfg: ImmunizeConfig, ctx: job.Context, stream=None, overlap: bool = Tr
 
     On ``stream`` (default stderr), as the folder job shows them: a progress
     bar per shard (images attacked, rate, ETA; none when quiet) and the
-    attack's lines (each compilation, out-of-memory retries) through it.
+    attack's lines (each compilation, out-of-memory retries; none when quiet either) through it.
     ``overlap``: read and decode the next shard while this one is attacked
     (False: one after the other, as a benchmark compares).
     """
