@@ -7,7 +7,8 @@ protection survives JPEG, resizing, blur) and ``convert`` (official
 PyTorch checkpoint -> converted Flax weights). Expected failures
 end with a one-line message and a non-zero exit code, never a traceback:
 1 when some images failed, 2 when the job could not start, 3 when the job
-itself failed on the way (disk full, output folder gone), 130 on Ctrl-C.
+itself failed on the way (disk full, output folder gone), 130 on Ctrl-C;
+``convert``: 2 on bad input, 1 when its output cannot be written.
 """
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ EXIT_FAILED_IMAGES = 1
 EXIT_SETUP = 2
 EXIT_JOB_FAILED = 3
 EXIT_INTERRUPTED = 130
+EXIT_FAILED_WRITE = 1  # convert: its output could not be written (bad input exits EXIT_SETUP)
+# Why immunize's workers setting does not apply to the Ray engine (refused rather than ignored).
+RAY_WORKERS = "the Ray engine reads and writes in Ray tasks, as many at once as the cluster has CPUs"
 
 
 def _positive_int(text: str) -> int:
@@ -167,7 +171,9 @@ def _add_immunize_running(p) -> None:
     g.add_argument("--force", action="store_true", default=None, help="redo images already done")
     g.add_argument("--verify", action="store_true", default=None,
                    help="check images already done by hashing input and output (default: size and time)")
-    g.add_argument("--quiet", action="store_true", default=None, help="no progress bar or summary")
+    g.add_argument("--quiet", action="store_true", default=None,
+                   help="no progress bar, no lines about compilations or retries, no summary "
+                        "(errors and the stand-in and JPEG warnings still show)")
     g.add_argument("--contact-sheet", type=int, metavar="N", help="images on the contact sheet (default 4; 0: none)")
     g.add_argument("--compile-cache", metavar="DIR",
                    help="JAX's persistent compilation cache, so a restart does not compile again "
@@ -199,7 +205,9 @@ def _add_convert(sub) -> None:
     p = sub.add_parser(
         "convert",
         help="convert an official PyTorch checkpoint into a leat-jax weights folder",
-        description="Convert the official checkpoint SRC of network MODEL into the folder DST (replaced if present).",
+        description="Convert the official checkpoint SRC of network MODEL into the folder DST (replaced if present). "
+                    "Exit code 0: done; 2: bad input (an unknown MODEL; SRC missing, unreadable, refused or not "
+                    "fitting MODEL); 1: DST could not be written.",
     )
     p.add_argument("model", metavar="MODEL", help=f"a victim ({victim_names}), a network of an evaluation "
                    f"pipeline ({pipeline_names}: each one's PARTS in leat_jax/deepfakes/NAME.py names them, "
@@ -442,8 +450,7 @@ def _immunize(args, parser) -> int:
     try:
         cfg = _immunize_config(args, src, dst)
         if cfg.engine == "ray" and args.workers is not None:  # refused rather than ignored
-            raise SetupError("--workers: the Ray engine reads and writes in Ray tasks, as many at once as the "
-                             "cluster has CPUs; leave --workers out")
+            raise SetupError(f"--workers: {RAY_WORKERS}; leave --workers out")
         summary = engines.run(cfg)  # the engine cfg names, on a folder or on shards
     except SetupError as e:
         _error(str(e))
@@ -476,6 +483,7 @@ def _immunize_paths(args, parser) -> tuple[str | None, str]:
 
 def _immunize_config(args, src, dst):
     """The immunize settings: defaults < --config < flags (``SetupError`` on a bad one)."""
+    from leat_jax.errors import SetupError
     from leat_jax.parallel import DistributedConfig
     from leat_jax.pipeline import config as settings
     from leat_jax.pipeline.victimset import EXTRA_VICTIMS_ENV, parse
@@ -486,7 +494,7 @@ def _immunize_config(args, src, dst):
                     losses=settings.parse_pairs(args.loss, "--loss") if args.loss else None,
                     victim_weights=settings.parse_pairs(args.victim_weights, "--victim-weights", float)
                     if args.victim_weights else None)
-    return settings.build(
+    cfg = settings.build(
         src, dst, toml,
         victims=parse(args.victims) if args.victims else None,
         eps=args.eps, step=args.step, iterations=args.iterations, ensemble=args.ensemble,
@@ -504,6 +512,9 @@ def _immunize_config(args, src, dst):
         extra_victims=extra or None, **research,
         engine=args.engine, ray_address=args.ray_address, ray_actors=args.ray_actors,
     )
+    if cfg.engine == "ray" and "workers" in toml:  # refused rather than ignored, as --workers is
+        raise SetupError(f"{args.config}: workers: {RAY_WORKERS}; leave workers out of the file")
+    return cfg
 
 
 def _convert(args, parser) -> int:
@@ -519,14 +530,22 @@ def _convert(args, parser) -> int:
 
     try:
         meta = converters.convert(args.model, args.src, args.dst)
-    except (ConversionError, torch_io.CheckpointReadError, CheckpointError) as e:
+    except (ConversionError, torch_io.CheckpointReadError, CheckpointError) as e:  # bad input: model, file, keys
         _error(str(e).splitlines()[0] if str(e) else type(e).__name__)
-        return 1
+        return EXIT_SETUP
     except OSError as e:
         _error(f"{e.filename or args.src}: {e.strerror or e}")
-        return 1
+        return EXIT_FAILED_WRITE if writing_to(e.filename, args.dst) else EXIT_SETUP
     print(json.dumps(meta, indent=2, sort_keys=True))
     return 0
+
+
+def writing_to(filename, dst: str) -> bool:
+    """Whether an error's file is convert's output (DST, or its ``.partial`` folder beside it): the work failed,
+    not the input."""
+    if filename is None:
+        return False
+    return os.path.abspath(os.fsdecode(filename)).startswith(os.path.abspath(dst))
 
 
 def main(argv=None) -> int:

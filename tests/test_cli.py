@@ -1,6 +1,7 @@
 """The `leat-jax` command line: entry points, usage errors, `convert`'s one-line errors."""
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import subprocess
@@ -65,22 +66,57 @@ def test_usage_errors_exit_2(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_workers_with_the_ray_engine_is_refused_from_a_flag_or_a_file(tmp_path, capsys):
+    src, dst, config = str(tmp_path / "missing"), str(tmp_path / "out"), tmp_path / "run.toml"
+    flag = "leat-jax: error: --workers: the Ray engine reads and writes in Ray tasks"
+    in_file = f"leat-jax: error: {config}: workers: the Ray engine reads and writes in Ray tasks"
+    for toml, extra, message in (
+        ("", ["--engine", "ray", "--workers", "2"], flag),
+        ("workers = 8\n", ["--engine", "ray"], in_file),
+        ('workers = 8\nengine = "ray"\n', [], in_file),
+        ("workers = 8\n", [], f"leat-jax: error: {src}: no such file or folder"),  # the in-process engine takes it
+    ):
+        config.write_text(toml)
+        rc = cli.main(["immunize", src, dst, "--stand-in-weights", "--config", str(config), *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith(message) and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, ("echo should-never-run",))
 
 
 def test_convert_errors_are_one_line(tmp_path):
+    """Bad input exits 2, as every command's does."""
     evil = tmp_path / "evil.pt"
     evil.write_bytes(pickle.dumps(_Evil()))
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
     cases = [
         (["nomodel", str(evil)], "no converter for 'nomodel'"),
         (["e4e", str(tmp_path / "missing.pt")], "no such file"),
+        (["e4e", str(tmp_path / "notes.pt")], "not a readable PyTorch checkpoint"),
         (["e4e", str(evil)], "refused and nothing ran"),
     ]
     for (model, src), message in cases:
         proc = _python("-m", "leat_jax", "convert", model, src, str(tmp_path / "out"))
         lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == 1 and len(lines) == 1 and message in lines[0], proc.stderr
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith("leat-jax: error: ") and message in lines[0], proc.stderr
         assert "should-never-run" not in proc.stdout
         assert not (tmp_path / "out").exists()
+
+
+def test_convert_exits_1_when_its_output_cannot_be_written_and_2_when_its_input_cannot_be_read(tmp_path, monkeypatch,
+                                                                                               capsys):
+    import converters
+
+    src, dst = tmp_path / "e4e.pt", tmp_path / "weights" / "e4e"
+    for where, code in ((f"{dst}.partial/params", 1), (str(src), 2)):  # DST's .partial folder, or SRC
+        def failing(model, source, out, where=where):
+            raise OSError(errno.EIO, "Input/output error", where)
+
+        monkeypatch.setattr(converters, "convert", failing)
+        assert cli.main(["convert", "e4e", str(src), str(dst)]) == code
+        assert capsys.readouterr().err == f"leat-jax: error: {where}: Input/output error\n"

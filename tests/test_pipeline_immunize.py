@@ -21,7 +21,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from leat_jax import cli
-from leat_jax.pipeline import images, inputs, png16
+from leat_jax.pipeline import images, inputs, png16, victimset
+from leat_jax.pipeline import immunize as immunize_job
 from tests.pipeline_toys import ENV
 from tests.test_pipeline_images import tiff16_bytes
 
@@ -219,6 +220,54 @@ def test_rerun_skips_done_redoes_changed_and_force_redoes_all(tmp_path, capsys):
     assert immunize(capsys, src, dst, "--seed", "1")[0] == 0  # other settings: all redone
     assert report(dst)["run"]["protected"] == 5
     assert all(outputs(dst)[k] != now[k] for k in now)
+
+
+def test_the_opening_line_counts_images_in_agreement(tmp_path, capsys):
+    src = simple_set(tmp_path / "src", 2)
+    for one_or_all, dst, count in ((src / "img0.png", tmp_path / "one", "1 image"),
+                                   (src, tmp_path / "two", "2 images")):
+        assert cli.main(["immunize", str(one_or_all), str(dst), *ATTACK]) == 0  # not --quiet: the lines show
+        assert f"\nleat-jax: {count} from {one_or_all} -> {dst}; victims: toy_a, toy_b;" in capsys.readouterr().err
+
+
+def test_a_rerun_with_everything_done_builds_no_weights_and_loses_nothing(tmp_path, capsys, monkeypatch):
+    src, dst = simple_set(tmp_path / "src", 3), tmp_path / "dst"
+    assert immunize(capsys, src, dst)[0] == 0
+    first, before = outputs(dst), report(dst)
+    manifest = (dst / inputs.STATE_DIR / "manifest-0.jsonl").read_bytes()
+    load = victimset.load
+
+    def identities_only(*args, weights=True, **kwargs):
+        if weights:
+            raise AssertionError("the victims' weights were built")
+        return load(*args, weights=weights, **kwargs)
+
+    monkeypatch.setattr(victimset, "load", identities_only)
+    assert cli.main(["immunize", str(src), str(dst), *ATTACK]) == 0  # not --quiet: the summary shows
+    err = capsys.readouterr().err
+    assert "leat-jax: 0 protected, 3 already done, 0 failed in " in err and "compiling" not in err, err
+    assert outputs(dst) == first and (dst / inputs.STATE_DIR / "manifest-0.jsonl").read_bytes() == manifest
+    after = report(dst)
+    for key in ("settings", "totals", "mean_distance", "images", "failures", "missing", "warning"):
+        assert after[key] == before[key], key
+    assert (after["run"]["protected"], after["run"]["already_done"], after["run"]["failed"]) == (0, 3, 0)
+    for key in ("devices", "platform", "batch", "out_of_memory"):
+        assert after["run"]["per_process"][0][key] == before["run"]["per_process"][0][key], key
+    Image.fromarray(noise()).save(src / "img1.png")  # something to do again: the weights are built
+    with pytest.raises(AssertionError, match="weights were built"):
+        immunize(capsys, src, dst)
+
+
+def test_quiet_shows_errors_and_warnings_only(tmp_path, capsys):
+    src = simple_set(tmp_path / "src", 2)
+    (src / "bad.png").write_text("not an image")
+    rc, err = immunize(capsys, src, tmp_path / "dst", "--format", "jpeg")  # --quiet
+    lines = err.splitlines()
+    assert rc == 1 and len(lines) == 5, err  # no opening line, compilations, progress or summary
+    assert lines[0].startswith("WARNING: stand-in weights") and lines[1] == immunize_job.JPEG_WARNING
+    assert lines[2].startswith(f"leat-jax: error: {src / 'bad.png'}: not an image"), err
+    assert lines[3:] == ["leat-jax: reminder: stand-in weights; this output protects against nothing.",
+                         "leat-jax: error: 1 image(s) failed (listed above and in the report); the rest are done"]
 
 
 def test_results_do_not_depend_on_batch_size(tmp_path, capsys):

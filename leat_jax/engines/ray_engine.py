@@ -378,7 +378,8 @@ def run_stages(ray, cfg, loaded, src, dst, items, tmp_dir, stream, start) -> imm
     listing = {"work": str(work), "state": str(state), "redo": cfg.force}
     gpus = int(ray.cluster_resources().get("GPU", 0))
     actors = pool_size(cfg.ray_actors, gpus)
-    say(f"leat-jax: {resume.total} images from {src} -> {dst}; victims: {', '.join(loaded.names)}; Ray engine, "
+    say(f"leat-jax: {immunize.counted(resume.total, 'image')} from {src} -> {dst}; "
+        f"victims: {', '.join(loaded.names)}; Ray engine, "
         f"{actors[0]}-{actors[1]} attack actor(s) on {'GPU' if gpus else 'CPU'}; eps {cfg.attack.eps}, "
         f"{cfg.attack.iterations} iterations")
     try:

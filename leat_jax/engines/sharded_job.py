@@ -144,7 +144,8 @@ def stages(cfg: ImmunizeConfig, found: list, engine, stream, start) -> immunize.
     todo = to_do(found, out, settings_hash, cfg.force, counts)
     unread = []  # records of shards that could not be read: no marker holds them
     with engine(cfg, ctx) if todo else idle(cfg) as runner:
-        say(f"leat-jax: {len(found)} shards ({len(found) - len(todo)} done before) from {cfg.src} -> {dst}; "
+        say(f"leat-jax: {immunize.counted(len(found), 'shard')} ({len(found) - len(todo)} done before) "
+            f"from {cfg.src} -> {dst}; "
             f"victims: {', '.join(loaded.names)}; {runner.what}; eps {cfg.attack.eps}, "
             f"{cfg.attack.iterations} iterations")
         rows = [shard_stages.shard_row(s, out[s.rel]) for s in todo]
@@ -235,7 +236,7 @@ def local(cfg: ImmunizeConfig, ctx: job.Context, stream=None, overlap: bool = Tr
 
     On ``stream`` (default stderr), as the folder job shows them: a progress
     bar per shard (images attacked, rate, ETA; none when quiet) and the
-    attack's lines (each compilation, out-of-memory retries) through it.
+    attack's lines (each compilation, out-of-memory retries; none when quiet either) through it.
     ``overlap``: read and decode the next shard while this one is attacked
     (False: one after the other, as a benchmark compares).
     """
@@ -299,6 +300,9 @@ class ShardBars:
             self.bar = None
 
     def show(self, text: str) -> None:
+        """One of the attack's lines (compilations, retries): progress, so none when quiet."""
+        if self.quiet:
+            return
         if self.bar is not None:
             self.bar.message(text)
         else:

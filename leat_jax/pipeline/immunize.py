@@ -124,16 +124,21 @@ def face_detector(cfg: ImmunizeConfig, detector):
 
 
 def attack_stage(cfg: ImmunizeConfig, ctx: job.Context, loaded, mesh, detector, say):
-    """The attack stage of the faces mode, with the victims' weights prepared once per run."""
+    """The attack stage of the faces mode, with the victims' weights prepared once per run.
+
+    Victims loaded without weights (``victimset.load(weights=False)``: nothing
+    left to attack) give a stage for its batch and stats only, never to be given an image.
+    """
+    weighed = all(p is not None for p in loaded.params)
     # Weight-only work (kernel flips, compute-dtype cast) once per run, not once per batch.
-    params = prepared(loaded.victims, cfg.attack, loaded.params)
+    params = prepared(loaded.victims, cfg.attack, loaded.params) if weighed else None
     if cfg.faces == "detect":
         return photos.PhotoAttack(ctx, loaded.victims, cfg.attack, params, cfg.seed, tuple(mesh.devices.flat), detector,
                                   say)
     microbatch = parallel.mesh_microbatch(mesh, cfg.microbatch)
     per_device = cfg.batch_size or microbatch
-    return AlignedAttack(ctx, loaded.victims, cfg.attack, replicate(params, mesh), cfg.seed, mesh, per_device, say,
-                         microbatch)
+    return AlignedAttack(ctx, loaded.victims, cfg.attack, replicate(params, mesh) if weighed else None, cfg.seed,
+                         mesh, per_device, say, microbatch)
 
 
 def run(cfg: ImmunizeConfig, stream=None, detector=None) -> Summary:
@@ -159,14 +164,12 @@ def run(cfg: ImmunizeConfig, stream=None, detector=None) -> Summary:
     tmp_dir = writing.prepare_dst(dst, process_index)
     with Lock(manifest.state_dir(dst), process_index, run_identity(cfg, process_count)):
         clear_leftovers(manifest.state_dir(dst), tmp_dir, process_index, process_count)
-        loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
+        # the identities and the checkpoints' structure; the weights once something is left to attack (run_stages)
+        loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims, weights=False)
         mesh = mesh_of(cfg)
         detector, faces = face_detector(cfg, detector)
         settings, settings_hash = job.settings(cfg, loaded, faces)
         warning = STAND_IN_WARNING.format(names=", ".join(loaded.stand_in)) if loaded.stand_in else None
-        for line in (warning, JPEG_WARNING if cfg.format == "jpeg" else None):
-            if line:
-                print(line, file=stream, flush=True)
         compile_cache.use(compile_cache.resolve(cfg.compile_cache))
         base = job.Context(dst, tmp_dir, settings_hash, process_index, cfg.attack.eps, cfg.format, cfg.jpeg_quality,
                            cfg.max_size, tuple(loaded.names), {}, cfg.verify)
@@ -213,9 +216,14 @@ def run_stages(cfg, base: job.Context, items, about, loaded, mesh, detector, str
     work = state / f"work-p{index}"
     resume = Resume(shards.Store(state), work, shards.spill(items, work, index, process_count, base.dst), base.dst,
                     base.settings_hash, cfg.force, cfg.verify)
+    if not resume.finished():  # a rerun with everything done builds no weights and compiles nothing
+        loaded = victimset.load(cfg.victim_specs(), cfg.stand_in_weights, cfg.extra_victims)
+    for line in (warning, JPEG_WARNING if cfg.format == "jpeg" else None):
+        if line:
+            print(line, file=stream, flush=True)
     ctx = dataclasses.replace(base, previous=resume)
     progress = Progress(resume.total, stream=stream, quiet=cfg.quiet)
-    stage = attack_stage(cfg, ctx, loaded, mesh, detector, progress.message)
+    stage = attack_stage(cfg, ctx, loaded, mesh, detector, progress.note)
     say(opening_line(cfg, src, base.dst, resume.total, index, process_count, loaded, mesh, stage))
     write_settings(ctx, settings)
     recorder = job.Recorder(ctx, progress, resume)
@@ -250,10 +258,15 @@ def write_settings(ctx: job.Context, settings: dict) -> None:
         writing.write_atomic(ctx.dst / inputs.SETTINGS, text, ctx.tmp_dir, ctx.tag)
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun`` in agreement, for the job's lines: "1 image", "2 images"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def opening_line(cfg, src, dst, total, process_index, process_count, loaded, mesh, stage) -> str:
     share = f" for process {process_index} of {process_count}" if process_count > 1 else ""
     return (
-        f"leat-jax: {total} images{share} from {src} -> {dst}; victims: {', '.join(loaded.names)}; "
+        f"leat-jax: {counted(total, 'image')}{share} from {src} -> {dst}; victims: {', '.join(loaded.names)}; "
         f"{mesh.devices.size} {mesh.devices.flat[0].platform} device(s), batch {stage.batch}; "
         f"eps {cfg.attack.eps}, {cfg.attack.iterations} iterations"
         + ("; faces: detected in each photo, photos spread over the devices" if cfg.faces == "detect" else "")

@@ -39,6 +39,11 @@ class Progress:
         print(text, file=self.stream, flush=True)
         self._draw(force=True)
 
+    def note(self, text: str) -> None:
+        """A line of its own that is progress, not an error (compilations, retries): none when quiet."""
+        if not self.quiet:
+            self.message(text)
+
     def update(self, done: int = 0, skipped: int = 0, failed: int = 0) -> None:
         self.done += done
         self.skipped += skipped

@@ -52,6 +52,12 @@ class Resume:
             self.store.clear_done(s)
             yield s
 
+    def finished(self) -> bool:
+        """Whether every shard of this process is done by its marker (never with redo or verify), so nothing is
+        left to read or attack; changes nothing (``to_do`` clears the markers that do not hold)."""
+        return not (self.redo or self.verify) and all(
+            self.store.is_done(s, self.settings_hash, self.spilled.digest(s)) for s in self.counts)
+
     def open_shard(self, s: int, previous: bool = True) -> list[Item]:
         """Hold shard ``s``'s listing while its records come in (once); its inputs.
 
