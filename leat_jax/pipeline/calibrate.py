@@ -12,6 +12,7 @@ written as ``immunize.toml`` beside ``start.npy`` (``toml_text``), for
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -81,6 +82,29 @@ def _named(names, values, digits: int | None = None) -> dict:
     return {n: float(v) if digits is None else round(float(v), digits) for n, v in zip(names, values)}
 
 
+def steered_rounds(measure, names, unit, configure, say) -> list[dict]:
+    """``ROUNDS`` rounds of the fast attack, from equal weights, each round's weights steered from the last's.
+
+    Args:
+      measure: ``AttackConfig -> (K,)`` mean latent distances on the calibration images.
+      names: the victims' names; unit: (K,) the unit's mean distances.
+      configure: ``{name: weight} -> the fast attack's AttackConfig``; say: ``line -> None``, progress.
+    Returns:
+      Per round ``{"weights", "distances", "shares"}``, each ``{name: value}`` (weights as used, 3 decimals).
+    """
+    weights, share, rounds = np.ones(len(names)), None, []
+    for r in range(ROUNDS):
+        if r:
+            weights = steer.next_weights(weights, share)
+        fast = measure(configure(_named(names, weights)))
+        share = steer.shares(fast, unit)
+        rounds.append({"weights": _named(names, weights, 3), "distances": _named(names, fast),
+                       "shares": _named(names, share)})
+        say(f"calibration round {r} of 0..{ROUNDS - 1}  weights {_pairs(names, weights)}  "
+            f"shares {_pairs(names, share)}")
+    return rounds
+
+
 def calibrate(victims, params, attack: AttackConfig, start: LearnedStart, images, image_ids, seed: int,
               iterations: int, quiet: bool = False) -> dict:
     """Steer the fast attack's weights on ``images``; the record ``report.json`` keeps.
@@ -95,20 +119,15 @@ def calibrate(victims, params, attack: AttackConfig, start: LearnedStart, images
       "shares"}, ...], "kept", "weights", "start_digest"}``; weights and shares per victim name.
     """
     names, started = [v.name for v in victims], time.monotonic()
-    unit = mean_distances(victims, unit_attack(attack), params, images, image_ids, seed)
-    _say(quiet, f"calibration unit ({attack.iterations} iterations, random start)  "
-                f"{_pairs(names, unit)}  {time.monotonic() - started:.0f}s")
-    weights, share, rounds = np.ones(len(names)), None, []
-    for r in range(ROUNDS):
-        if r:
-            weights = steer.next_weights(weights, share)
-        fast = mean_distances(victims, fast_attack(attack, start, iterations, _named(names, weights)), params,
-                              images, image_ids, seed)
-        share = steer.shares(fast, unit)
-        rounds.append({"weights": _named(names, weights, 3), "distances": _named(names, fast),
-                       "shares": _named(names, share)})
-        _say(quiet, f"calibration round {r + 1}/{ROUNDS}  weights {_pairs(names, weights)}  "
-                    f"shares {_pairs(names, share)}  {time.monotonic() - started:.0f}s")
+
+    def say(line):
+        if not quiet:
+            print(f"leat-jax: learn-start {line}  {time.monotonic() - started:.0f}s", file=sys.stderr)
+
+    measure = functools.partial(mean_distances, victims, params=params, images=images, image_ids=image_ids, seed=seed)
+    unit = measure(unit_attack(attack))
+    say(f"calibration unit ({attack.iterations} iterations, random start)  {_pairs(names, unit)}")
+    rounds = steered_rounds(measure, names, unit, functools.partial(fast_attack, attack, start, iterations), say)
     kept = steer.best_round([list(r["shares"].values()) for r in rounds])
     return {"images": len(images), "fast_iterations": iterations, "step": STEP_OVER_EPS * attack.eps,
             "unit": {"iterations": attack.iterations, "step": attack.step, "step_schedule": attack.step_schedule,
@@ -118,11 +137,6 @@ def calibrate(victims, params, attack: AttackConfig, start: LearnedStart, images
 
 def _pairs(names, values) -> str:
     return " ".join(f"{n} {v:.4g}" for n, v in zip(names, values))
-
-
-def _say(quiet: bool, line: str) -> None:
-    if not quiet:
-        print(f"leat-jax: learn-start {line}", file=sys.stderr)
 
 
 def toml_value(value) -> str:
