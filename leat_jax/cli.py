@@ -371,7 +371,9 @@ def _add_learn_start(sub) -> None:
             "maximises the victims' normalised-ensemble latent distortion over the images under SRC, with optax "
             "sign steps or Adam on minibatches split over the local devices. Writes OUT/start.npy (give OUT to "
             "immunize --start), OUT/report.json and OUT/curve.png; checkpoints in OUT/checkpoints, so the same "
-            "command, rerun after an interruption, resumes and ends as an uninterrupted run. Exit code 0: done; "
+            "command, rerun after an interruption, resumes and ends as an uninterrupted run. With --calibrate N "
+            "also OUT/immunize.toml: a fast attack from u (--fast-iterations T, step 2 * eps, cosine) with "
+            "per-victim weights steered on N of the images, for immunize --config. Exit code 0: done; "
             "2: could not start."
         ),
     )
@@ -396,6 +398,11 @@ def _add_learn_start(sub) -> None:
     p.add_argument("--max-size", type=_positive_int, metavar="N", help="refuse longer image sides (default 2048)")
     p.add_argument("--keep-latents", action="store_true", help="compute each image's clean latents once and keep "
                    "them in memory (up to 2 GiB): less time a step; the last bit of the numbers may differ")
+    p.add_argument("--calibrate", type=int, metavar="N", help="after learning, steer a fast attack's per-victim "
+                   "weights on the first N images to the run's own attack and write OUT/immunize.toml for "
+                   "immunize --config (default 0: none)")
+    p.add_argument("--fast-iterations", type=int, metavar="T", help="the calibrated fast attack's iterations "
+                   "(default 10)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(run=_learn_start)
 
@@ -414,7 +421,8 @@ def _learn_start(args, parser) -> int:
         cfg = learn_start.build(args.src, args.out, attack, learn, victims=parse(args.victims) if args.victims else (),
                                 stand_in_weights=args.stand_in_weights, extra_victims=extra, devices=args.devices,
                                 checkpoint_every=args.checkpoint_every or 25, max_size=args.max_size or 2048,
-                                quiet=args.quiet, keep_latents=args.keep_latents)
+                                quiet=args.quiet, keep_latents=args.keep_latents, calibrate=args.calibrate or 0,
+                                fast_iterations=10 if args.fast_iterations is None else args.fast_iterations)
         learn_start.run(cfg)
     except SetupError as e:
         _error(str(e))

@@ -11,6 +11,7 @@ and kept on the host (``CleanCache``), progress lines, and the outputs in OUT::
     OUT/report.json    settings, victims, per-step mean latent distortion per victim
     OUT/curve.png      that distortion over the steps, per victim
     OUT/checkpoints/   orbax steps (kept, so a finished run reruns in no time)
+    OUT/immunize.toml  with ``calibrate``: a fast attack from u for ``immunize --config`` (``pipeline.calibrate``)
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from leat_jax.attack.start import LearnedStart
 from leat_jax.attack.universal import LearnConfig, LearnState, init_state, make_clean_latents, make_learning_step
 from leat_jax.errors import SetupError
 from leat_jax.parallel.mesh import replicate
+from leat_jax.pipeline import calibrate as calibration
 from leat_jax.pipeline import images, inputs, victimset
 from leat_jax.pipeline.robustness import COLOURS
 from leat_jax.pipeline.start_file import START
@@ -63,6 +65,10 @@ class LearnStartConfig:
         ``CACHE_BYTES``), not at every step: about a quarter less time a step (benchmarks/RESULTS.md). Off
         by default: not always bit for bit the recomputing run's numbers, since XLA may fuse a victim's
         last clean operations into the loss (one rounding instead of two) when both are in one program.
+      calibrate: N; after learning, steer a fast attack's per-victim weights on the first N images (sorted
+        order) and write ``OUT/immunize.toml`` (``pipeline.calibrate``); 0 (default): none. Not part of the
+        settings digest: it does not change ``u``.
+      fast_iterations: T, the calibrated fast attack's iterations (default 10).
     """
 
     src: str
@@ -77,10 +83,21 @@ class LearnStartConfig:
     max_size: int = 2048
     quiet: bool = False
     keep_latents: bool = False
+    calibrate: int = 0
+    fast_iterations: int = 10
 
     def __post_init__(self):
         if type(self.checkpoint_every) is not int or self.checkpoint_every < 1:
             raise SetupError(f"checkpoint_every must be a positive integer, got {self.checkpoint_every!r}")
+        if type(self.calibrate) is not int or self.calibrate < 0:
+            raise SetupError(f"--calibrate: must be a non-negative integer (images), got {self.calibrate!r}")
+        if type(self.fast_iterations) is not int or self.fast_iterations < 1:
+            raise SetupError(f"--fast-iterations: must be a positive integer, got {self.fast_iterations!r}")
+        if self.calibrate:
+            try:
+                calibration.shared_fields(self.attack)
+            except ValueError as e:
+                raise SetupError(f"--calibrate: {e}") from None
 
 
 def load_images(src, size: int, max_size: int) -> tuple[list[str], np.ndarray]:
@@ -285,6 +302,8 @@ def run(cfg: LearnStartConfig, on_step=None) -> dict:
     cannot start."""
     out = Path(cfg.out)
     rels, data = load_images(cfg.src, cfg.learn.size, cfg.max_size)
+    if cfg.calibrate > len(rels):
+        raise SetupError(f"--calibrate {cfg.calibrate}: {cfg.src} holds only {len(rels)} image(s) to learn from")
     loaded = victimset.load(cfg.victims, cfg.stand_in_weights, cfg.extra_victims)
     try:
         cfg.attack.check_victims(loaded.names)
@@ -302,6 +321,7 @@ def run(cfg: LearnStartConfig, on_step=None) -> dict:
     with checkpoint_manager(out, digest) as manager:
         history = learn(cfg, loaded, rels, data, manager, on_step)
     u = np.load(out / START)
+    calibrated = calibrate(cfg, loaded, rels, data, LearnedStart(u), digest)
     report = {
         "warning": warning, "leat_jax_version": __version__, "settings_digest": digest,
         "start_digest": LearnedStart(u).digest, "bound": float(np.abs(u).max()),
@@ -310,8 +330,45 @@ def run(cfg: LearnStartConfig, on_step=None) -> dict:
         "victims": [{"name": n, "weights": i} for n, i in zip(loaded.names, loaded.identities)],
         "history": {n: history[:, k].tolist() for k, n in enumerate(loaded.names)},
     }
+    if calibrated is not None:
+        report["calibration"] = calibrated
     write_outputs(out, report, history, loaded.names, cfg.quiet)
+    if cfg.calibrate and not cfg.quiet:
+        print(f"leat-jax: protect with: {calibration.immunize_command(out, cfg.victims, cfg.stand_in_weights)}",
+              file=sys.stderr)
     return report
+
+
+def earlier_calibration(out: Path, start: LearnedStart) -> dict | None:
+    """The calibration record of an earlier run in ``out`` for this start, if its ``immunize.toml`` is there."""
+    try:
+        record = json.loads((out / REPORT).read_text()).get("calibration")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(record, dict) and record.get("start_digest") == start.digest and (out / calibration.TOML).is_file():
+        return record
+    return None
+
+
+def calibrate(cfg: LearnStartConfig, loaded, rels, data, start: LearnedStart, digest: str) -> dict | None:
+    """With ``cfg.calibrate``: the calibration record (``pipeline.calibrate``), ``OUT/immunize.toml`` written;
+    an earlier run's record of the same settings, start, N and T is kept, not computed again. Without: an
+    earlier record of this start (its file stays valid), or None. ``SetupError`` when the shares cannot steer."""
+    out, n = Path(cfg.out), cfg.calibrate
+    record = earlier_calibration(out, start)
+    if not n:
+        return record
+    key = calibration.calibration_digest(digest, start, n, cfg.fast_iterations)
+    if record is None or record.get("digest") != key:
+        params = prepared(loaded.victims, cfg.attack, loaded.params)
+        ids = np.asarray([inputs.image_id(r) for r in rels[:n]], np.uint32)
+        try:
+            record = calibration.calibrate(loaded.victims, params, cfg.attack, start, as_images(data[:n]), ids,
+                                           cfg.learn.seed, cfg.fast_iterations, cfg.quiet) | {"digest": key}
+        except ValueError as e:
+            raise SetupError(f"--calibrate: {e} ({out / START} is written)") from None
+    _write(out / calibration.TOML, calibration.toml_text(record, cfg.attack).encode())
+    return record
 
 
 def build(src, out, attack: dict, learn: dict, **run) -> LearnStartConfig:
