@@ -3,6 +3,7 @@
     python -m benchmarks.warm_start [--victims simswap_id,simswap_G] [--steps 150] [--batch 4]
                                     [--learn 12] [--rule sign|adam] [--rate X] [--out out/warm_start]
                                     [--held 4] [--jitters 0.25,0,1] [--no-timing] [--json PATH]
+                                    [--calibrate N [--fast-iterations T]]
 
 Stand-in weights (``--stand-in-weights``: random networks of the real
 architectures). Faces: there is one bundled portrait, so the learning set is
@@ -17,6 +18,12 @@ constant sign step: the first T steps of T = 50 are the run of T): from the
 random start, and from the learned start with keyed jitter of 0.25 (the
 default) and 0 and 1 eps. Images per second: T = 10 from the learned start and
 T = 50 from the random start, compiled apart, timed one image at a time.
+With ``--calibrate N`` the start is learned with ``learn-start --calibrate N``
+(weights steered on the first N learning images) and the held-out images
+also get the fast attack (T iterations of step 2 eps on a cosine schedule,
+``pipeline.calibrate``) from the learned start with the calibrated weights
+and with weights 1, and from the random start with both: shares of the
+random start's T = 50. ``--jitters ''`` records the random start's history only.
 Figures go to ``benchmarks/RESULTS.md`` by hand.
 """
 from __future__ import annotations
@@ -36,7 +43,7 @@ from leat_jax import xla_cpu
 from leat_jax.attack import AttackConfig, make_attack, prepared
 from leat_jax.attack.start import LearnedStart
 from leat_jax.attack.universal import LearnConfig
-from leat_jax.pipeline import inputs, learn_start, start_file, victimset
+from leat_jax.pipeline import calibrate, inputs, learn_start, start_file, victimset
 from leat_jax.pipeline.immunize import SAMPLES
 
 CHECKPOINTS_T = (0, 5, 10, 20, 50)
@@ -67,8 +74,10 @@ def held_out(learn: int, n: int = 4) -> dict[str, np.ndarray]:
             for k, v in list(ims.items())[:n]}
 
 
-def learn(names, out: Path, n: int, learn_config: LearnConfig) -> LearnedStart:
-    """The start learned on ``n`` augmentations (written to ``out/faces``), by the learn-start pipeline."""
+def learn(names, out: Path, n: int, learn_config: LearnConfig, calibrate_n: int = 0,
+          fast_iterations: int = 10) -> LearnedStart:
+    """The start learned on ``n`` augmentations (written to ``out/faces``), by the learn-start pipeline
+    (calibrated on the first ``calibrate_n`` of them, if any)."""
     faces = out / "faces"
     faces.mkdir(parents=True, exist_ok=True)
     for s in range(n):
@@ -76,7 +85,8 @@ def learn(names, out: Path, n: int, learn_config: LearnConfig) -> LearnedStart:
             augmented(s).save(faces / f"aug{s}.png")
     cfg = learn_start.LearnStartConfig(src=str(faces), out=str(out / "u"),
                                        victims=tuple(victimset.VictimSpec(v) for v in names), stand_in_weights=True,
-                                       learn=learn_config, checkpoint_every=10)
+                                       learn=learn_config, checkpoint_every=10, calibrate=calibrate_n,
+                                       fast_iterations=fast_iterations)
     learn_start.run(cfg)
     return start_file.load_start(out / "u")
 
@@ -103,6 +113,22 @@ def histories(victims, params, start: LearnedStart, x: dict, jitters=JITTERS) ->
     return out
 
 
+def fast_shares(victims, params, start: LearnedStart, x: dict, weights: dict, iterations: int, unit) -> dict:
+    """Per arm (learned or random start, calibrated weights or 1), the held-out shares of ``unit`` (K,) after the
+    fast attack of ``iterations`` (``pipeline.calibrate.fast_attack``); mean distance over images / unit."""
+    out = {}
+    for name, w in (("calibrated", weights), ("weights 1", {})):
+        fast = calibrate.fast_attack(AttackConfig(), start, iterations, w)
+        for label, cfg in ((f"learned, {name}", fast), (f"random, {name}", dataclasses.replace(fast, start="random"))):
+            fn, rows = compiled(victims, cfg, params, jnp.asarray(next(iter(x.values())))), []
+            for rel, a in x.items():
+                r = fn(params, jnp.asarray(a)[None], jnp.asarray([inputs.image_id(rel)], jnp.uint32), 0)
+                rows.append(np.asarray(r.dist_end[0]))
+            out[label] = (np.mean(rows, axis=0) / unit).tolist()
+            print(f"{label}: " + " / ".join(f"{v:.2f}" for v in out[label]), flush=True)
+    return out
+
+
 def images_per_second(victims, params, start: LearnedStart, x: dict) -> dict:
     """Seconds per image (compiled apart, one image a call) of T = 10 learned and T = 50 random."""
     out = {}
@@ -120,9 +146,9 @@ def summary(h: dict, names) -> dict:
     T at which the first learned start (the default jitter) reaches the random start's T = 50 mean."""
     table = {s: {t: dict(zip(names, a[:, t].mean(0).tolist())) for t in CHECKPOINTS_T} for s, a in h.items()}
     target = h["random"][:, -1].mean(0)
-    reach = {}
-    for k, v in enumerate(names):
-        curve = h[next(s for s in h if s != "random")][:, :, k].mean(0)
+    reach, learned = {}, [s for s in h if s != "random"]
+    for k, v in enumerate(names[:len(names) if learned else 0]):
+        curve = h[learned[0]][:, :, k].mean(0)
         hit = np.nonzero(curve >= target[k])[0]
         reach[v] = int(hit[0]) if hit.size else None
     return {"mean_distance": table, "smallest_T_reaching_random_T50": reach}
@@ -148,23 +174,31 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=float, default=LearnConfig.rate)
     ap.add_argument("--jitters", default=",".join(f"{j:g}" for j in JITTERS), help="the first is the default's")
     ap.add_argument("--no-timing", action="store_true", help="skip the images-per-second runs")
+    ap.add_argument("--calibrate", type=int, default=0, metavar="N",
+                    help="learn-start --calibrate N, and the fast arms")
+    ap.add_argument("--fast-iterations", type=int, default=10, metavar="T")
     args = ap.parse_args(argv)
     names = tuple(n for n in args.victims.split(",") if n)
     out = Path(args.out)
     t0 = time.perf_counter()
     learn_config = LearnConfig(steps=args.steps, batch=args.batch, rule=args.rule, rate=args.rate)
-    start = learn(names, out, args.learn, learn_config)
+    start = learn(names, out, args.learn, learn_config, args.calibrate, args.fast_iterations)
     learn_s = time.perf_counter() - t0
     loaded = victimset.load(tuple(victimset.VictimSpec(v) for v in names), True)
     params = prepared(loaded.victims, AttackConfig(), loaded.params)
     x = held_out(args.learn, args.held)
-    jitters = tuple(float(j) for j in args.jitters.split(","))
-    start = dataclasses.replace(start, jitter=jitters[0])
+    jitters = tuple(float(j) for j in args.jitters.split(",") if j)
+    start = dataclasses.replace(start, jitter=jitters[0]) if jitters else start
     h = histories(loaded.victims, params, start, x, jitters)
     res = {"victims": list(names), "learn_images": args.learn, "learn": dataclasses.asdict(learn_config),
            "held_out": list(x), "learn_seconds": learn_s, "start_digest": start.digest, **summary(h, names),
            "images_per_second": None if args.no_timing else images_per_second(loaded.victims, params, start, x),
            "per_image_history": {s: a.tolist() for s, a in h.items()}}
+    if args.calibrate:
+        record = json.loads((out / "u" / learn_start.REPORT).read_text())["calibration"]
+        res["calibration"] = record
+        res["fast_shares"] = fast_shares(loaded.victims, params, start, x, record["weights"], args.fast_iterations,
+                                         h["random"][:, -1].mean(0))
     text = json.dumps({k: v for k, v in res.items() if k != "per_image_history"}, indent=2)
     print(text)
     if args.json:
