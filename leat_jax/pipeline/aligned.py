@@ -36,18 +36,20 @@ class AlignedAttack:
       victims, attack, params, seed: what the attack needs (``params`` replicated on ``mesh``).
       mesh: the devices' mesh.
       per_device: images per device per batch.
-      say: shows a line to the user (compilations, out-of-memory retries).
+      say: shows a line of progress to the user (compilations, out-of-memory retries).
+      warn: shows a warning (many image sizes) even where ``say`` is quiet; None: ``say``.
       microbatch: images per device per compiled call (``parallel.mesh_microbatch``).
     """
 
     def __init__(self, ctx: Context, victims, attack, params, seed: int, mesh, per_device: int, say,
-                 microbatch: int = 1):
+                 microbatch: int = 1, warn=None):
         self.ctx, self.victims, self.attack, self.params, self.seed = ctx, victims, attack, params, seed
         self.mesh = mesh
         self.devices = int(mesh.devices.size)
         self.per_device = per_device
         self.microbatch = microbatch
         self.say = say
+        self.warn = warn or say  # warnings show even where ``say`` (progress) is quiet
         self.buckets: dict[tuple[int, int], list[Prepared]] = {}
         self.compiled: set[tuple[int, int, int]] = set()
         self.out_of_memory: list[dict] = []
@@ -99,7 +101,7 @@ class AlignedAttack:
                      "(once per image size)")
             self.compiled.add((*size, batch))
             if len(self.sizes()) == SIZES_WARNING:
-                self.say(f"leat-jax: warning: {SIZES_WARNING} image sizes so far; each compiles its own attack "
+                self.warn(f"leat-jax: warning: {SIZES_WARNING} image sizes so far; each compiles its own attack "
                          "(results depend on the size, so sizes are not padded into buckets); for fewer "
                          "compilations, resize the crops to one size first (compiled attacks are kept in the "
                          "compilation cache for later runs)")

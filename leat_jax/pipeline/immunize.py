@@ -123,7 +123,7 @@ def face_detector(cfg: ImmunizeConfig, detector):
     return detector, photos.settings(detector)
 
 
-def attack_stage(cfg: ImmunizeConfig, ctx: job.Context, loaded, mesh, detector, say):
+def attack_stage(cfg: ImmunizeConfig, ctx: job.Context, loaded, mesh, detector, say, warn=None):
     """The attack stage of the faces mode, with the victims' weights prepared once per run.
 
     Victims loaded without weights (``victimset.load(weights=False)``: nothing
@@ -138,7 +138,7 @@ def attack_stage(cfg: ImmunizeConfig, ctx: job.Context, loaded, mesh, detector, 
     microbatch = parallel.mesh_microbatch(mesh, cfg.microbatch)
     per_device = cfg.batch_size or microbatch
     return AlignedAttack(ctx, loaded.victims, cfg.attack, replicate(params, mesh) if weighed else None, cfg.seed,
-                         mesh, per_device, say, microbatch)
+                         mesh, per_device, say, microbatch, warn)
 
 
 def run(cfg: ImmunizeConfig, stream=None, detector=None) -> Summary:
@@ -223,7 +223,7 @@ def run_stages(cfg, base: job.Context, items, about, loaded, mesh, detector, str
             print(line, file=stream, flush=True)
     ctx = dataclasses.replace(base, previous=resume)
     progress = Progress(resume.total, stream=stream, quiet=cfg.quiet)
-    stage = attack_stage(cfg, ctx, loaded, mesh, detector, progress.note)
+    stage = attack_stage(cfg, ctx, loaded, mesh, detector, progress.note, progress.message)
     say(opening_line(cfg, src, base.dst, resume.total, index, process_count, loaded, mesh, stage))
     write_settings(ctx, settings)
     recorder = job.Recorder(ctx, progress, resume)
