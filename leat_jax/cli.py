@@ -553,7 +553,9 @@ def writing_to(filename, dst: str) -> bool:
     not the input."""
     if filename is None:
         return False
-    return os.path.abspath(os.fsdecode(filename)).startswith(os.path.abspath(dst))
+    path = os.path.abspath(os.fsdecode(filename))
+    roots = (os.path.abspath(dst), os.path.abspath(dst) + ".partial")  # checkpoints.py writes DST.partial first
+    return any(path == r or path.startswith(r + os.sep) for r in roots)
 
 
 def main(argv=None) -> int:

@@ -120,3 +120,11 @@ def test_convert_exits_1_when_its_output_cannot_be_written_and_2_when_its_input_
         monkeypatch.setattr(converters, "convert", failing)
         assert cli.main(["convert", "e4e", str(src), str(dst)]) == code
         assert capsys.readouterr().err == f"leat-jax: error: {where}: Input/output error\n"
+
+
+def test_convert_counts_only_dst_and_its_partial_folder_as_its_output(tmp_path):
+    dst = tmp_path / "dst"
+    assert cli.writing_to(str(dst), str(dst)) and cli.writing_to(str(tmp_path / "dst.partial" / "params"), str(dst))
+    assert cli.writing_to(str(dst / "meta.json"), str(dst))
+    assert not cli.writing_to(str(tmp_path / "dst2" / "x"), str(dst))  # a sibling sharing the prefix is input
+    assert not cli.writing_to(str(tmp_path / "src.pt"), str(dst)) and not cli.writing_to(None, str(dst))
